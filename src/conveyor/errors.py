@@ -1,0 +1,189 @@
+"""Every error Conveyor raises, and the signals task code raises to steer its own job.
+
+Library errors share one root::
+
+    ConveyorError
+    ├── ConfigError               bad URL, option or setting; fix the configuration
+    │   └── MissingDependency     an optional extra is not installed (names the pip command)
+    ├── EnqueueError              the request was refused; nothing was written
+    │   ├── UnknownTask           no task registered under that name
+    │   ├── InvalidArguments      arguments don't bind to the task's signature (names the parameter)
+    │   ├── SerializationError    a value can't be encoded, or a stored payload can't be decoded
+    │   ├── PayloadTooLarge       the encoded arguments exceed the configured maximum
+    │   └── InvalidOption         a job option is out of range or misnamed
+    ├── BackendError              the store failed (driver errors are wrapped in this)
+    │   └── StoreUnavailable      the store can't be opened or written at all
+    ├── JobNotFound               no job with that id (or it was purged)
+    ├── JobFailed                 awaited a result; the job ended failed (dead-lettered)
+    ├── JobCancelled              awaited a result; the job was cancelled
+    ├── ResultTimeout             awaited a result; it did not arrive in time
+    ├── ClosedError               used after close (a worker, batcher, channel or backend)
+    ├── QueueFull                 a bounded buffer is full and its policy is to reject
+    └── Dropped                   an item was shed by a drop_oldest / drop_newest policy
+
+Signals raised *by task code* are not errors of the library; they have their own root::
+
+    TaskSignal
+    ├── Retry(delay=None)         run this job again later (counts as an attempt)
+    ├── Cancel(reason)            stop: the job ends cancelled, no retry
+    └── Fail(reason)              stop: the job ends failed (dead letter), no retry
+
+Any other exception subclassing `NonRetryable` also fails the job at once.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendError",
+    "Cancel",
+    "ClosedError",
+    "ConfigError",
+    "ConveyorError",
+    "Dropped",
+    "EnqueueError",
+    "Fail",
+    "InvalidArguments",
+    "InvalidOption",
+    "JobCancelled",
+    "JobFailed",
+    "JobNotFound",
+    "MissingDependency",
+    "NonRetryable",
+    "PayloadTooLarge",
+    "QueueFull",
+    "ResultTimeout",
+    "Retry",
+    "SerializationError",
+    "StoreUnavailable",
+    "TaskSignal",
+    "UnknownTask",
+]
+
+
+class ConveyorError(Exception):
+    """Root of every error raised by Conveyor itself."""
+
+
+class ConfigError(ConveyorError):
+    """A URL, option or setting is invalid. The message says which and what is allowed."""
+
+
+class MissingDependency(ConfigError):
+    """An optional dependency is missing; the message names the extra to install."""
+
+
+class EnqueueError(ConveyorError):
+    """An enqueue was refused before anything was written."""
+
+
+class UnknownTask(EnqueueError):
+    """No task is registered under the given name."""
+
+
+class InvalidArguments(EnqueueError):
+    """The arguments do not bind to the task's signature."""
+
+
+class SerializationError(EnqueueError):
+    """A value could not be encoded, or stored bytes could not be decoded."""
+
+
+class PayloadTooLarge(EnqueueError):
+    """The encoded arguments are larger than the configured `max_payload`."""
+
+
+class InvalidOption(EnqueueError, ValueError):
+    """A job option (delay, priority, queue name, key, ...) is invalid."""
+
+
+class BackendError(ConveyorError):
+    """The job store failed. The original driver exception is chained as `__cause__`."""
+
+
+class StoreUnavailable(BackendError):
+    """The job store cannot be opened or written (path, permissions, server down)."""
+
+
+class JobNotFound(ConveyorError, LookupError):
+    """No job has that id (it never existed, or it was purged after its retention)."""
+
+
+class JobFailed(ConveyorError):
+    """The awaited job ended in the failed (dead-letter) state.
+
+    Attributes:
+        job_id: the job's id.
+        error: the last attempt's error message, if any.
+    """
+
+    def __init__(self, job_id: str, error: str | None) -> None:
+        super().__init__(f"job {job_id} failed: {error or 'no error recorded'}")
+        self.job_id = job_id
+        self.error = error
+
+
+class JobCancelled(ConveyorError):
+    """The awaited job was cancelled."""
+
+    def __init__(self, job_id: str, reason: str | None) -> None:
+        super().__init__(f"job {job_id} was cancelled: {reason or 'no reason given'}")
+        self.job_id = job_id
+        self.reason = reason
+
+
+class ResultTimeout(ConveyorError, TimeoutError):
+    """A job's result did not arrive within the timeout; the job itself is untouched."""
+
+
+class ClosedError(ConveyorError, RuntimeError):
+    """An object was used after it was closed."""
+
+
+class QueueFull(ConveyorError):
+    """A bounded buffer is full and its overflow policy is `reject`."""
+
+
+class Dropped(ConveyorError):
+    """The item was shed by a `drop_oldest` or `drop_newest` overflow policy."""
+
+
+class TaskSignal(Exception):
+    """Root of the exceptions task code raises to decide its job's outcome."""
+
+
+class Retry(TaskSignal):
+    """Raise in a task to run the job again later.
+
+    Args:
+        delay: seconds until the next attempt; `None` uses the task's `RetryPolicy` backoff.
+        reason: recorded as this attempt's error message.
+
+    The retry still counts as an attempt: when attempts are exhausted the job fails.
+    """
+
+    def __init__(self, delay: float | None = None, reason: str = "retry requested") -> None:
+        if delay is not None and delay < 0:
+            raise ValueError(f"Retry(delay=...) must be >= 0, got {delay}")
+        super().__init__(reason)
+        self.delay = delay
+        self.reason = reason
+
+
+class Cancel(TaskSignal):
+    """Raise in a task to end its job as cancelled (no retry)."""
+
+    def __init__(self, reason: str = "cancelled by task") -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Fail(TaskSignal):
+    """Raise in a task to fail its job at once (dead letter, no retry)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class NonRetryable(Exception):
+    """Subclass this (or list the type in `RetryPolicy.dont_retry`) for errors never retried."""
