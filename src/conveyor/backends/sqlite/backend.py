@@ -1,0 +1,278 @@
+"""The SQLite backend: a durable job store in one file, safe for many processes at once.
+
+Each backend owns one connection on one dedicated thread per process (a connection is never
+carried across `fork`: a child opens its own). Writes take `BEGIN IMMEDIATE`; contention is
+absorbed by SQLite's busy timeout plus our own bounded retry, so "database is locked" never
+reaches the user unless the file stays locked for `busy_timeout` seconds in a row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from conveyor.backends._wake import Wakeup
+from conveyor.backends.base import Backend, JobFilter, Page
+from conveyor.backends.sqlite import ops
+from conveyor.backends.sqlite.schema import migrate
+from conveyor.clock import Clock, SystemClock
+from conveyor.errors import BackendError, ClosedError, StoreUnavailable
+from conveyor.job import Job, JobState, Lease, Outcome
+
+__all__ = ["SQLiteBackend"]
+
+T = TypeVar("T")
+
+# How often an idle `wait` looks for commits by other processes. PRAGMA data_version reads
+# shared memory only, so this costs a few microseconds per look.
+_POLL = 0.002
+
+
+class SQLiteBackend(Backend):
+    """Jobs in a SQLite file (WAL mode). `App("sqlite:///jobs.db")` uses it.
+
+    Args:
+        path: the database file; created with mode 0600 if missing.
+        clock: the time source (a `FakeClock` in tests).
+        busy_timeout: seconds a write may wait for another process's lock before failing.
+        synchronous: SQLite's `synchronous` pragma. "NORMAL" (default) survives process
+            crashes; "FULL" also survives power loss, at a cost per commit.
+
+    Example:
+        async with SQLiteBackend("jobs.db") as backend:
+            await backend.enqueue([job])
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        clock: Clock | None = None,
+        *,
+        busy_timeout: float = 30.0,
+        synchronous: str = "NORMAL",
+    ) -> None:
+        self.path = os.fspath(path)
+        self.clock = clock or SystemClock()
+        self.busy_timeout = busy_timeout
+        if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}")
+        self.synchronous = synchronous.upper()
+        self._pid = -1
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._watch: sqlite3.Connection | None = None
+        self._watch_lock = threading.Lock()
+        self._data_version = -1
+        self._wakeup = Wakeup()
+        self._closed = False
+        self._open_lock = threading.Lock()
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.path != ":memory:" and not os.path.exists(self.path):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+                os.close(fd)
+            except FileExistsError:
+                pass  # another process created it first
+            except OSError as exc:
+                raise StoreUnavailable(
+                    f"cannot create the job database {self.path!r}: {exc.strerror}"
+                ) from exc
+        try:
+            conn = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=self.busy_timeout
+            )
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+            conn.execute("PRAGMA temp_store = MEMORY")
+            conn.execute("PRAGMA cache_size = -32000")
+            migrate(conn)
+        except sqlite3.DatabaseError as exc:
+            raise StoreUnavailable(
+                f"cannot open the job database {self.path!r}: {exc}. Check that the path is a "
+                "writable SQLite file (and that its directory is writable too, for the WAL)."
+            ) from exc
+        return conn
+
+    def _ensure(self) -> ThreadPoolExecutor:
+        if self._closed:
+            raise ClosedError(f"the SQLite backend for {self.path!r} is closed")
+        pid = os.getpid()
+        if self._pid != pid:
+            with self._open_lock:
+                if self._pid != pid:
+                    # After fork the parent's thread and connection are not ours: start afresh.
+                    self._executor = ThreadPoolExecutor(1, thread_name_prefix="conveyor-sqlite")
+                    self._conn = None
+                    self._watch = None
+                    self._pid = pid
+        assert self._executor is not None
+        return self._executor
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = self._connect()
+        return self._conn
+
+    async def _call(self, fn: Callable[[], T]) -> T:
+        executor = self._ensure()
+        return await asyncio.get_running_loop().run_in_executor(executor, fn)
+
+    def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn` in one IMMEDIATE transaction, retrying while the file is busy."""
+        conn = self._connection()
+        deadline = time.monotonic() + self.busy_timeout
+        pause = 0.001
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    result = fn(conn)
+                    conn.execute("COMMIT")
+                    return result
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.OperationalError as exc:
+                busy = "locked" in str(exc) or "busy" in str(exc)
+                if not busy or time.monotonic() >= deadline:
+                    raise BackendError(f"SQLite write to {self.path!r} failed: {exc}") from exc
+                time.sleep(pause)
+                pause = min(pause * 2, 0.05)
+            except sqlite3.DatabaseError as exc:
+                raise BackendError(f"SQLite write to {self.path!r} failed: {exc}") from exc
+
+    def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        try:
+            return fn(self._connection())
+        except sqlite3.DatabaseError as exc:
+            raise BackendError(f"SQLite read from {self.path!r} failed: {exc}") from exc
+
+    async def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await self._call(functools.partial(self._write, fn))
+
+    async def _ro(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await self._call(functools.partial(self._read, fn))
+
+    # -- the contract ----------------------------------------------------------------------
+
+    async def enqueue(self, jobs: Sequence[Job]) -> list[bool]:
+        if not jobs:
+            return []
+        now = self.clock.now()
+        out = await self._tx(lambda c: ops.enqueue(c, jobs, now))
+        self._wakeup.notify()
+        return out
+
+    async def claim(
+        self, queues: Sequence[str], limit: int, lease_for: float, worker: str
+    ) -> list[Lease]:
+        if limit <= 0 or not queues:
+            return []
+        now = self.clock.now()
+        return await self._tx(lambda c: ops.claim(c, queues, limit, lease_for, worker, now))
+
+    async def extend(self, leases: Sequence[Lease], lease_for: float) -> list[Lease | None]:
+        if not leases:
+            return []
+        now = self.clock.now()
+        return await self._tx(lambda c: ops.extend(c, leases, lease_for, now))
+
+    async def settle(self, outcomes: Sequence[tuple[Lease, Outcome]]) -> list[bool]:
+        if not outcomes:
+            return []
+        now = self.clock.now()
+        out = await self._tx(lambda c: ops.settle(c, outcomes, now))
+        self._wakeup.notify()  # a retry may have made a job ready
+        return out
+
+    async def promote(self) -> int:
+        now = self.clock.now()
+        return await self._tx(lambda c: ops.promote(c, now))
+
+    async def rescue(self) -> int:
+        now = self.clock.now()
+        n = await self._tx(lambda c: ops.rescue(c, now))
+        if n:
+            self._wakeup.notify()
+        return n
+
+    async def purge(self, states: Iterable[JobState], before: float | None = None) -> int:
+        now, wanted = self.clock.now(), list(states)
+        return await self._tx(lambda c: ops.purge(c, wanted, before, now))
+
+    async def cancel(self, job_id: str, reason: str = "cancelled") -> JobState | None:
+        now = self.clock.now()
+        return await self._tx(lambda c: ops.cancel(c, job_id, reason, now))
+
+    async def requeue(self, job_id: str) -> bool:
+        now = self.clock.now()
+        ok = await self._tx(lambda c: ops.requeue(c, job_id, now))
+        if ok:
+            self._wakeup.notify()
+        return ok
+
+    async def get(self, ids: Sequence[str]) -> list[Job | None]:
+        return await self._ro(lambda c: ops.get(c, list(ids)))
+
+    async def counts(self, queue: str | None = None) -> dict[str, dict[JobState, int]]:
+        return await self._ro(lambda c: ops.counts(c, queue))
+
+    async def query(self, filter: JobFilter, after: str | None = None, limit: int = 100) -> Page:
+        return await self._ro(lambda c: ops.query(c, filter, after, limit))
+
+    async def wait(self, queues: Sequence[str], timeout: float) -> None:
+        now = self.clock.now()
+        due = await self._ro(lambda c: ops.next_due(c, queues, now))
+        if due == 0.0:
+            return
+        if due is not None:
+            timeout = min(timeout, due)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        self._changed()  # take the current version as the baseline
+        while (left := end - loop.time()) > 0:
+            # Commits in this process wake us at once; other processes' commits are seen by
+            # the data_version poll.
+            await self._wakeup.wait(min(_POLL, left))
+            if self._changed():
+                return
+
+    def _changed(self) -> bool:
+        """Whether any connection committed since the last look (cheap: no disk I/O)."""
+        with self._watch_lock:
+            if self._closed:
+                return True
+            if self._watch is None or self._pid != os.getpid():
+                self._watch = sqlite3.connect(self.path, check_same_thread=False)
+            (version,) = self._watch.execute("PRAGMA data_version").fetchone()
+            changed = version != self._data_version
+            self._data_version = version
+            return bool(changed)
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._wakeup.notify()
+        executor, conn = self._executor, self._conn
+        if executor is not None and self._pid == os.getpid():
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.get_running_loop().run_in_executor(executor, conn.close)
+            executor.shutdown(wait=False)
+        with self._watch_lock:
+            if self._watch is not None:
+                self._watch.close()
+                self._watch = None

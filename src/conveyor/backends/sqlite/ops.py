@@ -1,0 +1,334 @@
+"""The SQL of each contract operation, as synchronous functions on one connection.
+
+Each write runs in one `BEGIN IMMEDIATE` transaction (taken by the caller), so every
+transition is atomic and writers queue for the lock up front instead of failing on upgrade.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+
+import msgspec
+
+from conveyor.backends import rules
+from conveyor.backends.base import JobFilter, Page
+from conveyor.backends.sqlite.schema import COLUMNS
+from conveyor.job import (
+    TERMINAL,
+    AttemptError,
+    Cancelled,
+    Completed,
+    Failed,
+    Job,
+    JobState,
+    Lease,
+    Outcome,
+    Retrying,
+)
+
+_json = msgspec.json.Encoder()
+_errors_type = msgspec.json.Decoder(tuple[AttemptError, ...])
+_meta_type = msgspec.json.Decoder(dict[str, object])
+_STATES = {s.value: s for s in JobState}
+_LIVE = ("scheduled", "queued", "running")
+
+
+def row_to_job(row: tuple[object, ...]) -> Job:
+    (_, id_, task, queue, priority, state, payload, run_at, enqueued_at, attempts, max_attempts,
+     timeout, deadline, key, unique_until, keep_for, meta, result, errors, started_at,
+     finished_at, worker, cancel_requested, _token) = row  # fmt: skip
+    return Job(
+        id=id_,  # type: ignore[arg-type]
+        task=task,  # type: ignore[arg-type]
+        payload=payload,  # type: ignore[arg-type]
+        queue=queue,  # type: ignore[arg-type]
+        priority=priority,  # type: ignore[arg-type]
+        state=_STATES[state],  # type: ignore[index]
+        run_at=run_at,  # type: ignore[arg-type]
+        enqueued_at=enqueued_at,  # type: ignore[arg-type]
+        attempts=attempts,  # type: ignore[arg-type]
+        max_attempts=max_attempts,  # type: ignore[arg-type]
+        timeout=timeout,  # type: ignore[arg-type]
+        deadline=deadline,  # type: ignore[arg-type]
+        key=key,  # type: ignore[arg-type]
+        unique_until=unique_until,  # type: ignore[arg-type]
+        keep_for=keep_for,  # type: ignore[arg-type]
+        meta=_meta_type.decode(meta) if meta != "{}" else {},  # type: ignore[arg-type]
+        result=result,  # type: ignore[arg-type]
+        errors=_errors_type.decode(errors) if errors != "[]" else (),  # type: ignore[arg-type]
+        started_at=started_at,  # type: ignore[arg-type]
+        finished_at=finished_at,  # type: ignore[arg-type]
+        worker=worker,  # type: ignore[arg-type]
+        cancel_requested=bool(cancel_requested),
+    )
+
+
+def _release_stale_key(conn: sqlite3.Connection, key: str, now: float) -> None:
+    """Free a key whose holder no longer holds it (cancelled, or its window ended)."""
+    conn.execute(
+        "UPDATE jobs SET key_lock = NULL WHERE key_lock = ? AND (state = 'cancelled' OR "
+        "(state IN ('completed', 'failed') AND unique_until IS NOT NULL AND unique_until <= ?))",
+        (key, now),
+    )
+
+
+_INSERT = (
+    "INSERT {verb} INTO jobs (id, task, queue, priority, state, payload, run_at, enqueued_at, "
+    "max_attempts, timeout, deadline, key, key_lock, unique_until, keep_for, meta) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_PLAIN = _INSERT.format(verb="")
+_INSERT_KEYED = _INSERT.format(verb="OR IGNORE")
+
+
+def _insert_row(job: Job, now: float) -> tuple[object, ...]:
+    state = "scheduled" if job.run_at > now else "queued"
+    meta = _json.encode(job.meta).decode() if job.meta else "{}"
+    return (
+        job.id, job.task, job.queue, job.priority, state, job.payload, job.run_at,
+        job.enqueued_at, job.max_attempts, job.timeout, job.deadline, job.key, job.key,
+        job.unique_until, job.keep_for, meta,
+    )  # fmt: skip
+
+
+def enqueue(conn: sqlite3.Connection, jobs: Sequence[Job], now: float) -> list[bool]:
+    if all(job.key is None for job in jobs):
+        conn.executemany(_INSERT_PLAIN, [_insert_row(job, now) for job in jobs])
+        return [True] * len(jobs)
+    out: list[bool] = []
+    for job in jobs:
+        if job.key is None:
+            conn.execute(_INSERT_PLAIN, _insert_row(job, now))
+            out.append(True)
+            continue
+        _release_stale_key(conn, job.key, now)
+        out.append(conn.execute(_INSERT_KEYED, _insert_row(job, now)).rowcount == 1)
+    return out
+
+
+def promote(conn: sqlite3.Connection, now: float) -> int:
+    return conn.execute(
+        "UPDATE jobs SET state = 'queued' WHERE state = 'scheduled' AND run_at <= ?", (now,)
+    ).rowcount
+
+
+_CLAIM = (
+    "UPDATE jobs SET state = 'running', attempts = attempts + 1, token = token + 1, "
+    "lease_expires = ?, worker = ?, started_at = ? WHERE seq IN (SELECT seq FROM jobs "
+    "WHERE state = 'queued' AND queue = ? ORDER BY priority DESC, run_at, seq LIMIT ?) "
+    f"RETURNING {COLUMNS}"
+)
+
+
+def claim(
+    conn: sqlite3.Connection,
+    queues: Sequence[str],
+    limit: int,
+    lease_for: float,
+    worker: str,
+    now: float,
+) -> list[Lease]:
+    promote(conn, now)
+    expires = now + lease_for
+    leases: list[Lease] = []
+    for queue in queues:
+        want = limit - len(leases)
+        if want <= 0:
+            break
+        rows = conn.execute(_CLAIM, (expires, worker, now, queue, want)).fetchall()
+        # RETURNING gives no order guarantee; restore the claim order.
+        rows.sort(key=lambda r: (-r[4], r[7], r[0]))  # type: ignore[operator]
+        leases.extend(Lease(row_to_job(r), r[-1], expires) for r in rows)  # type: ignore[arg-type]
+    return leases
+
+
+def extend(
+    conn: sqlite3.Connection, leases: Sequence[Lease], lease_for: float, now: float
+) -> list[Lease | None]:
+    out: list[Lease | None] = []
+    expires = now + lease_for
+    for lease in leases:
+        updated = conn.execute(
+            "UPDATE jobs SET lease_expires = ? WHERE id = ? AND state = 'running' AND token = ? "
+            "AND cancel_requested = 0",
+            (expires, lease.id, lease.token),
+        ).rowcount
+        if updated:
+            out.append(Lease(lease.job, lease.token, expires))
+            continue
+        # A requested cancel lands here, fenced like any other transition.
+        conn.execute(
+            "UPDATE jobs SET state = 'cancelled', finished_at = ?, expires_at = ? + keep_for, "
+            "worker = NULL, lease_expires = NULL, key_lock = NULL "
+            "WHERE id = ? AND state = 'running' AND token = ? AND cancel_requested = 1",
+            (now, now, lease.id, lease.token),
+        )
+        out.append(None)
+    return out
+
+
+def _error_json(error: AttemptError) -> str:
+    return _json.encode(error).decode()
+
+
+_FENCE = "WHERE id = ? AND state = 'running' AND token = ?"
+_DONE = "finished_at = ?, expires_at = ? + keep_for, worker = NULL, lease_expires = NULL"
+
+
+def settle(
+    conn: sqlite3.Connection, outcomes: Sequence[tuple[Lease, Outcome]], now: float
+) -> list[bool]:
+    out: list[bool] = []
+    for lease, outcome in outcomes:
+        fence = (lease.id, lease.token)
+        if isinstance(outcome, Completed):
+            cur = conn.execute(
+                f"UPDATE jobs SET state = 'completed', result = ?, {_DONE} {_FENCE}",
+                (outcome.result, now, now, *fence),
+            )
+        elif isinstance(outcome, Retrying):
+            state = rules.state_for_run_at(outcome.run_at, now).value
+            cur = conn.execute(
+                "UPDATE jobs SET state = ?, run_at = ?, worker = NULL, lease_expires = NULL, "
+                f"errors = json_insert(errors, '$[#]', json(?)) {_FENCE}",
+                (state, outcome.run_at, _error_json(outcome.error), *fence),
+            )
+        elif isinstance(outcome, Failed):
+            cur = conn.execute(
+                f"UPDATE jobs SET state = 'failed', {_DONE}, "
+                f"errors = json_insert(errors, '$[#]', json(?)) {_FENCE}",
+                (now, now, _error_json(outcome.error), *fence),
+            )
+        else:
+            cur = conn.execute(
+                f"UPDATE jobs SET state = 'cancelled', key_lock = NULL, {_DONE}, "
+                f"meta = json_set(meta, '$.cancel_reason', ?) {_FENCE}",
+                (now, now, outcome.reason, *fence),
+            )
+        out.append(cur.rowcount == 1)
+    return out
+
+
+def rescue(conn: sqlite3.Connection, now: float) -> int:
+    error = rules.lease_expired_error(0, now)
+    return conn.execute(
+        "UPDATE jobs SET "
+        "state = CASE WHEN cancel_requested THEN 'cancelled' "
+        "  WHEN attempts >= max_attempts THEN 'failed' ELSE 'queued' END, "
+        "errors = CASE WHEN cancel_requested THEN errors ELSE json_insert(errors, '$[#]', "
+        "  json_object('attempt', attempts, 'type', ?, 'message', ?, 'traceback', '', 'at', ?)) "
+        "  END, "
+        "finished_at = CASE WHEN cancel_requested OR attempts >= max_attempts THEN ? END, "
+        "expires_at = CASE WHEN cancel_requested OR attempts >= max_attempts "
+        "  THEN ? + keep_for END, "
+        "key_lock = CASE WHEN cancel_requested THEN NULL ELSE key_lock END, "
+        "worker = NULL, lease_expires = NULL "
+        "WHERE state = 'running' AND lease_expires <= ?",
+        (error.type, error.message, now, now, now, now),
+    ).rowcount
+
+
+def purge(
+    conn: sqlite3.Connection, states: Iterable[JobState], before: float | None, now: float
+) -> int:
+    wanted = sorted(s.value for s in set(states) & TERMINAL)
+    if not wanted:
+        return 0
+    marks = ",".join("?" * len(wanted))
+    if before is None:
+        sql = f"DELETE FROM jobs WHERE expires_at <= ? AND state IN ({marks})"
+        return conn.execute(sql, (now, *wanted)).rowcount
+    sql = f"DELETE FROM jobs WHERE finished_at < ? AND state IN ({marks})"
+    return conn.execute(sql, (before, *wanted)).rowcount
+
+
+def cancel(conn: sqlite3.Connection, job_id: str, reason: str, now: float) -> JobState | None:
+    row = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    if row is None:
+        return None
+    state = _STATES[row[0]]
+    if state in (JobState.SCHEDULED, JobState.QUEUED):
+        conn.execute(
+            f"UPDATE jobs SET state = 'cancelled', key_lock = NULL, {_DONE}, "
+            "meta = json_set(meta, '$.cancel_reason', ?) WHERE id = ?",
+            (now, now, reason, job_id),
+        )
+        return JobState.CANCELLED
+    if state is JobState.RUNNING:
+        conn.execute(
+            "UPDATE jobs SET cancel_requested = 1, meta = json_set(meta, '$.cancel_reason', ?) "
+            "WHERE id = ?",
+            (reason, job_id),
+        )
+    return state
+
+
+def requeue(conn: sqlite3.Connection, job_id: str, now: float) -> bool:
+    row = conn.execute("SELECT state, key FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    if row is None or row[0] not in ("failed", "cancelled"):
+        return False
+    if row[1] is not None:
+        _release_stale_key(conn, row[1], now)
+        holder = conn.execute("SELECT id FROM jobs WHERE key_lock = ?", (row[1],)).fetchone()
+        if holder is not None and holder[0] != job_id:
+            return False
+    conn.execute(
+        "UPDATE jobs SET state = 'queued', run_at = ?, attempts = 0, finished_at = NULL, "
+        "expires_at = NULL, result = NULL, cancel_requested = 0, key_lock = key WHERE id = ?",
+        (now, job_id),
+    )
+    return True
+
+
+def get(conn: sqlite3.Connection, ids: Sequence[str]) -> list[Job | None]:
+    found: dict[str, Job] = {}
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        for row in conn.execute(f"SELECT {COLUMNS} FROM jobs WHERE id IN ({marks})", chunk):
+            job = row_to_job(row)
+            found[job.id] = job
+    return [found.get(i) for i in ids]
+
+
+def counts(conn: sqlite3.Connection, queue: str | None) -> dict[str, dict[JobState, int]]:
+    sql = "SELECT queue, state, count(*) FROM jobs"
+    args: tuple[object, ...] = ()
+    if queue is not None:
+        sql += " WHERE queue = ?"
+        args = (queue,)
+    out: dict[str, dict[JobState, int]] = {}
+    for q, state, n in conn.execute(sql + " GROUP BY queue, state", args):
+        out.setdefault(q, {})[_STATES[state]] = n
+    return out
+
+
+def query(conn: sqlite3.Connection, filter: JobFilter, after: str | None, limit: int) -> Page:
+    where = ["seq > ?"]
+    args: list[object] = [int(after) if after and after.isdigit() else 0]
+    for column, value in (
+        ("queue", filter.queue),
+        ("state", filter.state.value if filter.state else None),
+        ("task", filter.task),
+        ("key", filter.key),
+    ):
+        if value is not None:
+            where.append(f"{column} = ?")
+            args.append(value)
+    sql = f"SELECT {COLUMNS} FROM jobs WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?"
+    rows = conn.execute(sql, (*args, limit + 1)).fetchall()
+    nxt = str(rows[limit - 1][0]) if len(rows) > limit else None
+    return Page([row_to_job(r) for r in rows[:limit]], nxt)
+
+
+def next_due(conn: sqlite3.Connection, queues: Sequence[str], now: float) -> float | None:
+    """Seconds until work may be ready in `queues`: 0 if some is queued, None if nothing waits."""
+    marks = ",".join("?" * len(queues))
+    ready = conn.execute(
+        f"SELECT 1 FROM jobs WHERE state = 'queued' AND queue IN ({marks}) LIMIT 1", queues
+    ).fetchone()
+    if ready:
+        return 0.0
+    (due,) = conn.execute("SELECT min(run_at) FROM jobs WHERE state = 'scheduled'").fetchone()
+    return None if due is None else max(0.0, due - now)

@@ -1,0 +1,171 @@
+"""The job vocabulary: `Job`, `JobState`, `Lease`, `AttemptError` and the `Outcome` of a run.
+
+These are plain records with no I/O. A `Job` is a snapshot of one persisted request to run
+a task; backends hand out fresh snapshots and never share mutable state with callers.
+
+Lifecycle::
+
+    enqueue ─► scheduled ──(run_at ≤ now)──► queued ──claim──► running ──► completed
+                  ▲                             ▲                │  ├──► failed
+                  └──────── settle(Retrying) ───┼────────────────┘  │
+                                                └── rescue ─────────┤  └──► cancelled
+                                                   (lease expired)
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+__all__ = [
+    "TERMINAL",
+    "AttemptError",
+    "Cancelled",
+    "Completed",
+    "Failed",
+    "Job",
+    "JobState",
+    "Lease",
+    "Outcome",
+    "Retrying",
+    "new_job_id",
+]
+
+
+class JobState(enum.StrEnum):
+    """Where a job is in its lifecycle."""
+
+    SCHEDULED = "scheduled"  # waiting for run_at
+    QUEUED = "queued"  # ready to be claimed
+    RUNNING = "running"  # held by a worker's lease
+    COMPLETED = "completed"  # handler returned; result kept for keep_for
+    FAILED = "failed"  # dead letter: attempts exhausted, non-retryable error, poison payload
+    CANCELLED = "cancelled"  # cancelled before or while running
+
+    @property
+    def terminal(self) -> bool:
+        """Whether the job has finished (completed, failed or cancelled)."""
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED})
+LIVE = frozenset({JobState.SCHEDULED, JobState.QUEUED, JobState.RUNNING})
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptError:
+    """What went wrong in one attempt.
+
+    Attributes:
+        attempt: the attempt number (1-based).
+        type: the exception's qualified type name, or a reason code such as ``"LeaseExpired"``.
+        message: the exception's message.
+        traceback: the formatted traceback, empty when there is none.
+        at: when it happened (epoch seconds).
+    """
+
+    attempt: int
+    type: str
+    message: str
+    traceback: str = ""
+    at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A snapshot of one persisted request to run a task.
+
+    Times are epoch seconds. `payload` and `result` are opaque bytes to the store (the
+    task's serializer encodes and decodes them). `attempts` counts attempts started.
+    """
+
+    id: str
+    task: str
+    payload: bytes
+    queue: str = "default"
+    priority: int = 0
+    state: JobState = JobState.QUEUED
+    run_at: float = 0.0
+    enqueued_at: float = 0.0
+    attempts: int = 0
+    max_attempts: int = 1
+    timeout: float | None = None
+    deadline: float | None = None
+    key: str | None = None
+    unique_until: float | None = None
+    keep_for: float = 86_400.0
+    meta: Mapping[str, object] = field(default_factory=dict)
+    result: bytes | None = None
+    errors: tuple[AttemptError, ...] = ()
+    started_at: float | None = None
+    finished_at: float | None = None
+    worker: str | None = None
+    cancel_requested: bool = False
+
+    @property
+    def last_error(self) -> AttemptError | None:
+        """The most recent attempt's error, if any."""
+        return self.errors[-1] if self.errors else None
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A worker's claim on a running job: the job, a fencing token and an expiry.
+
+    Only the holder of the current token may extend or settle the job; a stale token is
+    refused by the backend (fencing).
+    """
+
+    job: Job
+    token: int
+    expires_at: float
+
+    @property
+    def id(self) -> str:
+        """The leased job's id."""
+        return self.job.id
+
+
+@dataclass(frozen=True, slots=True)
+class Completed:
+    """The handler returned; `result` is the encoded return value."""
+
+    result: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Retrying:
+    """The attempt failed and the job should run again at `run_at`."""
+
+    run_at: float
+    error: AttemptError
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """The job failed for good (dead letter)."""
+
+    error: AttemptError
+
+
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    """The job ended cancelled."""
+
+    reason: str
+
+
+Outcome = Completed | Retrying | Failed | Cancelled
+
+
+def new_job_id(now: float | None = None) -> str:
+    """A new 32-hex-digit job id: 48 bits of milliseconds then 80 random bits.
+
+    Ids sort by creation time (so B-tree inserts append), and collide with negligible odds
+    across processes.
+    """
+    ms = int((time.time() if now is None else now) * 1000) & 0xFFFF_FFFF_FFFF
+    return f"{ms:012x}{os.urandom(10).hex()}"

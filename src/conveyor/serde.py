@@ -1,0 +1,190 @@
+"""Encoding of task arguments and results: JSON via msgspec, typed by the task's signature.
+
+A task's arguments are bound to its signature at enqueue time and stored as a JSON object
+(parameter name → value). At run time they are decoded *into the annotated types*, so a
+task taking a `datetime`, a `dataclass` or a `msgspec.Struct` receives one. Pickle is never
+used.
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from conveyor.errors import InvalidArguments, PayloadTooLarge, SerializationError
+
+__all__ = ["ArgsCodec", "decode_result", "encode_result"]
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder()
+
+
+def encode_result(value: object) -> bytes:
+    """Encode a task's return value (`None` encodes to `b"null"`)."""
+    try:
+        return _encoder.encode(value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise SerializationError(
+            f"task result of type {type(value).__name__} is not JSON-serializable: {exc}"
+        ) from exc
+
+
+def decode_result(data: bytes | None, type_: object = Any) -> object:
+    """Decode a stored result, converting it to `type_` when the task's return is annotated."""
+    if data is None:
+        return None
+    try:
+        if type_ is Any:
+            return _decoder.decode(data)
+        return msgspec.json.decode(data, type=type_)
+    except (msgspec.DecodeError, msgspec.ValidationError, TypeError) as exc:
+        raise SerializationError(f"stored result could not be decoded: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class _Param:
+    name: str
+    kind: inspect._ParameterKind
+    has_default: bool
+
+
+class ArgsCodec:
+    """Binds, encodes and decodes the arguments of one function.
+
+    Args:
+        fn: the task function; its signature and annotations define the payload.
+        name: the task name, used in error messages.
+        max_payload: largest encoded payload accepted, in bytes.
+    """
+
+    def __init__(self, fn: Callable[..., object], name: str, max_payload: int) -> None:
+        self.name = name
+        self.max_payload = max_payload
+        self.signature = inspect.signature(fn)
+        self._params = tuple(
+            _Param(p.name, p.kind, p.default is not inspect.Parameter.empty)
+            for p in self.signature.parameters.values()
+        )
+        # Functions with only plain parameters take the fast path: fn(**arguments).
+        self._plain = all(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in self._params)
+        self._type = _args_type(fn, self.signature, name)
+        self.return_type = _return_type(fn)
+
+    def bind(self, args: tuple[object, ...], kwargs: Mapping[str, object]) -> dict[str, object]:
+        """Bind call arguments to parameter names, or raise `InvalidArguments`."""
+        try:
+            bound = self.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise InvalidArguments(f"task {self.name!r}: {exc}") from None
+        return dict(bound.arguments)
+
+    def encode(self, args: tuple[object, ...], kwargs: Mapping[str, object]) -> bytes:
+        """Bind and encode the arguments; raise a specific `EnqueueError` on bad input."""
+        arguments = self.bind(args, kwargs)
+        try:
+            payload = _encoder.encode(arguments)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise SerializationError(_which_arg_fails(self.name, arguments, exc)) from None
+        if len(payload) > self.max_payload:
+            raise PayloadTooLarge(
+                f"task {self.name!r}: encoded arguments are {len(payload)} bytes, over the "
+                f"maximum of {self.max_payload}; store large data elsewhere and pass a reference"
+            )
+        if self._type is not None:
+            # Check the values against the annotations now, so a wrong type is refused at
+            # enqueue instead of failing later in the worker.
+            self.decode(payload)
+        return payload
+
+    def decode(self, payload: bytes) -> dict[str, object]:
+        """Decode a stored payload into typed arguments, or raise `SerializationError`."""
+        try:
+            if self._type is None:
+                value = _decoder.decode(payload)
+                if not isinstance(value, dict):
+                    raise SerializationError(f"task {self.name!r}: payload is not a JSON object")
+                return value
+            struct = msgspec.json.decode(payload, type=self._type)
+        except msgspec.ValidationError as exc:
+            raise InvalidArguments(f"task {self.name!r}: {exc}") from None
+        except msgspec.DecodeError as exc:
+            raise SerializationError(f"task {self.name!r}: undecodable payload: {exc}") from None
+        return {f: getattr(struct, f) for f in struct.__struct_fields__}
+
+    def call(self, fn: Callable[..., Any], arguments: Mapping[str, object]) -> Any:
+        """Call `fn` with decoded arguments."""
+        if self._plain:
+            return fn(**arguments)
+        args: list[object] = []
+        kwargs: dict[str, object] = {}
+        for p in self._params:
+            if p.name not in arguments:
+                continue
+            value = arguments[p.name]
+            if p.kind is inspect.Parameter.VAR_POSITIONAL:
+                args.extend(typing.cast("list[object]", value))
+            elif p.kind is inspect.Parameter.VAR_KEYWORD:
+                kwargs.update(typing.cast("dict[str, object]", value))
+            elif p.kind is inspect.Parameter.KEYWORD_ONLY:
+                kwargs[p.name] = value
+            else:
+                args.append(value)
+        return fn(*args, **kwargs)
+
+
+def _which_arg_fails(task: str, arguments: Mapping[str, object], exc: Exception) -> str:
+    for name, value in arguments.items():
+        try:
+            _encoder.encode(value)
+        except (TypeError, ValueError, OverflowError) as inner:
+            return (
+                f"task {task!r}: argument {name!r} ({type(value).__name__}) is not "
+                f"JSON-serializable: {inner}"
+            )
+    return f"task {task!r}: arguments are not JSON-serializable: {exc}"
+
+
+def _hints(fn: Callable[..., object]) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(fn, include_extras=True)
+    except Exception:
+        # Unresolvable forward references: fall back to untyped decoding.
+        return {}
+
+
+def _return_type(fn: Callable[..., object]) -> object:
+    hint = _hints(fn).get("return", Any)
+    return Any if hint is None or hint is type(None) else hint
+
+
+def _args_type(fn: Callable[..., object], sig: inspect.Signature, name: str) -> type | None:
+    """A msgspec Struct type mirroring the signature, or None when it can't be typed."""
+    hints = _hints(fn)
+    fields: list[tuple[str, object] | tuple[str, object, object]] = []
+    for p in sig.parameters.values():
+        hint: object = hints.get(p.name, Any)
+        if p.kind is inspect.Parameter.VAR_POSITIONAL:
+            hint = list[hint]  # type: ignore[valid-type]
+        elif p.kind is inspect.Parameter.VAR_KEYWORD:
+            hint = dict[str, hint]  # type: ignore[valid-type]
+        if p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
+            fields.append((p.name, hint, msgspec.field(default_factory=_empty(p.kind))))
+        elif p.default is not inspect.Parameter.empty:
+            fields.append((p.name, hint, p.default))
+        else:
+            fields.append((p.name, hint))
+    try:
+        struct = msgspec.defstruct(f"{name.replace('.', '_')}_args", fields, forbid_unknown_fields=True)
+        msgspec.json.Decoder(struct)  # raises TypeError on annotations msgspec can't decode
+    except (TypeError, ValueError):
+        return None
+    return struct
+
+
+def _empty(kind: inspect._ParameterKind) -> Callable[[], object]:
+    return list if kind is inspect.Parameter.VAR_POSITIONAL else dict

@@ -1,0 +1,76 @@
+"""The backend contract against SQLite, plus what only a file-backed store can show."""
+
+import os
+import sqlite3
+import stat
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from conveyor.backends.sqlite import SQLiteBackend
+from conveyor.backends.sqlite.schema import SCHEMA_VERSION
+from conveyor.clock import FakeClock
+from conveyor.errors import StoreUnavailable
+from conveyor.job import JobState
+from conveyor.testing.contract import BackendContract, make_job
+
+
+class TestSQLiteBackend(BackendContract):
+    @pytest.fixture
+    async def backend(self, clock: FakeClock, tmp_path: Path) -> AsyncIterator[SQLiteBackend]:
+        async with SQLiteBackend(tmp_path / "jobs.db", clock=clock) as b:
+            yield b
+
+
+async def test_file_is_private_and_versioned(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    async with SQLiteBackend(path) as b:
+        await b.enqueue([make_job(FakeClock())])
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()
+
+
+async def test_jobs_survive_reopen(tmp_path: Path) -> None:
+    clock = FakeClock()
+    job = make_job(clock, payload=b'{"n":1}')
+    async with SQLiteBackend(tmp_path / "j.db", clock=clock) as b:
+        await b.enqueue([job])
+    async with SQLiteBackend(tmp_path / "j.db", clock=clock) as b:
+        (got,) = await b.get([job.id])
+        assert got is not None and got.payload == b'{"n":1}' and got.state is JobState.QUEUED
+
+
+async def test_unopenable_path_is_a_clear_error(tmp_path: Path) -> None:
+    async with SQLiteBackend(tmp_path / "missing-dir" / "jobs.db") as b:
+        with pytest.raises(StoreUnavailable, match="cannot create the job database"):
+            await b.counts()
+    not_a_db = tmp_path / "garbage.db"
+    not_a_db.write_bytes(b"this is not a database" * 100)
+    async with SQLiteBackend(not_a_db) as b:
+        with pytest.raises(StoreUnavailable, match="cannot open the job database"):
+            await b.counts()
+
+
+async def test_path_that_is_a_directory_is_a_clear_error(tmp_path: Path) -> None:
+    async with SQLiteBackend(tmp_path) as b:
+        with pytest.raises(StoreUnavailable, match="cannot open the job database"):
+            await b.enqueue([make_job(FakeClock())])
+
+
+async def test_claim_uses_the_ready_index(tmp_path: Path) -> None:
+    async with SQLiteBackend(tmp_path / "j.db") as b:
+        await b.counts()
+    conn = sqlite3.connect(tmp_path / "j.db")
+    plan = " ".join(
+        str(r)
+        for r in conn.execute(
+            "EXPLAIN QUERY PLAN SELECT seq FROM jobs WHERE state = 'queued' AND queue = 'q' "
+            "ORDER BY priority DESC, run_at, seq LIMIT 10"
+        )
+    )
+    conn.close()
+    assert "jobs_ready" in plan and "TEMP B-TREE" not in plan
