@@ -1,1 +1,56 @@
-"""Conveyor: durable background jobs for Python."""
+"""Conveyor: durable background jobs for Python.
+
+    import conveyor
+
+    app = conveyor.App("sqlite:///jobs.db")
+
+    @app.task(retry=conveyor.RetryPolicy(max_attempts=5))
+    async def send_email(to: str, subject: str) -> str: ...
+
+    job = await send_email.enqueue("a@b.c", "hi")
+    print(await job.result(timeout=10))
+
+The package root is the table of contents: the entry object, the task and job types, the
+rules, the signals task code raises, and the error root. Everything else lives in its module.
+"""
+
+from conveyor.app import App
+from conveyor.clock import Clock, FakeClock, SystemClock
+from conveyor.errors import (
+    Cancel,
+    ConveyorError,
+    Fail,
+    JobCancelled,
+    JobFailed,
+    NonRetryable,
+    Retry,
+)
+from conveyor.handle import JobHandle
+from conveyor.job import Job, JobState
+from conveyor.producer import JobOptions
+from conveyor.retry import RetryPolicy
+from conveyor.task import Task
+from conveyor.worker import WorkerConfig
+
+__all__ = [
+    "App",
+    "Cancel",
+    "Clock",
+    "ConveyorError",
+    "Fail",
+    "FakeClock",
+    "Job",
+    "JobCancelled",
+    "JobFailed",
+    "JobHandle",
+    "JobOptions",
+    "JobState",
+    "NonRetryable",
+    "Retry",
+    "RetryPolicy",
+    "SystemClock",
+    "Task",
+    "WorkerConfig",
+]
+
+__version__ = "0.1.0"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from conveyor.clock import FakeClock
 
@@ -23,11 +23,11 @@ async def advance(clock: FakeClock, seconds: float) -> None:
 
 def echo_handler(
     calls: list[list[int]],
-) -> Callable[[Sequence[int]], asyncio.Future[list[int | BaseException]]]:
+) -> Callable[[Sequence[int]], Awaitable[list[int | BaseException]]]:
     """A handler that records each batch and returns every item doubled."""
 
     async def handle(items: Sequence[int]) -> list[int | BaseException]:
         calls.append(list(items))
         return [i * 2 for i in items]
 
-    return handle  # type: ignore[return-value]
+    return handle

@@ -1,5 +1,6 @@
 """In-process concurrency primitives: channels, batchers, loaders, pipelines and limiters."""
 
 from conveyor.primitives.batcher import Batcher, BatcherStats, Handler, Overflow
+from conveyor.primitives.priority import PriorityBatcher
 
-__all__ = ["Batcher", "BatcherStats", "Handler", "Overflow"]
+__all__ = ["Batcher", "BatcherStats", "Handler", "Overflow", "PriorityBatcher"]

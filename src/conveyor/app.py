@@ -1,0 +1,176 @@
+"""`App`: the one entry object — the store, the task registry, workers and the inspector."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from types import TracebackType
+from typing import Any, ParamSpec, Protocol, Self, TypeVar, overload
+
+from conveyor.backends import Backend, from_url
+from conveyor.clock import Clock, SystemClock
+from conveyor.inspector import Inspector
+from conveyor.producer import JobOptions, Producer
+from conveyor.registry import Registry
+from conveyor.retry import RetryPolicy
+from conveyor.serve import Server
+from conveyor.task import AsyncTask, SyncTask, Task, make_task
+from conveyor.worker import WorkerConfig, parse_queues
+
+__all__ = ["App"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class _TaskDecorator(Protocol):
+    @overload
+    def __call__(self, fn: Callable[P, Coroutine[Any, Any, R]]) -> AsyncTask[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R]) -> SyncTask[P, R]: ...
+
+
+class App:
+    """A Conveyor application: where jobs are stored and which tasks exist.
+
+    Args:
+        url: the store. ``sqlite:///jobs.db`` (default ``sqlite:///conveyor.db``),
+            ``memory://`` for tests.
+        clock: the time source (`FakeClock` in tests).
+        max_payload: largest encoded arguments accepted per job, in bytes (default 1 MiB).
+        backend: an already built backend, instead of `url`.
+
+    Example:
+        app = conveyor.App("sqlite:///jobs.db")
+
+        @app.task(queue="emails", retry=conveyor.RetryPolicy(max_attempts=5), timeout=30)
+        async def send_email(to: str, subject: str) -> str: ...
+
+        job = await send_email.enqueue("a@b.c", "hi")
+    """
+
+    def __init__(
+        self,
+        url: str = "sqlite:///conveyor.db",
+        *,
+        clock: Clock | None = None,
+        max_payload: int = 1 << 20,
+        backend: Backend | None = None,
+    ) -> None:
+        self.url = url
+        self.clock = clock or (backend.clock if backend else SystemClock())
+        self.backend = backend or from_url(url, clock=self.clock)
+        self.producer = Producer(self.backend, self.clock)
+        self.registry = Registry(self.producer, max_payload=max_payload)
+        self.inspector = Inspector(self.backend)
+        self._entered = 0
+
+    def __repr__(self) -> str:
+        return f"<conveyor.App {self.url} tasks={len(self.registry)}>"
+
+    # -- tasks -----------------------------------------------------------------------------
+
+    @overload
+    def task(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> AsyncTask[P, R]: ...
+    @overload
+    def task(self, fn: Callable[P, R], /) -> SyncTask[P, R]: ...
+    @overload
+    def task(
+        self,
+        fn: None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+        keep_for: float | None = None,
+    ) -> _TaskDecorator: ...
+
+    def task(
+        self,
+        fn: Callable[..., Any] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+        keep_for: float | None = None,
+    ) -> Any:
+        """Register a function as a task: ``@app.task`` or ``@app.task(queue=..., ...)``.
+
+        Args:
+            name: registered name (default: the function's name).
+            queue: default queue of its jobs.
+            priority: default priority (-100..100, higher first).
+            retry: its `RetryPolicy` (default: 3 attempts, exponential backoff from 1 s).
+            timeout: seconds one attempt may run.
+            keep_for: seconds to keep finished jobs and results (default 1 day).
+        """
+        defaults = JobOptions(queue=queue, priority=priority, timeout=timeout, keep_for=keep_for)
+
+        def register(f: Callable[..., Any]) -> Task[..., object]:
+            return make_task(self.registry, f, name=name, retry=retry, defaults=defaults)
+
+        return register(fn) if fn is not None else register
+
+    # -- running ---------------------------------------------------------------------------
+
+    def worker(
+        self,
+        queues: str | Sequence[str] | None = None,
+        *,
+        concurrency: int = 16,
+        strict: bool = False,
+        **config: Any,
+    ) -> Server:
+        """A worker (with maintenance) for this app; see `WorkerConfig` for every option.
+
+        Example:
+            await app.worker("critical=6,default=3,low=1", concurrency=64).run()
+        """
+        cfg = WorkerConfig(
+            queues=parse_queues(queues), concurrency=concurrency, strict=strict, **config
+        )
+        return Server(self.backend, self.registry, cfg, self.clock)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        """Enter to coalesce concurrent enqueues into batches; exit closes the store."""
+        if self._entered == 0:
+            await self.producer.__aenter__()
+        self._entered += 1
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._entered -= 1
+        if self._entered == 0:
+            await self.producer.__aexit__(exc_type, exc, tb)
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the store's connections and the sync portal."""
+        self.registry.portal.close()
+        await self.backend.aclose()
+
+    def close(self) -> None:
+        """`aclose()` for synchronous code."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            asyncio.run(self.aclose())
+            return
+        raise RuntimeError("App.close() called inside an event loop; use await app.aclose()")
+
+    def get_meta(self) -> Mapping[str, object]:
+        """A summary for logs and the CLI: URL and registered task names."""
+        return {"url": self.url, "tasks": sorted(t.name for t in self.registry)}

@@ -1,0 +1,89 @@
+"""`JobHandle`: what an enqueue returns — the job's id, its status, and its result to await."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Generic, TypeVar, cast
+
+from conveyor.errors import JobCancelled, JobFailed, JobNotFound, ResultTimeout
+from conveyor.job import Job, JobState
+from conveyor.serde import decode_result
+
+if TYPE_CHECKING:
+    from conveyor.registry import Registry
+
+__all__ = ["JobHandle"]
+
+R = TypeVar("R")
+
+
+class JobHandle(Generic[R]):
+    """A reference to an enqueued job.
+
+    Attributes:
+        id: the job id.
+        task: the task name.
+        created: `False` when the enqueue was a duplicate of a job holding the same key;
+            the handle then points at that existing job.
+
+    Example:
+        job = await send_email.enqueue("a@b.c", "hi")
+        print(await job.result(timeout=10))
+    """
+
+    __slots__ = ("_registry", "_return_type", "created", "id", "task")
+
+    def __init__(
+        self, registry: Registry, job_id: str, task: str, return_type: object, created: bool = True
+    ) -> None:
+        self._registry = registry
+        self._return_type = return_type
+        self.id = job_id
+        self.task = task
+        self.created = created
+
+    def __repr__(self) -> str:
+        return f"<JobHandle {self.task} {self.id}{'' if self.created else ' (existing)'}>"
+
+    async def get(self) -> Job:
+        """The job's current record. Raises `JobNotFound` if it was purged."""
+        (job,) = await self._registry.producer.backend.get([self.id])
+        if job is None:
+            raise JobNotFound(f"job {self.id} not found (never stored, or purged)")
+        return job
+
+    async def status(self) -> JobState:
+        """The job's current state."""
+        return (await self.get()).state
+
+    async def cancel(self, reason: str = "cancelled by user") -> JobState | None:
+        """Cancel the job (a running job stops at its next heartbeat)."""
+        return await self._registry.producer.backend.cancel(self.id, reason)
+
+    async def result(self, timeout: float | None = None, poll: float = 0.005) -> R:
+        """Wait for the job to finish and return its result.
+
+        Raises:
+            JobFailed: the job ended failed (dead-lettered).
+            JobCancelled: the job was cancelled.
+            ResultTimeout: not finished within `timeout` seconds.
+        """
+        loop = asyncio.get_running_loop()
+        end = None if timeout is None else loop.time() + timeout
+        delay = poll
+        while True:
+            job = await self.get()
+            if job.state is JobState.COMPLETED:
+                return cast("R", decode_result(job.result, self._return_type))
+            if job.state is JobState.FAILED:
+                raise JobFailed(self.id, job.last_error.message if job.last_error else None)
+            if job.state is JobState.CANCELLED:
+                raise JobCancelled(self.id, str(job.meta.get("cancel_reason", "")) or None)
+            if end is not None and loop.time() + delay > end:
+                raise ResultTimeout(f"job {self.id} did not finish within {timeout} s")
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 0.25)
+
+    def result_sync(self, timeout: float | None = None) -> R:
+        """`result()` for synchronous code."""
+        return self._registry.portal.call(self.result(timeout))

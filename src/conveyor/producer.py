@@ -1,0 +1,209 @@
+"""The producer: validated job options and arguments → `Job` records → `backend.enqueue`.
+
+Inside `async with producer:` concurrent single enqueues on the same loop are coalesced into
+one backend call (a `Batcher` in natural-batching mode: idle → sent at once; busy →
+everything that arrived meanwhile goes in the next batch).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+from datetime import datetime
+from types import TracebackType
+from typing import Self, TypedDict
+
+from conveyor.backends.base import Backend
+from conveyor.clock import Clock
+from conveyor.errors import InvalidOption
+from conveyor.job import Job, new_job_id
+from conveyor.names import check_key, check_queue
+from conveyor.primitives import Batcher
+
+__all__ = ["MAX_PRIORITY", "MIN_PRIORITY", "JobOptions", "OptionsDict", "Producer"]
+
+MIN_PRIORITY, MAX_PRIORITY = -100, 100
+
+
+class OptionsDict(TypedDict, total=False):
+    """Keyword form of `JobOptions`, for `task.options(**opts)`."""
+
+    queue: str
+    priority: int
+    delay: float
+    at: datetime | float
+    timeout: float | None
+    deadline: datetime | float | None
+    max_attempts: int
+    key: str | None
+    unique_for: float | None
+    keep_for: float
+    meta: Mapping[str, object]
+
+
+@dataclass(frozen=True, slots=True)
+class JobOptions:
+    """How and when a job runs. Unset fields (`None`) fall back to the task's defaults.
+
+    Attributes:
+        queue: queue name (1-64 chars of ``A-Za-z0-9_.:-``).
+        priority: -100..100, higher runs first within a queue (default 0).
+        delay: seconds from now before the job may run.
+        at: when the job may run (a timezone-aware `datetime` or epoch seconds).
+        timeout: seconds one attempt may run before it is cancelled and counted as failed.
+        deadline: if the job has not *started* by then it fails: a `datetime`, or seconds
+            from enqueue.
+        max_attempts: total attempts allowed (overrides the task's `RetryPolicy`).
+        key: unique key; a second enqueue with the same key returns the existing job.
+        unique_for: seconds from enqueue that the key stays held even after the job ends
+            (default: held until the job's record is purged).
+        keep_for: seconds to keep the finished job and its result (default 1 day).
+        meta: free-form JSON-serializable metadata stored with the job.
+    """
+
+    queue: str | None = None
+    priority: int | None = None
+    delay: float | None = None
+    at: datetime | float | None = None
+    timeout: float | None = None
+    deadline: datetime | float | None = None
+    max_attempts: int | None = None
+    key: str | None = None
+    unique_for: float | None = None
+    keep_for: float | None = None
+    meta: Mapping[str, object] | None = None
+
+    @classmethod
+    def from_dict(cls, opts: Mapping[str, object]) -> JobOptions:
+        """Build from keywords, refusing unknown names with the list of known ones."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(opts) - known)
+        if unknown:
+            raise InvalidOption(
+                f"unknown job option(s) {', '.join(map(repr, unknown))}; "
+                f"known options: {', '.join(sorted(known))}"
+            )
+        return cls(**opts)  # type: ignore[arg-type]
+
+    def merged(self, over: JobOptions) -> JobOptions:
+        """These options with every field set in `over` replacing ours."""
+        changes = {f.name: getattr(over, f.name) for f in fields(over)}
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _seconds(name: str, value: object, *, allow_zero: bool = True) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        raise InvalidOption(f"job option {name} must be a number of seconds, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero) or math.isinf(value):
+        raise InvalidOption(f"job option {name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def _when(name: str, value: datetime | float) -> float:
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise InvalidOption(
+                f"job option {name} is a naive datetime; pass a timezone-aware one "
+                "(datetime.now(timezone.utc) + ...) so the time is unambiguous"
+            )
+        return value.timestamp()
+    return _seconds(name, value)
+
+
+def build_job(task: str, payload: bytes, opts: JobOptions, now: float) -> Job:
+    """Validate `opts` and make the `Job` record to store. Raises `InvalidOption`."""
+    queue = check_queue(opts.queue or "default")
+    priority = 0 if opts.priority is None else opts.priority
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise InvalidOption(f"job option priority must be an int, got {priority!r}")
+    if not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+        raise InvalidOption(
+            f"job option priority must be within {MIN_PRIORITY}..{MAX_PRIORITY}, got {priority}"
+        )
+    if opts.delay is not None and opts.at is not None:
+        raise InvalidOption("give either delay or at, not both")
+    run_at = now
+    if opts.delay is not None:
+        run_at = now + _seconds("delay", opts.delay)
+    elif opts.at is not None:
+        run_at = _when("at", opts.at)
+    timeout = None if opts.timeout is None else _seconds("timeout", opts.timeout, allow_zero=False)
+    deadline = None
+    if opts.deadline is not None:
+        d = opts.deadline
+        deadline = _when("deadline", d) if isinstance(d, datetime) else now + _seconds("deadline", d)
+    attempts = 1 if opts.max_attempts is None else opts.max_attempts
+    if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+        raise InvalidOption(f"job option max_attempts must be an int >= 1, got {attempts!r}")
+    key = None if opts.key is None else check_key(opts.key)
+    unique_until = None
+    if opts.unique_for is not None:
+        if key is None:
+            raise InvalidOption("job option unique_for needs a key")
+        unique_until = now + _seconds("unique_for", opts.unique_for)
+    keep_for = 86_400.0 if opts.keep_for is None else _seconds("keep_for", opts.keep_for)
+    meta = dict(opts.meta) if opts.meta else {}
+    return Job(
+        id=new_job_id(now),
+        task=task,
+        payload=payload,
+        queue=queue,
+        priority=priority,
+        run_at=run_at,
+        enqueued_at=now,
+        max_attempts=attempts,
+        timeout=timeout,
+        deadline=deadline,
+        key=key,
+        unique_until=unique_until,
+        keep_for=keep_for,
+        meta=meta,
+    )
+
+
+class Producer:
+    """Puts jobs into a backend, coalescing concurrent single enqueues while entered.
+
+    Args:
+        backend: the store.
+        clock: the time source for `run_at` and ids.
+        max_batch: the most jobs one coalesced backend call carries.
+    """
+
+    def __init__(self, backend: Backend, clock: Clock, *, max_batch: int = 1000) -> None:
+        self.backend = backend
+        self.clock = clock
+        self._max_batch = max_batch
+        self._batcher: Batcher[Job, bool] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def __aenter__(self) -> Self:
+        batcher: Batcher[Job, bool] = Batcher(
+            self._flush, max_size=self._max_batch, max_wait=0.0, capacity=self._max_batch * 10,
+            name="enqueue",
+        )
+        await batcher.__aenter__()
+        self._batcher, self._loop = batcher, asyncio.get_running_loop()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        batcher, self._batcher, self._loop = self._batcher, None, None
+        if batcher is not None:
+            await batcher.__aexit__(exc_type, exc, tb)
+
+    async def _flush(self, jobs: Sequence[Job]) -> list[bool]:
+        return await self.backend.enqueue(jobs)
+
+    async def enqueue(self, jobs: Sequence[Job]) -> list[bool]:
+        """Store `jobs`; `False` where a unique key made it a duplicate."""
+        batcher = self._batcher
+        if len(jobs) == 1 and batcher is not None and asyncio.get_running_loop() is self._loop:
+            return [await batcher.submit(jobs[0])]
+        return await self.backend.enqueue(jobs)

@@ -1,0 +1,194 @@
+"""Typed tasks: `Task[P, R]` wraps a function; calling it runs it, `.enqueue()` makes a job."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Coroutine, Iterable, Mapping
+from typing import Generic, ParamSpec, TypeVar, Unpack
+
+from conveyor.errors import InvalidArguments
+from conveyor.handle import JobHandle
+from conveyor.job import Job
+from conveyor.names import check_task_name
+from conveyor.producer import JobOptions, OptionsDict, build_job
+from conveyor.registry import Registry
+from conveyor.retry import RetryPolicy
+from conveyor.serde import ArgsCodec
+
+__all__ = ["AsyncTask", "BoundTask", "SyncTask", "Task"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+Call = tuple[object, ...] | Mapping[str, object]
+
+
+class Task(Generic[P, R]):
+    """A registered task. Create one with `@app.task`.
+
+    Calling the task runs the function here and now; `enqueue` stores a job for a worker.
+
+    Attributes:
+        name: the registered name (the function's name unless given).
+        fn: the function.
+        retry: its `RetryPolicy`.
+        defaults: its default `JobOptions` (queue, timeout, max_attempts, ...).
+    """
+
+    is_async: bool = False
+
+    def __init__(
+        self,
+        registry: Registry,
+        fn: Callable[P, object],
+        *,
+        name: str | None = None,
+        retry: RetryPolicy | None = None,
+        defaults: JobOptions | None = None,
+    ) -> None:
+        self.registry = registry
+        self.fn = fn
+        self.name = check_task_name(name or fn.__name__)
+        self.retry = retry or RetryPolicy()
+        self.defaults = JobOptions(max_attempts=self.retry.max_attempts).merged(
+            defaults or JobOptions()
+        )
+        self.codec = ArgsCodec(fn, self.name, registry.max_payload)
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name}>"
+
+    def options(self, **opts: Unpack[OptionsDict]) -> BoundTask[P, R]:
+        """This task with job options for the next enqueue.
+
+        Example:
+            await send_email.options(delay=60, key="welcome:42").enqueue("a@b.c", "hi")
+        """
+        return BoundTask(self, self.defaults.merged(JobOptions.from_dict(opts)))
+
+    def _job(self, args: tuple[object, ...], kwargs: Mapping[str, object], opts: JobOptions) -> Job:
+        payload = self.codec.encode(args, kwargs)
+        return build_job(self.name, payload, opts, self.registry.producer.clock.now())
+
+    async def _store(self, jobs: list[Job]) -> list[JobHandle[R]]:
+        created = await self.registry.producer.enqueue(jobs)
+        handles = [
+            JobHandle[R](self.registry, job.id, self.name, self.codec.return_type, ok)
+            for job, ok in zip(jobs, created, strict=True)
+        ]
+        for i, (job, ok) in enumerate(zip(jobs, created, strict=True)):
+            if not ok and job.key is not None:
+                # A duplicate: point the handle at the job that holds the key.
+                existing = await self._holder(job.key)
+                if existing is not None:
+                    handles[i].id = existing
+        return handles
+
+    async def _holder(self, key: str) -> str | None:
+        from conveyor.backends.base import JobFilter
+
+        backend = self.registry.producer.backend
+        page = await backend.query(JobFilter(key=key, task=self.name), limit=1000)
+        live = [j for j in page.jobs if not j.state.terminal] or page.jobs
+        return live[-1].id if live else None
+
+    async def _enqueue(
+        self, args: tuple[object, ...], kwargs: Mapping[str, object], opts: JobOptions
+    ) -> JobHandle[R]:
+        (handle,) = await self._store([self._job(args, kwargs, opts)])
+        return handle
+
+    async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle[R]:
+        """Store a job that runs this task with these arguments; returns its handle.
+
+        Raises:
+            InvalidArguments, SerializationError, PayloadTooLarge, InvalidOption: bad input;
+                nothing was stored.
+        """
+        return await self._enqueue(args, kwargs, self.defaults)
+
+    def enqueue_sync(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle[R]:
+        """`enqueue` for synchronous code (Django views, Flask, scripts)."""
+        job = self._job(args, kwargs, self.defaults)  # validate here, in the caller's thread
+        (handle,) = self.registry.portal.call(self._store([job]))
+        return handle
+
+    async def enqueue_many(self, calls: Iterable[Call]) -> list[JobHandle[R]]:
+        """Store many jobs in one round trip. Each call is a tuple of positional arguments or
+        a mapping of keyword arguments. All are validated before any is stored.
+
+        Example:
+            await send_email.enqueue_many([("a@b.c", "hi"), {"to": "d@e.f", "subject": "yo"}])
+        """
+        return await self._store(self._jobs(calls, self.defaults))
+
+    def _jobs(self, calls: Iterable[Call], opts: JobOptions) -> list[Job]:
+        jobs: list[Job] = []
+        for i, call in enumerate(calls):
+            try:
+                if isinstance(call, Mapping):
+                    jobs.append(self._job((), call, opts))
+                elif isinstance(call, tuple):
+                    jobs.append(self._job(call, {}, opts))
+                else:
+                    raise InvalidArguments(
+                        f"task {self.name!r}: each call must be a tuple of positional "
+                        f"arguments or a mapping of keyword arguments, got {type(call).__name__}"
+                    )
+            except InvalidArguments as exc:
+                raise type(exc)(f"call #{i}: {exc}") from None
+        return jobs
+
+
+class SyncTask(Task[P, R]):
+    """A task whose function is synchronous; workers run it in a thread pool."""
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.fn(*args, **kwargs)  # type: ignore[return-value]
+
+
+class AsyncTask(Task[P, R]):
+    """A task whose function is a coroutine function; workers run it on the event loop."""
+
+    is_async = True
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Coroutine[object, object, R]:
+        return self.fn(*args, **kwargs)  # type: ignore[return-value]
+
+
+class BoundTask(Generic[P, R]):
+    """A task with job options fixed for the next enqueue (from `Task.options`)."""
+
+    def __init__(self, task: Task[P, R], opts: JobOptions) -> None:
+        self.task = task
+        self.opts = opts
+
+    async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle[R]:
+        """Enqueue with these options. See `Task.enqueue`."""
+        return await self.task._enqueue(args, kwargs, self.opts)
+
+    def enqueue_sync(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle[R]:
+        """Enqueue from synchronous code with these options."""
+        job = self.task._job(args, kwargs, self.opts)
+        (handle,) = self.task.registry.portal.call(self.task._store([job]))
+        return handle
+
+    async def enqueue_many(self, calls: Iterable[Call]) -> list[JobHandle[R]]:
+        """Enqueue many with these options. See `Task.enqueue_many`."""
+        return await self.task._store(self.task._jobs(calls, self.opts))
+
+
+def make_task(
+    registry: Registry,
+    fn: Callable[P, object],
+    *,
+    name: str | None,
+    retry: RetryPolicy | None,
+    defaults: JobOptions,
+) -> Task[P, object]:
+    """Wrap `fn` in the right kind of task and register it."""
+    kind: type[Task[P, object]] = AsyncTask if inspect.iscoroutinefunction(fn) else SyncTask
+    task = kind(registry, fn, name=name, retry=retry, defaults=defaults)
+    registry.add(task)  # type: ignore[arg-type]
+    return task

@@ -1,0 +1,91 @@
+"""Running one leased job: decode, call the handler under its timeout, decide the `Outcome`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import traceback
+from collections.abc import Callable
+from concurrent.futures import Executor
+
+from conveyor.clock import Clock
+from conveyor.errors import Cancel, ConveyorError, Fail, Retry, UnknownTask
+from conveyor.job import AttemptError, Cancelled, Completed, Failed, Lease, Outcome, Retrying
+from conveyor.registry import Registry
+from conveyor.serde import encode_result
+from conveyor.task import Task
+
+__all__ = ["execute"]
+
+
+def _error(lease: Lease, exc: BaseException, now: float, kind: str | None = None) -> AttemptError:
+    tb = "".join(traceback.format_exception(exc)) if exc.__traceback__ else ""
+    name = kind or f"{type(exc).__module__}.{type(exc).__qualname__}".removeprefix("builtins.")
+    return AttemptError(lease.job.attempts, name, str(exc) or type(exc).__name__, tb, now)
+
+
+def _retry_or_fail(
+    task: Task[..., object] | None, lease: Lease, exc: BaseException, clock: Clock, kind: str | None = None
+) -> Outcome:
+    now = clock.now()
+    error = _error(lease, exc, now, kind)
+    job = lease.job
+    if task is None or job.attempts >= job.max_attempts:
+        return Failed(error)
+    if isinstance(exc, Retry):
+        delay = exc.delay if exc.delay is not None else task.retry.delay(job.attempts)
+        return Retrying(now + delay, error)
+    if not task.retry.retryable(exc):
+        return Failed(error)
+    return Retrying(now + task.retry.delay(job.attempts), error)
+
+
+async def execute(
+    registry: Registry, lease: Lease, clock: Clock, threads: Executor
+) -> Outcome:
+    """Run the leased job once and return what should happen to it.
+
+    Never raises for the job's own faults (bad payload, unknown task, handler errors,
+    timeouts): those become outcomes. `asyncio.CancelledError` propagates (lease lost or
+    shutdown), and the caller decides.
+    """
+    job = lease.job
+    now = clock.now()
+    task = registry.find(job.task)
+    if task is None:
+        exc = UnknownTask(f"no task named {job.task!r} is registered in this worker")
+        return Failed(_error(lease, exc, now, "UnknownTask"))
+    if job.deadline is not None and now > job.deadline:
+        exc2 = ConveyorError(f"the job's deadline passed {now - job.deadline:.3f} s before it started")
+        return Failed(_error(lease, exc2, now, "DeadlineExceeded"))
+    try:
+        arguments = task.codec.decode(job.payload)
+    except ConveyorError as exc3:
+        return Failed(_error(lease, exc3, now, "PoisonPayload"))
+    deadline = asyncio.timeout(job.timeout)
+    try:
+        async with deadline:
+            if task.is_async:
+                value = await task.codec.call(task.fn, arguments)
+            else:
+                ctx = contextvars.copy_context()
+                call: Callable[[], object] = functools.partial(
+                    ctx.run, task.codec.call, task.fn, arguments
+                )
+                value = await asyncio.get_running_loop().run_in_executor(threads, call)
+    except TimeoutError as exc4:
+        if not deadline.expired():  # the handler's own TimeoutError, not our limit
+            return _retry_or_fail(task, lease, exc4, clock)
+        timed_out = TimeoutError(f"attempt timed out after {job.timeout} s")
+        return _retry_or_fail(task, lease, timed_out, clock, "Timeout")
+    except Cancel as sig:
+        return Cancelled(sig.reason)
+    except Fail as sig2:
+        return Failed(_error(lease, sig2, clock.now(), "Fail"))
+    except Exception as exc5:
+        return _retry_or_fail(task, lease, exc5, clock)
+    try:
+        return Completed(encode_result(value))
+    except ConveyorError as exc6:
+        return Failed(_error(lease, exc6, clock.now(), "ResultNotSerializable"))

@@ -1,0 +1,282 @@
+"""The worker: claims jobs up to free capacity, runs them, heartbeats leases, settles outcomes.
+
+One `asyncio.TaskGroup` owns everything: the fetch loop, one task per running job, the
+heartbeat loop and the settle batcher. Shutdown is two-phase: `stop()` stops claiming and
+lets running jobs finish for `grace` seconds; what is still running then is cancelled and
+put back in the queue (retried, never lost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from conveyor.backends.base import Backend
+from conveyor.clock import Clock
+from conveyor.job import AttemptError, Cancelled, Completed, Failed, Lease, Outcome, Retrying
+from conveyor.primitives import Batcher
+from conveyor.registry import Registry
+from conveyor.worker.config import QueueSelector, WorkerConfig
+from conveyor.worker.execute import execute
+
+__all__ = ["Worker", "WorkerStats"]
+
+log = logging.getLogger("conveyor.worker")
+
+
+@dataclass(slots=True)
+class WorkerStats:
+    """Counters since the worker started."""
+
+    claimed: int = 0
+    completed: int = 0
+    retried: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    lost: int = 0  # leases lost (expired, fenced or cancel requested) while running
+    interrupted: int = 0  # cancelled by shutdown and put back
+
+
+@dataclass(slots=True)
+class _Running:
+    lease: Lease
+    task: asyncio.Task[None] | None = None
+    lost: bool = False
+    interrupted: bool = False
+    started: float = field(default=0.0)
+
+
+class Worker:
+    """Runs jobs from `backend` for the tasks in `registry`.
+
+    Use `await worker.run()` (returns after `stop()`, or when idle in burst mode).
+
+    Args:
+        backend: the job store.
+        registry: the tasks this worker can run.
+        config: how to run; see `WorkerConfig`.
+        clock: the time source.
+    """
+
+    def __init__(
+        self, backend: Backend, registry: Registry, config: WorkerConfig, clock: Clock
+    ) -> None:
+        self.backend = backend
+        self.registry = registry
+        self.config = config
+        self.clock = clock
+        self.name = config.name or f"{socket.gethostname()}:{os.getpid()}"
+        self.stats = WorkerStats()
+        self._selector = QueueSelector(config.queues, config.strict)
+        self._running: dict[str, _Running] = {}
+        self._slot_free = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._hurry = asyncio.Event()  # second stop: cancel running jobs now
+        self._started = asyncio.Event()
+        self._threads: ThreadPoolExecutor | None = None
+        self._settler: Batcher[tuple[Lease, Outcome], bool] | None = None
+
+    # -- control ---------------------------------------------------------------------------
+
+    def stop(self, *, now: bool = False) -> None:
+        """Stop claiming. Running jobs get `grace` seconds, or are cancelled at once if `now`
+        (or on a second call)."""
+        if self._stopping.is_set() or now:
+            self._hurry.set()
+        self._stopping.set()
+        self._slot_free.set()
+
+    @property
+    def stopping(self) -> bool:
+        """Whether `stop()` was called."""
+        return self._stopping.is_set()
+
+    async def started(self) -> None:
+        """Wait until the worker is claiming (the readiness handshake)."""
+        await self._started.wait()
+
+    @property
+    def running(self) -> int:
+        """Jobs running right now."""
+        return len(self._running)
+
+    # -- main ------------------------------------------------------------------------------
+
+    async def run(self) -> WorkerStats:
+        """Run until stopped (or idle, in burst mode). Returns the counters."""
+        cfg = self.config
+        self._threads = ThreadPoolExecutor(cfg.threads or cfg.concurrency, "conveyor-job")
+        settler: Batcher[tuple[Lease, Outcome], bool] = Batcher(
+            self.backend.settle, max_size=500, max_wait=0.0, capacity=cfg.concurrency * 4,
+            name="settle",
+        )
+        log.info("worker %s starting: queues=%s concurrency=%d", self.name,
+                 ",".join(f"{n}={w}" for n, w in cfg.queues), cfg.concurrency)
+        try:
+            async with settler, asyncio.TaskGroup() as tg:
+                self._settler = settler
+                heartbeat = tg.create_task(self._heartbeat_loop(), name="conveyor-heartbeat")
+                await self._fetch_loop(tg)
+                await self._drain()
+                heartbeat.cancel()
+        finally:
+            self._settler = None
+            self._threads.shutdown(wait=False, cancel_futures=True)
+        log.info("worker %s stopped: %s", self.name, self.stats)
+        return self.stats
+
+    async def _fetch_loop(self, tg: asyncio.TaskGroup) -> None:
+        cfg = self.config
+        self._started.set()
+        while not self._stopping.is_set():
+            free = cfg.concurrency - len(self._running)
+            if free <= 0:
+                self._slot_free.clear()
+                await self._slot_free.wait()
+                continue
+            leases = await self.backend.claim(
+                self._selector.order(), min(free, cfg.claim_batch), cfg.lease_for, self.name
+            )
+            if self._stopping.is_set() and leases:
+                # Claimed as the stop arrived: hand them straight back, unstarted.
+                await self._release(leases)
+                break
+            now = self.clock.monotonic()
+            for lease in leases:
+                entry = _Running(lease, started=now)
+                self._running[lease.id] = entry
+                entry.task = tg.create_task(self._run_one(entry), name=f"conveyor-job-{lease.id}")
+            self.stats.claimed += len(leases)
+            if leases:
+                continue
+            if cfg.burst and not self._running:
+                break
+            await self._idle(cfg.poll)
+
+    async def _idle(self, timeout: float) -> None:
+        """Wait for work (backend hint), a free slot after a burst, or a stop."""
+        waiter = asyncio.ensure_future(self.backend.wait(self.config.queue_names, timeout))
+        stopper = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for fut in (waiter, stopper):
+                fut.cancel()
+            await asyncio.gather(waiter, stopper, return_exceptions=True)
+
+    async def _release(self, leases: list[Lease]) -> None:
+        now = self.clock.now()
+        outcomes: list[tuple[Lease, Outcome]] = [
+            (lease, Retrying(now, AttemptError(lease.job.attempts, "Interrupted",
+                                               "worker stopped before the job started", "", now)))
+            for lease in leases
+        ]
+        await self.backend.settle(outcomes)
+
+    async def _drain(self) -> None:
+        """Phase two of shutdown: wait `grace` for running jobs, then cancel the rest."""
+        if not self._running:
+            return
+        hurry = asyncio.ensure_future(self._hurry.wait())
+        try:
+            end = asyncio.get_running_loop().time() + self.config.grace
+            while self._running and not self._hurry.is_set():
+                left = end - asyncio.get_running_loop().time()
+                if left <= 0:
+                    break
+                self._slot_free.clear()
+                waiter = asyncio.ensure_future(self._slot_free.wait())
+                await asyncio.wait({waiter, hurry}, timeout=left,
+                                   return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+        finally:
+            hurry.cancel()
+        if self._running:
+            log.warning("worker %s: cancelling %d job(s) still running after grace; they will be "
+                        "retried", self.name, len(self._running))
+        for entry in list(self._running.values()):
+            entry.interrupted = True
+            if entry.task is not None:
+                entry.task.cancel()
+
+    # -- one job ---------------------------------------------------------------------------
+
+    async def _run_one(self, entry: _Running) -> None:
+        lease = entry.lease
+        try:
+            assert self._threads is not None
+            try:
+                outcome = await execute(self.registry, lease, self.clock, self._threads)
+            except asyncio.CancelledError:
+                if entry.lost:
+                    return
+                if not entry.interrupted:
+                    raise
+                now = self.clock.now()
+                err = AttemptError(lease.job.attempts, "Interrupted",
+                                   "the worker shut down before the job finished", "", now)
+                outcome = Retrying(now, err)
+                self.stats.interrupted += 1
+            if entry.lost:
+                return
+            await self._settle(entry, outcome)
+        finally:
+            self._running.pop(lease.id, None)
+            self._slot_free.set()
+
+    async def _settle(self, entry: _Running, outcome: Outcome) -> None:
+        assert self._settler is not None
+        lease = entry.lease
+        ok = await asyncio.shield(self._settler.submit((lease, outcome)))
+        job = lease.job
+        took = self.clock.monotonic() - entry.started
+        if not ok:
+            self.stats.lost += 1
+            log.warning("job %s (%s) attempt %d: lease lost before settle; its outcome was "
+                        "dropped (the job runs again elsewhere)", job.id, job.task, job.attempts)
+        elif isinstance(outcome, Completed):
+            self.stats.completed += 1
+            log.debug("job %s (%s) attempt %d completed in %.3fs", job.id, job.task,
+                      job.attempts, took)
+        elif isinstance(outcome, Retrying):
+            if outcome.error.type != "Interrupted":
+                self.stats.retried += 1
+            log.warning("job %s (%s) attempt %d failed, retry in %.1fs: %s: %s", job.id,
+                        job.task, job.attempts, max(0.0, outcome.run_at - self.clock.now()),
+                        outcome.error.type, outcome.error.message)
+        elif isinstance(outcome, Failed):
+            self.stats.failed += 1
+            log.warning("job %s (%s) attempt %d failed for good: %s: %s", job.id, job.task,
+                        job.attempts, outcome.error.type, outcome.error.message)
+        elif isinstance(outcome, Cancelled):
+            self.stats.cancelled += 1
+            log.info("job %s (%s) cancelled: %s", job.id, job.task, outcome.reason)
+
+    # -- heartbeat -------------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        cfg = self.config
+        while True:
+            await self.clock.sleep(cfg.heartbeat)
+            entries = [e for e in self._running.values() if not e.lost]
+            if not entries:
+                continue
+            try:
+                results = await self.backend.extend([e.lease for e in entries], cfg.lease_for)
+            except Exception:
+                log.exception("worker %s: heartbeat failed; will retry", self.name)
+                continue
+            for entry, new in zip(entries, results, strict=True):
+                if new is None:
+                    entry.lost = True
+                    self.stats.lost += 1
+                    log.warning("job %s (%s): lease lost or cancel requested; stopping it",
+                                entry.lease.id, entry.lease.job.task)
+                    if entry.task is not None:
+                        entry.task.cancel()
+                else:
+                    entry.lease = new
