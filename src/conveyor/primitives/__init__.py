@@ -1,6 +1,7 @@
 """In-process concurrency primitives: channels, batchers, loaders, pipelines and limiters."""
 
 from conveyor.primitives.batcher import Batcher, BatcherStats, Handler, Overflow
+from conveyor.primitives.channel import Channel, ChannelStats
 from conveyor.primitives.priority import PriorityBatcher
 
-__all__ = ["Batcher", "BatcherStats", "Handler", "Overflow", "PriorityBatcher"]
+__all__ = ["Channel", "ChannelStats", "Batcher", "BatcherStats", "Handler", "Overflow", "PriorityBatcher"]

@@ -1,0 +1,176 @@
+"""The `conveyor` command line: worker, enqueue, inspect, demo.
+
+Errors print one line (``error: …``) and exit 2; no traceback for problems the user can fix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Callable
+
+import click
+
+from conveyor.app import App
+from conveyor.cli.inspect_cmd import inspect_group
+from conveyor.cli.load import load_app
+from conveyor.cli.worker import run_worker, supervise
+from conveyor.errors import ConveyorError
+from conveyor.producer import JobOptions
+
+__all__ = ["main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-A", "--app", "app_spec", envvar="CONVEYOR_APP",
+              help="The app as module:attribute (env CONVEYOR_APP).")
+@click.option("--url", envvar="CONVEYOR_URL",
+              help="Store URL for inspect when no app is given (env CONVEYOR_URL).")
+@click.option("-v", "--verbose", count=True, help="-v for info logs, -vv for debug.")
+@click.pass_context
+def cli(ctx: click.Context, app_spec: str | None, url: str | None, verbose: int) -> None:
+    """Conveyor: durable background jobs for Python."""
+    level = {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def get_app() -> App:
+        if app_spec:
+            return load_app(app_spec)
+        return App(url or "sqlite:///conveyor.db")
+
+    ctx.obj = get_app
+
+
+@cli.command("worker")
+@click.argument("app_spec", metavar="APP")
+@click.option("-q", "--queues", default="default", show_default=True,
+              help="Queues with weights, e.g. critical=6,default=3,low=1.")
+@click.option("--strict", is_flag=True, help="Take queues strictly in the order given.")
+@click.option("-c", "--concurrency", default=16, show_default=True, help="Jobs at once per process.")
+@click.option("-p", "--processes", default=1, show_default=True, help="Worker processes.")
+@click.option("--grace", default=10.0, show_default=True, help="Seconds to finish jobs on stop.")
+@click.option("--lease", "lease_for", default=5.0, show_default=True,
+              help="Lease seconds; a dead worker's jobs rerun after about this long.")
+@click.option("--burst", is_flag=True, help="Exit when no job is ready.")
+@click.option("--name", help="Worker name in leases and logs.")
+@click.pass_context
+def worker_cmd(
+    ctx: click.Context,
+    app_spec: str,
+    queues: str,
+    strict: bool,
+    concurrency: int,
+    processes: int,
+    grace: float,
+    lease_for: float,
+    burst: bool,
+    name: str | None,
+) -> None:
+    """Run workers for APP (module:attribute)."""
+    if processes < 1:
+        raise click.BadParameter("must be >= 1", param_hint="--processes")
+    if processes > 1:
+        argv = [arg for arg in sys.argv[sys.argv.index("worker") + 1 :]]
+        argv = _without_processes(argv)
+        ctx.exit(supervise(argv, processes))
+    app = load_app(app_spec)
+    options: dict[str, object] = {
+        "concurrency": concurrency, "strict": strict, "grace": grace, "lease_for": lease_for,
+        "burst": burst, "name": name,
+    }
+    run_worker(app, options=options, queues=queues)
+
+
+def _without_processes(argv: list[str]) -> list[str]:
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg in ("-p", "--processes"):
+            skip = True
+            continue
+        if arg.startswith("--processes=") or (arg.startswith("-p") and arg[2:].isdigit()):
+            continue
+        out.append(arg)
+    return out
+
+
+@cli.command("enqueue")
+@click.argument("task_name", metavar="TASK")
+@click.option("--args", "args_json", default="[]", help="Positional arguments as a JSON list.")
+@click.option("--kwargs", "kwargs_json", default="{}", help="Keyword arguments as a JSON object.")
+@click.option("--queue")
+@click.option("--priority", type=int)
+@click.option("--delay", type=float, help="Seconds before it may run.")
+@click.option("--key", help="Unique key.")
+@click.option("--wait", "wait_for", type=float, help="Wait this many seconds for the result.")
+@click.pass_obj
+def enqueue_cmd(
+    get_app: Callable[[], App],
+    task_name: str,
+    args_json: str,
+    kwargs_json: str,
+    queue: str | None,
+    priority: int | None,
+    delay: float | None,
+    key: str | None,
+    wait_for: float | None,
+) -> None:
+    """Enqueue one job of TASK (needs --app)."""
+    try:
+        args = json.loads(args_json)
+        kwargs = json.loads(kwargs_json)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}") from None
+    if not isinstance(args, list) or not isinstance(kwargs, dict):
+        raise click.BadParameter("--args must be a JSON list and --kwargs a JSON object")
+    app = get_app()
+    task = app.registry.get(task_name)
+    opts = task.defaults.merged(JobOptions(queue=queue, priority=priority, delay=delay, key=key))
+
+    async def main() -> None:
+        try:
+            handle = await task._enqueue(tuple(args), kwargs, opts)
+            click.echo(handle.id + ("" if handle.created else " (existing job with that key)"))
+            if wait_for is not None:
+                click.echo(json.dumps(await handle.result(timeout=wait_for)))
+        finally:
+            await app.aclose()
+
+    asyncio.run(main())
+
+
+@cli.command("demo")
+@click.option("--jobs", default=5000, show_default=True, help="How many jobs to enqueue.")
+@click.option("-p", "--processes", default=2, show_default=True, help="Worker processes.")
+@click.option("-c", "--concurrency", default=32, show_default=True, help="Jobs at once per process.")
+@click.option("--db", default="conveyor-demo.db", show_default=True, help="SQLite file (recreated).")
+def demo_cmd(jobs: int, processes: int, concurrency: int, db: str) -> None:
+    """Run a realistic mixed workload on SQLite with live progress."""
+    from conveyor.cli.demo import run_demo
+
+    run_demo(jobs=jobs, processes=processes, concurrency=concurrency, db=db)
+
+
+cli.add_command(inspect_group)
+
+
+def main() -> None:
+    """Entry point: run the CLI, turning Conveyor errors into one line."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except ConveyorError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)

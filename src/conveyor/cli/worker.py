@@ -1,0 +1,109 @@
+"""`conveyor worker`: run workers in this process, or N supervised processes with ``-p N``.
+
+Signals are handled here and only here: the first SIGTERM/SIGINT starts a graceful stop, a
+second cancels running jobs at once (they are retried, not lost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+from conveyor.app import App
+from conveyor.worker import WorkerStats
+
+__all__ = ["run_worker", "supervise"]
+
+log = logging.getLogger("conveyor.cli")
+
+
+def run_worker(app: App, *, options: dict[str, object], queues: str | None) -> WorkerStats:
+    """Run one worker in this process until a signal stops it."""
+
+    async def main() -> WorkerStats:
+        server = app.worker(queues, **options)  # type: ignore[arg-type]
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, server.stop)
+        parent = os.getppid()
+        try:
+            async with app, asyncio.TaskGroup() as tg:
+                watch = None
+                if os.environ.get("CONVEYOR_SUPERVISED"):
+                    watch = tg.create_task(_orphan_watch(parent, server.stop))
+                stats = await server.run()
+                if watch is not None:
+                    watch.cancel()
+                return stats
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+    return asyncio.run(main())
+
+
+async def _orphan_watch(parent: int, stop: Callable[[], None]) -> None:
+    """Stop gracefully if the supervisor disappears (e.g. it was SIGKILLed)."""
+    while os.getppid() == parent:
+        await asyncio.sleep(1.0)
+    log.warning("supervisor %d is gone; stopping", parent)
+    stop()
+
+
+def supervise(argv: Sequence[str], processes: int, *, restart_delay: float = 0.5) -> int:
+    """Run `processes` copies of ``conveyor worker`` with `argv`; restart any that dies.
+
+    Returns 0 when every child exited cleanly after a stop signal.
+    """
+    cmd = [sys.executable, "-m", "conveyor", "worker", *argv, "--processes", "1"]
+    children: dict[int, subprocess.Popen[bytes]] = {}
+    stopping = 0
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping += 1
+        for child in children.values():
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    env = {**os.environ, "CONVEYOR_SUPERVISED": "1"}
+    failures = 0
+    try:
+        for slot in range(processes):
+            children[slot] = _spawn(cmd, env)
+        while children:
+            time.sleep(0.1)
+            for slot, child in list(children.items()):
+                code = child.poll()
+                if code is None:
+                    continue
+                if stopping:
+                    failures += code != 0
+                    del children[slot]
+                    continue
+                log.warning("worker process %d exited with %s; restarting it", child.pid, code)
+                time.sleep(restart_delay)
+                if not stopping:
+                    children[slot] = _spawn(cmd, env)
+                else:
+                    del children[slot]
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        for child in children.values():
+            if child.poll() is None:
+                child.kill()
+    return 1 if failures else 0
+
+
+def _spawn(cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    # A session of its own: a terminal's Ctrl-C reaches only the supervisor, which forwards
+    # exactly one SIGTERM per signal it gets (so one Ctrl-C is one graceful stop).
+    return subprocess.Popen(cmd, env=env, start_new_session=True)
