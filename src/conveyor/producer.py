@@ -133,7 +133,9 @@ def build_job(task: str, payload: bytes, opts: JobOptions, now: float) -> Job:
     deadline = None
     if opts.deadline is not None:
         d = opts.deadline
-        deadline = _when("deadline", d) if isinstance(d, datetime) else now + _seconds("deadline", d)
+        deadline = (
+            _when("deadline", d) if isinstance(d, datetime) else now + _seconds("deadline", d)
+        )
     attempts = 1 if opts.max_attempts is None else opts.max_attempts
     if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
         raise InvalidOption(f"job option max_attempts must be an int >= 1, got {attempts!r}")
@@ -181,7 +183,10 @@ class Producer:
 
     async def __aenter__(self) -> Self:
         batcher: Batcher[Job, bool] = Batcher(
-            self._flush, max_size=self._max_batch, max_wait=0.0, capacity=self._max_batch * 10,
+            self._flush,
+            max_size=self._max_batch,
+            max_wait=0.0,
+            capacity=self._max_batch * 10,
             name="enqueue",
         )
         await batcher.__aenter__()

@@ -62,7 +62,7 @@ class RetryPolicy:
 
     def retryable(self, exc: BaseException) -> bool:
         """Whether this kind of error may be retried at all (attempts aside)."""
-        if isinstance(exc, Fail | NonRetryable) or isinstance(exc, self.dont_retry):
+        if isinstance(exc, (Fail, NonRetryable, *self.dont_retry)):
             return False
         return isinstance(exc, self.retry_on)
 

@@ -109,7 +109,7 @@ class ArgsCodec:
                 if not isinstance(value, dict):
                     raise SerializationError(f"task {self.name!r}: payload is not a JSON object")
                 return value
-            struct = msgspec.json.decode(payload, type=self._type)
+            struct: msgspec.Struct = msgspec.json.decode(payload, type=self._type)
         except msgspec.ValidationError as exc:
             raise InvalidArguments(f"task {self.name!r}: {exc}") from None
         except msgspec.DecodeError as exc:
@@ -179,7 +179,9 @@ def _args_type(fn: Callable[..., object], sig: inspect.Signature, name: str) -> 
         else:
             fields.append((p.name, hint))
     try:
-        struct = msgspec.defstruct(f"{name.replace('.', '_')}_args", fields, forbid_unknown_fields=True)
+        struct = msgspec.defstruct(
+            f"{name.replace('.', '_')}_args", fields, forbid_unknown_fields=True
+        )
         msgspec.json.Decoder(struct)  # raises TypeError on annotations msgspec can't decode
     except (TypeError, ValueError):
         return None

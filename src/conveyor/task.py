@@ -190,5 +190,5 @@ def make_task(
     """Wrap `fn` in the right kind of task and register it."""
     kind: type[Task[P, object]] = AsyncTask if inspect.iscoroutinefunction(fn) else SyncTask
     task = kind(registry, fn, name=name, retry=retry, defaults=defaults)
-    registry.add(task)  # type: ignore[arg-type]
+    registry.add(task)
     return task

@@ -1,7 +1,7 @@
 """Job stores: the contract (`Backend`) and `from_url`, which picks a store by URL scheme.
 
-    memory://                    in-process, for tests
-    sqlite:///path/to/jobs.db    the embedded default (relative path); sqlite:////abs/path
+memory://                    in-process, for tests
+sqlite:///path/to/jobs.db    the embedded default (relative path); sqlite:////abs/path
 """
 
 from __future__ import annotations
@@ -35,6 +35,4 @@ def from_url(url: str, clock: Clock | None = None) -> Backend:
         if not path:
             raise ConfigError(f"backend URL {url!r} names no file; use sqlite:///jobs.db")
         return SQLiteBackend(path, clock=clock)
-    raise ConfigError(
-        f"unknown backend scheme {scheme!r} in {url!r}; supported: sqlite, memory"
-    )
+    raise ConfigError(f"unknown backend scheme {scheme!r} in {url!r}; supported: sqlite, memory")

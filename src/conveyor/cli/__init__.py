@@ -24,10 +24,18 @@ __all__ = ["main"]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-A", "--app", "app_spec", envvar="CONVEYOR_APP",
-              help="The app as module:attribute (env CONVEYOR_APP).")
-@click.option("--url", envvar="CONVEYOR_URL",
-              help="Store URL for inspect when no app is given (env CONVEYOR_URL).")
+@click.option(
+    "-A",
+    "--app",
+    "app_spec",
+    envvar="CONVEYOR_APP",
+    help="The app as module:attribute (env CONVEYOR_APP).",
+)
+@click.option(
+    "--url",
+    envvar="CONVEYOR_URL",
+    help="Store URL for inspect when no app is given (env CONVEYOR_URL).",
+)
 @click.option("-v", "--verbose", count=True, help="-v for info logs, -vv for debug.")
 @click.pass_context
 def cli(ctx: click.Context, app_spec: str | None, url: str | None, verbose: int) -> None:
@@ -45,14 +53,26 @@ def cli(ctx: click.Context, app_spec: str | None, url: str | None, verbose: int)
 
 @cli.command("worker")
 @click.argument("app_spec", metavar="APP")
-@click.option("-q", "--queues", default="default", show_default=True,
-              help="Queues with weights, e.g. critical=6,default=3,low=1.")
+@click.option(
+    "-q",
+    "--queues",
+    default="default",
+    show_default=True,
+    help="Queues with weights, e.g. critical=6,default=3,low=1.",
+)
 @click.option("--strict", is_flag=True, help="Take queues strictly in the order given.")
-@click.option("-c", "--concurrency", default=16, show_default=True, help="Jobs at once per process.")
+@click.option(
+    "-c", "--concurrency", default=16, show_default=True, help="Jobs at once per process."
+)
 @click.option("-p", "--processes", default=1, show_default=True, help="Worker processes.")
 @click.option("--grace", default=10.0, show_default=True, help="Seconds to finish jobs on stop.")
-@click.option("--lease", "lease_for", default=5.0, show_default=True,
-              help="Lease seconds; a dead worker's jobs rerun after about this long.")
+@click.option(
+    "--lease",
+    "lease_for",
+    default=5.0,
+    show_default=True,
+    help="Lease seconds; a dead worker's jobs rerun after about this long.",
+)
 @click.option("--burst", is_flag=True, help="Exit when no job is ready.")
 @click.option("--name", help="Worker name in leases and logs.")
 @click.pass_context
@@ -72,13 +92,17 @@ def worker_cmd(
     if processes < 1:
         raise click.BadParameter("must be >= 1", param_hint="--processes")
     if processes > 1:
-        argv = [arg for arg in sys.argv[sys.argv.index("worker") + 1 :]]
+        argv = list(sys.argv[sys.argv.index("worker") + 1 :])
         argv = _without_processes(argv)
         ctx.exit(supervise(argv, processes))
     app = load_app(app_spec)
     options: dict[str, object] = {
-        "concurrency": concurrency, "strict": strict, "grace": grace, "lease_for": lease_for,
-        "burst": burst, "name": name,
+        "concurrency": concurrency,
+        "strict": strict,
+        "grace": grace,
+        "lease_for": lease_for,
+        "burst": burst,
+        "name": name,
     }
     run_worker(app, options=options, queues=queues)
 
@@ -147,8 +171,12 @@ def enqueue_cmd(
 @cli.command("demo")
 @click.option("--jobs", default=5000, show_default=True, help="How many jobs to enqueue.")
 @click.option("-p", "--processes", default=2, show_default=True, help="Worker processes.")
-@click.option("-c", "--concurrency", default=32, show_default=True, help="Jobs at once per process.")
-@click.option("--db", default="conveyor-demo.db", show_default=True, help="SQLite file (recreated).")
+@click.option(
+    "-c", "--concurrency", default=32, show_default=True, help="Jobs at once per process."
+)
+@click.option(
+    "--db", default="conveyor-demo.db", show_default=True, help="SQLite file (recreated)."
+)
 def demo_cmd(jobs: int, processes: int, concurrency: int, db: str) -> None:
     """Run a realistic mixed workload on SQLite with live progress."""
     from conveyor.cli.demo import run_demo

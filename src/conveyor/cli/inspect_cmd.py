@@ -78,8 +78,13 @@ def ls(
     for job in page.jobs:
         err = job.last_error
         table.add_row(
-            job.id, job.task, job.queue, job.state.value, f"{job.attempts}/{job.max_attempts}",
-            _ts(job.enqueued_at), f"{err.type}: {err.message}"[:60] if err else "",
+            job.id,
+            job.task,
+            job.queue,
+            job.state.value,
+            f"{job.attempts}/{job.max_attempts}",
+            _ts(job.enqueued_at),
+            f"{err.type}: {err.message}"[:60] if err else "",
         )
     console.print(table if page.jobs else "no matching jobs")
     if page.next:
@@ -93,8 +98,17 @@ def show(get_app: Callable[[], App], job_id: str) -> None:
     """One job with every attempt's error."""
     job: Job = _run(get_app(), lambda i: i.job(job_id))
     table = Table(show_header=False)
-    for name in ("id", "task", "queue", "state", "priority", "attempts", "max_attempts", "key",
-                 "worker"):
+    for name in (
+        "id",
+        "task",
+        "queue",
+        "state",
+        "priority",
+        "attempts",
+        "max_attempts",
+        "key",
+        "worker",
+    ):
         table.add_row(name, str(getattr(job, name)))
     for name in ("enqueued_at", "run_at", "started_at", "finished_at", "deadline"):
         table.add_row(name, _ts(getattr(job, name)))
@@ -143,16 +157,29 @@ def requeue(
 def cancel(get_app: Callable[[], App], job_id: str, reason: str) -> None:
     """Cancel a job (a running one stops at its next heartbeat)."""
     state = _run(get_app(), lambda i: i.cancel(job_id, reason))
-    console.print(f"{job_id}: {state.value}" + (" (cancel requested)" if state is JobState.RUNNING else ""))
+    console.print(
+        f"{job_id}: {state.value}" + (" (cancel requested)" if state is JobState.RUNNING else "")
+    )
 
 
 @inspect_group.command("purge")
-@click.option("--state", "states", multiple=True, type=click.Choice(["completed", "failed", "cancelled"]),
-              help="States to purge (default: all finished).")
-@click.option("--older-than", default=0.0, show_default=True, help="Seconds since the job finished.")
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice(["completed", "failed", "cancelled"]),
+    help="States to purge (default: all finished).",
+)
+@click.option(
+    "--older-than", default=0.0, show_default=True, help="Seconds since the job finished."
+)
 @click.pass_obj
 def purge(get_app: Callable[[], App], states: tuple[str, ...], older_than: float) -> None:
     """Delete finished jobs."""
-    wanted = [JobState(s) for s in states] or [JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED]
+    wanted = [JobState(s) for s in states] or [
+        JobState.COMPLETED,
+        JobState.FAILED,
+        JobState.CANCELLED,
+    ]
     n = _run(get_app(), lambda i: i.purge(wanted, older_than=older_than))
     console.print(f"purged {n} job(s)")

@@ -2,6 +2,7 @@
 
 from conveyor.primitives.batcher import Batcher, BatcherStats, Handler, Overflow
 from conveyor.primitives.channel import Channel, ChannelStats
+from conveyor.primitives.limiter import CapacityLimiter, CapacityStats, Counters, RateLimiter
 from conveyor.primitives.priority import PriorityBatcher
 
-__all__ = ["Channel", "ChannelStats", "Batcher", "BatcherStats", "Handler", "Overflow", "PriorityBatcher"]
+__all__ = ["Channel", "ChannelStats", "Batcher", "BatcherStats", "Handler", "Overflow", "PriorityBatcher", "CapacityLimiter", "CapacityStats", "Counters", "RateLimiter"]

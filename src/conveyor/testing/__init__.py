@@ -33,6 +33,10 @@ async def drain(
         stats = await drain(app)
         assert stats.completed == 1
     """
-    names = queues if queues is not None else sorted({t.defaults.queue or "default" for t in app.registry} | {"default"})
+    names = (
+        queues
+        if queues is not None
+        else sorted({t.defaults.queue or "default" for t in app.registry} | {"default"})
+    )
     server = app.worker(names, concurrency=concurrency, burst=True, maintenance=False, poll=0.01)
     return await server.run()

@@ -83,13 +83,29 @@ class BackendContract:
 
     async def test_enqueue_and_get_round_trip(self, backend: Backend, clock: FakeClock) -> None:
         job = await self._enqueue(
-            backend, clock, payload=b'{"x":1}', priority=5, meta={"user": "ann", "n": 3},
-            timeout=2.5, deadline=clock.now() + 99, keep_for=60.0,
+            backend,
+            clock,
+            payload=b'{"x":1}',
+            priority=5,
+            meta={"user": "ann", "n": 3},
+            timeout=2.5,
+            deadline=clock.now() + 99,
+            keep_for=60.0,
         )
         (got,) = await backend.get([job.id])
         assert got is not None
-        assert (got.id, got.task, got.payload, got.queue) == (job.id, job.task, b'{"x":1}', "default")
-        assert (got.priority, got.timeout, got.deadline, got.keep_for) == (5, 2.5, job.deadline, 60.0)
+        assert (got.id, got.task, got.payload, got.queue) == (
+            job.id,
+            job.task,
+            b'{"x":1}',
+            "default",
+        )
+        assert (got.priority, got.timeout, got.deadline, got.keep_for) == (
+            5,
+            2.5,
+            job.deadline,
+            60.0,
+        )
         assert got.meta == {"user": "ann", "n": 3}
         assert got.state is JobState.QUEUED
         assert got.attempts == 0
@@ -135,7 +151,9 @@ class BackendContract:
         assert [lease.id for lease in leases] == [high.id, low.id]
         assert await self._state(backend, other.id) is JobState.QUEUED
 
-    async def test_claim_respects_limit_and_leases(self, backend: Backend, clock: FakeClock) -> None:
+    async def test_claim_respects_limit_and_leases(
+        self, backend: Backend, clock: FakeClock
+    ) -> None:
         for _ in range(5):
             await self._enqueue(backend, clock)
         leases = await backend.claim(["default"], 3, 30, W)
@@ -229,7 +247,10 @@ class BackendContract:
         b = await self._enqueue(backend, clock)
         la, lb = await backend.claim(["default"], 2, 30, W)
         e = err(1, "poison")
-        assert await backend.settle([(la, Failed(e)), (lb, Cancelled("user said so"))]) == [True, True]
+        assert await backend.settle([(la, Failed(e)), (lb, Cancelled("user said so"))]) == [
+            True,
+            True,
+        ]
         got_a, got_b = await backend.get([a.id, b.id])
         assert got_a is not None and got_a.state is JobState.FAILED and got_a.errors == (e,)
         assert got_b is not None and got_b.state is JobState.CANCELLED
@@ -241,7 +262,10 @@ class BackendContract:
         await self._enqueue(backend, clock)
         la, lb = await backend.claim(["default"], 2, 30, W)
         forged = Lease(lb.job, lb.token + 1000, lb.expires_at)
-        assert await backend.settle([(la, Completed(None)), (forged, Completed(None))]) == [True, False]
+        assert await backend.settle([(la, Completed(None)), (forged, Completed(None))]) == [
+            True,
+            False,
+        ]
         assert await self._state(backend, lb.id) is JobState.RUNNING
 
     # -- rescue ----------------------------------------------------------------------------

@@ -114,7 +114,9 @@ class QueueSelector:
     replacement), so a busy high-weight queue cannot starve the others.
     """
 
-    def __init__(self, queues: Sequence[tuple[str, int]], strict: bool, rng: random.Random | None = None) -> None:
+    def __init__(
+        self, queues: Sequence[tuple[str, int]], strict: bool, rng: random.Random | None = None
+    ) -> None:
         self._queues = list(queues)
         self._strict = strict or len(queues) == 1
         self._rng = rng or random.Random()

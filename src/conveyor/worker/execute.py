@@ -26,7 +26,11 @@ def _error(lease: Lease, exc: BaseException, now: float, kind: str | None = None
 
 
 def _retry_or_fail(
-    task: Task[..., object] | None, lease: Lease, exc: BaseException, clock: Clock, kind: str | None = None
+    task: Task[..., object] | None,
+    lease: Lease,
+    exc: BaseException,
+    clock: Clock,
+    kind: str | None = None,
 ) -> Outcome:
     now = clock.now()
     error = _error(lease, exc, now, kind)
@@ -41,9 +45,7 @@ def _retry_or_fail(
     return Retrying(now + task.retry.delay(job.attempts), error)
 
 
-async def execute(
-    registry: Registry, lease: Lease, clock: Clock, threads: Executor
-) -> Outcome:
+async def execute(registry: Registry, lease: Lease, clock: Clock, threads: Executor) -> Outcome:
     """Run the leased job once and return what should happen to it.
 
     Never raises for the job's own faults (bad payload, unknown task, handler errors,
@@ -57,7 +59,9 @@ async def execute(
         exc = UnknownTask(f"no task named {job.task!r} is registered in this worker")
         return Failed(_error(lease, exc, now, "UnknownTask"))
     if job.deadline is not None and now > job.deadline:
-        exc2 = ConveyorError(f"the job's deadline passed {now - job.deadline:.3f} s before it started")
+        exc2 = ConveyorError(
+            f"the job's deadline passed {now - job.deadline:.3f} s before it started"
+        )
         return Failed(_error(lease, exc2, now, "DeadlineExceeded"))
     try:
         arguments = task.codec.decode(job.payload)

@@ -111,11 +111,18 @@ class Worker:
         cfg = self.config
         self._threads = ThreadPoolExecutor(cfg.threads or cfg.concurrency, "conveyor-job")
         settler: Batcher[tuple[Lease, Outcome], bool] = Batcher(
-            self.backend.settle, max_size=500, max_wait=0.0, capacity=cfg.concurrency * 4,
+            self.backend.settle,
+            max_size=500,
+            max_wait=0.0,
+            capacity=cfg.concurrency * 4,
             name="settle",
         )
-        log.info("worker %s starting: queues=%s concurrency=%d", self.name,
-                 ",".join(f"{n}={w}" for n, w in cfg.queues), cfg.concurrency)
+        log.info(
+            "worker %s starting: queues=%s concurrency=%d",
+            self.name,
+            ",".join(f"{n}={w}" for n, w in cfg.queues),
+            cfg.concurrency,
+        )
         try:
             async with settler, asyncio.TaskGroup() as tg:
                 self._settler = settler
@@ -171,8 +178,19 @@ class Worker:
     async def _release(self, leases: list[Lease]) -> None:
         now = self.clock.now()
         outcomes: list[tuple[Lease, Outcome]] = [
-            (lease, Retrying(now, AttemptError(lease.job.attempts, "Interrupted",
-                                               "worker stopped before the job started", "", now)))
+            (
+                lease,
+                Retrying(
+                    now,
+                    AttemptError(
+                        lease.job.attempts,
+                        "Interrupted",
+                        "worker stopped before the job started",
+                        "",
+                        now,
+                    ),
+                ),
+            )
             for lease in leases
         ]
         await self.backend.settle(outcomes)
@@ -190,14 +208,18 @@ class Worker:
                     break
                 self._slot_free.clear()
                 waiter = asyncio.ensure_future(self._slot_free.wait())
-                await asyncio.wait({waiter, hurry}, timeout=left,
-                                   return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(
+                    {waiter, hurry}, timeout=left, return_when=asyncio.FIRST_COMPLETED
+                )
                 waiter.cancel()
         finally:
             hurry.cancel()
         if self._running:
-            log.warning("worker %s: cancelling %d job(s) still running after grace; they will be "
-                        "retried", self.name, len(self._running))
+            log.warning(
+                "worker %s: cancelling %d job(s) still running after grace; they will be retried",
+                self.name,
+                len(self._running),
+            )
         for entry in list(self._running.values()):
             entry.interrupted = True
             if entry.task is not None:
@@ -217,8 +239,13 @@ class Worker:
                 if not entry.interrupted:
                     raise
                 now = self.clock.now()
-                err = AttemptError(lease.job.attempts, "Interrupted",
-                                   "the worker shut down before the job finished", "", now)
+                err = AttemptError(
+                    lease.job.attempts,
+                    "Interrupted",
+                    "the worker shut down before the job finished",
+                    "",
+                    now,
+                )
                 outcome = Retrying(now, err)
                 self.stats.interrupted += 1
             if entry.lost:
@@ -236,22 +263,40 @@ class Worker:
         took = self.clock.monotonic() - entry.started
         if not ok:
             self.stats.lost += 1
-            log.warning("job %s (%s) attempt %d: lease lost before settle; its outcome was "
-                        "dropped (the job runs again elsewhere)", job.id, job.task, job.attempts)
+            log.warning(
+                "job %s (%s) attempt %d: lease lost before settle; its outcome was "
+                "dropped (the job runs again elsewhere)",
+                job.id,
+                job.task,
+                job.attempts,
+            )
         elif isinstance(outcome, Completed):
             self.stats.completed += 1
-            log.debug("job %s (%s) attempt %d completed in %.3fs", job.id, job.task,
-                      job.attempts, took)
+            log.debug(
+                "job %s (%s) attempt %d completed in %.3fs", job.id, job.task, job.attempts, took
+            )
         elif isinstance(outcome, Retrying):
             if outcome.error.type != "Interrupted":
                 self.stats.retried += 1
-            log.warning("job %s (%s) attempt %d failed, retry in %.1fs: %s: %s", job.id,
-                        job.task, job.attempts, max(0.0, outcome.run_at - self.clock.now()),
-                        outcome.error.type, outcome.error.message)
+            log.warning(
+                "job %s (%s) attempt %d failed, retry in %.1fs: %s: %s",
+                job.id,
+                job.task,
+                job.attempts,
+                max(0.0, outcome.run_at - self.clock.now()),
+                outcome.error.type,
+                outcome.error.message,
+            )
         elif isinstance(outcome, Failed):
             self.stats.failed += 1
-            log.warning("job %s (%s) attempt %d failed for good: %s: %s", job.id, job.task,
-                        job.attempts, outcome.error.type, outcome.error.message)
+            log.warning(
+                "job %s (%s) attempt %d failed for good: %s: %s",
+                job.id,
+                job.task,
+                job.attempts,
+                outcome.error.type,
+                outcome.error.message,
+            )
         elif isinstance(outcome, Cancelled):
             self.stats.cancelled += 1
             log.info("job %s (%s) cancelled: %s", job.id, job.task, outcome.reason)
@@ -274,8 +319,11 @@ class Worker:
                 if new is None:
                     entry.lost = True
                     self.stats.lost += 1
-                    log.warning("job %s (%s): lease lost or cancel requested; stopping it",
-                                entry.lease.id, entry.lease.job.task)
+                    log.warning(
+                        "job %s (%s): lease lost or cancel requested; stopping it",
+                        entry.lease.id,
+                        entry.lease.job.task,
+                    )
                     if entry.task is not None:
                         entry.task.cancel()
                 else:

@@ -17,7 +17,6 @@ from conveyor.backends.sqlite.schema import COLUMNS
 from conveyor.job import (
     TERMINAL,
     AttemptError,
-    Cancelled,
     Completed,
     Failed,
     Job,
@@ -138,8 +137,8 @@ def claim(
             break
         rows = conn.execute(_CLAIM, (expires, worker, now, queue, want)).fetchall()
         # RETURNING gives no order guarantee; restore the claim order.
-        rows.sort(key=lambda r: (-r[4], r[7], r[0]))  # type: ignore[operator]
-        leases.extend(Lease(row_to_job(r), r[-1], expires) for r in rows)  # type: ignore[arg-type]
+        rows.sort(key=lambda r: (-r[4], r[7], r[0]))
+        leases.extend(Lease(row_to_job(r), r[-1], expires) for r in rows)
     return leases
 
 

@@ -1,0 +1,333 @@
+"""Loader: DataLoader-style key loading, coalesced into batches, single-flight, cache in front.
+
+Example:
+    async def fetch_users(ids: Sequence[int]) -> Mapping[int, User]:
+        return {u.id: u for u in await db.users_by_id(ids)}
+
+    async with Loader(fetch_users, cache=MemoryCache(), ttl=60) as users:
+        alice, bob = await asyncio.gather(users.load(1), users.load(2))   # one fetch_users call
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Generic, Self, TypeAlias, TypeVar
+
+from conveyor.errors import ClosedError
+from conveyor.primitives.cache import MISS, NOT_FOUND, Cache, CacheMark, Stored
+from conveyor.primitives.limiter import CapacityLimiter
+
+__all__ = ["BatchFn", "Loader", "LoaderStats"]
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+BatchFn: TypeAlias = Callable[[Sequence[K]], Awaitable[Mapping[K, V]]]
+"""A source: the values found for some keys; keys left out are "not found"."""
+
+
+@dataclass(frozen=True, slots=True)
+class LoaderStats:
+    """A snapshot of a loader's counters.
+
+    Attributes:
+        loads: `load` calls (each key of `load_many` counts once).
+        coalesced: loads that joined a load of the same key already in flight.
+        cache_hits: keys answered by the cache tier (negative entries included).
+        cache_misses: keys the cache tier did not have.
+        cache_reads: `mget` round trips.
+        cache_writes: `mset` round trips.
+        cache_errors: cache calls that failed or timed out (the source was used instead).
+        source_batches: `batch_fn` calls.
+        source_keys: keys sent to `batch_fn`.
+        not_found: keys resolved as not found.
+        errors: keys failed by a `batch_fn` exception.
+        in_flight: distinct keys being loaded now.
+    """
+
+    loads: int
+    coalesced: int
+    cache_hits: int
+    cache_misses: int
+    cache_reads: int
+    cache_writes: int
+    cache_errors: int
+    source_batches: int
+    source_keys: int
+    not_found: int
+    errors: int
+    in_flight: int
+
+
+class Loader(Generic[K, V]):
+    """Coalesces `load(key)` calls made in the same loop iteration into batched source calls.
+
+    Duplicate keys share one load (single flight). With a `cache`, the keys of an iteration
+    are first read in one `mget`; hits resolve at once, misses go to `batch_fn` in batches of
+    at most `max_batch_size` (at most `max_concurrency` at a time), and what the source
+    returns is written back in one `mset`: values for `ttl` seconds, "not found" for
+    `negative_ttl`. A key the source leaves out is "not found": `load` returns None and
+    `load_required` raises `KeyError`. A `batch_fn` exception fails only that batch's keys
+    and is not cached. A failing or slow cache (over `cache_timeout` seconds) is skipped and
+    counted in `stats().cache_errors`; it never blocks a load. Values are not memoized beyond
+    the cache tier: without one, every new load reaches the source.
+
+    Args:
+        batch_fn: async source returning a mapping of the keys it found.
+        max_batch_size: most keys per `batch_fn` call (>= 1).
+        max_concurrency: most `batch_fn` calls running at once (>= 1).
+        cache: optional cache tier in front of the source.
+        ttl: seconds found values stay cached (> 0).
+        negative_ttl: seconds "not found" stays cached (>= 0; 0 = don't cache it).
+        cache_timeout: seconds before a cache call is given up (None = no limit).
+        name: names the loader in errors.
+
+    Example:
+        async with Loader(fetch_users, max_batch_size=500) as users:
+            user = await users.load_required(user_id)
+    """
+
+    def __init__(
+        self,
+        batch_fn: BatchFn[K, V],
+        *,
+        max_batch_size: int = 1000,
+        max_concurrency: int = 8,
+        cache: Cache[K, V] | None = None,
+        ttl: float = 300.0,
+        negative_ttl: float = 30.0,
+        cache_timeout: float | None = 1.0,
+        name: str = "loader",
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"Loader {name!r}: max_batch_size must be >= 1, got {max_batch_size}")
+        if max_concurrency < 1:
+            raise ValueError(
+                f"Loader {name!r}: max_concurrency must be >= 1, got {max_concurrency}"
+            )
+        if ttl <= 0 or negative_ttl < 0:
+            raise ValueError(f"Loader {name!r}: ttl must be > 0 and negative_ttl >= 0")
+        self._batch_fn = batch_fn
+        self._max_batch = max_batch_size
+        self._slots = CapacityLimiter(max_concurrency)
+        self._cache = cache
+        self._ttl = ttl
+        self._negative_ttl = negative_ttl
+        self._cache_timeout = cache_timeout
+        self._name = name
+        self._futures: dict[K, asyncio.Future[V | None]] = {}  # single flight, by key
+        self._queued: list[K] = []  # keys of this iteration, dispatched together
+        self._tg: asyncio.TaskGroup | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+        self._loads = self._coalesced = self._hits = self._misses = 0
+        self._reads = self._writes = self._cache_errors = 0
+        self._batches = self._source_keys = self._not_found = self._errors = 0
+
+    async def __aenter__(self) -> Self:
+        if self._tg is not None or self._closed:
+            raise RuntimeError(f"Loader {self._name!r} can be entered once")
+        self._loop = asyncio.get_running_loop()
+        self._tg = asyncio.TaskGroup()
+        await self._tg.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Stop accepting loads and wait for the ones in flight (cancelled on cancellation)."""
+        assert self._tg is not None
+        self._closed = True
+        if self._queued:
+            self._dispatch()
+        tg, self._tg = self._tg, None
+        if exc_type is not None and not issubclass(exc_type, Exception):
+            await tg.__aexit__(exc_type, exc, tb)
+        else:
+            await tg.__aexit__(None, None, None)  # the body's own error propagates as is
+        err = ClosedError(f"Loader {self._name!r} closed before this key was loaded")
+        for fut in self._futures.values():
+            if not fut.done():
+                fut.set_exception(err)
+        self._futures.clear()
+
+    def _future(self, key: K) -> asyncio.Future[V | None]:
+        self._loads += 1
+        fut = self._futures.get(key)
+        if fut is not None:
+            self._coalesced += 1
+            return fut
+        if self._tg is None:
+            if self._closed:
+                raise ClosedError(f"Loader {self._name!r} is closed")
+            raise RuntimeError(f"Loader {self._name!r} is not running: use `async with` first")
+        assert self._loop is not None
+        fut = self._loop.create_future()
+        self._futures[key] = fut
+        if not self._queued:
+            # Everything loaded until the loop's next iteration joins this dispatch.
+            self._loop.call_soon(self._dispatch)
+        self._queued.append(key)
+        return fut
+
+    async def load(self, key: K) -> V | None:
+        """Return the value for `key`, or None if the source has none.
+
+        Raises:
+            Exception: the `batch_fn` error of the batch that held this key.
+            ClosedError: the loader is closed.
+        """
+        # shield: a cancelled caller must not cancel the load other callers share.
+        return await asyncio.shield(self._future(key))
+
+    async def load_required(self, key: K) -> V:
+        """Like `load`, but raise `KeyError(key)` when the source has no value."""
+        value = await self.load(key)
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    async def load_many(self, keys: Iterable[K]) -> list[V | None]:
+        """Load every key (in one batch where possible); values in order, None if not found.
+
+        Raises:
+            Exception: the first error among the keys' loads.
+        """
+        futs = [self._future(k) for k in keys]
+        return list(await asyncio.shield(asyncio.gather(*futs)))
+
+    async def prime(self, key: K, value: V) -> None:
+        """Put a known value in the cache tier (and answer a queued load of `key` with it).
+
+        Raises:
+            RuntimeError: the loader has no cache tier to hold the value.
+        """
+        if self._cache is None:
+            raise RuntimeError(f"Loader {self._name!r}: prime() needs a cache tier")
+        await self._cache_write([(key, value, self._ttl)])
+
+    async def clear(self, key: K) -> None:
+        """Forget `key` in the cache tier, so the next load reaches the source."""
+        if self._cache is not None:
+            try:
+                await self._guard(self._cache.delete([key]))
+            except Exception:
+                self._cache_errors += 1
+
+    def stats(self) -> LoaderStats:
+        """Return a snapshot of the counters (see `LoaderStats`)."""
+        return LoaderStats(
+            loads=self._loads,
+            coalesced=self._coalesced,
+            cache_hits=self._hits,
+            cache_misses=self._misses,
+            cache_reads=self._reads,
+            cache_writes=self._writes,
+            cache_errors=self._cache_errors,
+            source_batches=self._batches,
+            source_keys=self._source_keys,
+            not_found=self._not_found,
+            errors=self._errors,
+            in_flight=len(self._futures),
+        )
+
+    # -- dispatching -------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        keys, self._queued = self._queued, []
+        if not keys or self._tg is None:
+            return
+        if self._cache is not None:
+            self._tg.create_task(self._through_cache(keys))
+            return
+        for start in range(0, len(keys), self._max_batch):
+            self._tg.create_task(self._from_source(keys[start : start + self._max_batch]))
+
+    async def _guard(self, call: Awaitable[object]) -> object:
+        if self._cache_timeout is None:
+            return await call
+        async with asyncio.timeout(self._cache_timeout):
+            return await call
+
+    async def _through_cache(self, keys: list[K]) -> None:
+        assert self._cache is not None
+        misses: list[K] = []
+        try:
+            self._reads += 1
+            found = await self._guard(self._cache.mget(keys))
+            assert isinstance(found, Sequence) and len(found) == len(keys), "cache broke mget"
+        except Exception:
+            self._cache_errors += 1  # cache down: every key goes to the source
+            misses = keys
+        else:
+            for key, value in zip(keys, found, strict=True):
+                if value is MISS:
+                    misses.append(key)
+                else:
+                    self._hits += 1
+                    self._resolve(key, None if value is NOT_FOUND else value)
+        self._misses += len(misses)
+        if not misses:
+            return
+        # Every source batch of these keys runs now; their write-backs share one mset.
+        async with asyncio.TaskGroup() as batches:
+            tasks = [
+                batches.create_task(self._from_source(misses[i : i + self._max_batch], False))
+                for i in range(0, len(misses), self._max_batch)
+            ]
+        entries = [e for t in tasks for e in t.result()]
+        if entries:
+            await self._cache_write(entries)
+
+    async def _from_source(
+        self, keys: list[K], write_back: bool = True
+    ) -> list[tuple[K, Stored[V], float]]:
+        """Load `keys` from the source, resolve them, and return the entries to cache."""
+        entries: list[tuple[K, Stored[V], float]] = []
+        async with self._slots:
+            self._batches += 1
+            self._source_keys += len(keys)
+            try:
+                found = await self._batch_fn(keys)
+            except Exception as exc:
+                self._errors += len(keys)
+                for key in keys:
+                    self._fail(key, exc)
+                return entries
+        for key in keys:
+            if key in found:
+                value = found[key]
+                self._resolve(key, value)
+                entries.append((key, value, self._ttl))
+            else:
+                self._not_found += 1
+                self._resolve(key, None)
+                if self._negative_ttl > 0:
+                    entries.append((key, NOT_FOUND, self._negative_ttl))
+        if write_back and self._cache is not None and entries:
+            await self._cache_write(entries)
+        return entries
+
+    async def _cache_write(self, entries: list[tuple[K, Stored[V], float]]) -> None:
+        assert self._cache is not None
+        self._writes += 1
+        try:
+            await self._guard(self._cache.mset(entries))
+        except Exception:
+            self._cache_errors += 1  # a failed write-back only costs a later miss
+
+    def _resolve(self, key: K, value: V | CacheMark | None) -> None:
+        fut = self._futures.pop(key, None)
+        if fut is not None and not fut.done():
+            fut.set_result(None if isinstance(value, CacheMark) else value)
+
+    def _fail(self, key: K, exc: BaseException) -> None:
+        fut = self._futures.pop(key, None)
+        if fut is not None and not fut.done():
+            fut.set_exception(exc)
