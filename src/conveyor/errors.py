@@ -57,6 +57,7 @@ __all__ = [
     "StoreUnavailable",
     "TaskSignal",
     "UnknownTask",
+    "unwrap_group",
 ]
 
 
@@ -187,3 +188,23 @@ class Fail(TaskSignal):
 
 class NonRetryable(Exception):
     """Subclass this (or list the type in `RetryPolicy.dont_retry`) for errors never retried."""
+
+
+def unwrap_group(eg: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error a user should see from a failed task group.
+
+    When every leaf of the (possibly nested) group is a `ConveyorError` — say, the store is
+    unreachable and both the worker and the maintenance loop said so — the first one is
+    returned as itself. Anything else returns the group unchanged.
+    """
+
+    def leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+        out: list[BaseException] = []
+        for exc in group.exceptions:
+            out.extend(leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+        return out
+
+    found = leaves(eg)
+    if found and all(isinstance(e, ConveyorError) for e in found):
+        return found[0]
+    return eg

@@ -8,7 +8,7 @@ from typing import Self
 
 from conveyor.backends.base import Backend
 from conveyor.clock import Clock
-from conveyor.errors import ClosedError
+from conveyor.errors import ClosedError, unwrap_group
 from conveyor.registry import Registry
 from conveyor.scheduler import Maintenance
 from conveyor.worker import Worker, WorkerConfig, WorkerStats
@@ -47,17 +47,20 @@ class Server:
         if self._used:
             raise ClosedError("a Server runs once; create another with app.worker()")
         self._used = True
-        async with asyncio.TaskGroup() as tg:
-            upkeep = (
-                tg.create_task(self.maintenance.run(), name="conveyor-maintenance")
-                if self.config.maintenance
-                else None
-            )
-            try:
-                stats = await self.worker.run()
-            finally:
-                if upkeep is not None:
-                    upkeep.cancel()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                upkeep = (
+                    tg.create_task(self.maintenance.run(), name="conveyor-maintenance")
+                    if self.config.maintenance
+                    else None
+                )
+                try:
+                    stats = await self.worker.run()
+                finally:
+                    if upkeep is not None:
+                        upkeep.cancel()
+        except BaseExceptionGroup as eg:
+            raise unwrap_group(eg) from None
         return stats
 
     def stop(self, *, now: bool = False) -> None:
@@ -76,7 +79,7 @@ class Server:
             try:
                 await group.__aexit__(None, None, None)
             except BaseExceptionGroup as eg:
-                raise eg.exceptions[0] from None
+                raise unwrap_group(eg) from None
             raise ClosedError("the worker stopped during startup")
         self._group = group
         return self
@@ -91,3 +94,4 @@ class Server:
         group, self._group = self._group, None
         if group is not None:
             await group.__aexit__(exc_type, exc, tb)
+

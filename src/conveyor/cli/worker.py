@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from conveyor.app import App
+from conveyor.errors import unwrap_group
 from conveyor.worker import WorkerStats
 
 __all__ = ["run_worker", "supervise"]
@@ -45,7 +46,10 @@ def run_worker(app: App, *, options: dict[str, object], queues: str | None) -> W
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
 
-    return asyncio.run(main())
+    try:
+        return asyncio.run(main())
+    except BaseExceptionGroup as eg:
+        raise unwrap_group(eg) from None
 
 
 async def _orphan_watch(parent: int, stop: Callable[[], None]) -> None:

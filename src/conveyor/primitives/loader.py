@@ -24,6 +24,7 @@ __all__ = ["BatchFn", "Loader", "LoaderStats"]
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
+X = TypeVar("X")
 
 BatchFn: TypeAlias = Callable[[Sequence[K]], Awaitable[Mapping[K, V]]]
 """A source: the values found for some keys; keys left out are "not found"."""
@@ -65,15 +66,16 @@ class LoaderStats:
 class Loader(Generic[K, V]):
     """Coalesces `load(key)` calls made in the same loop iteration into batched source calls.
 
-    Duplicate keys share one load (single flight). With a `cache`, the keys of an iteration
-    are first read in one `mget`; hits resolve at once, misses go to `batch_fn` in batches of
-    at most `max_batch_size` (at most `max_concurrency` at a time), and what the source
-    returns is written back in one `mset`: values for `ttl` seconds, "not found" for
-    `negative_ttl`. A key the source leaves out is "not found": `load` returns None and
-    `load_required` raises `KeyError`. A `batch_fn` exception fails only that batch's keys
-    and is not cached. A failing or slow cache (over `cache_timeout` seconds) is skipped and
-    counted in `stats().cache_errors`; it never blocks a load. Values are not memoized beyond
-    the cache tier: without one, every new load reaches the source.
+    Duplicate keys share one load (single flight). Keys are dispatched in batches of at
+    most `max_batch_size`. With a `cache`, each batch costs one `mget`: hits resolve at once,
+    misses go to `batch_fn` in one call (at most `max_concurrency` calls run at a time),
+    and the source's answers are written back in one `mset`: values for `ttl` seconds,
+    "not found" for `negative_ttl`. A key the source leaves out is "not found": `load`
+    returns None and `load_required` raises `KeyError`. A `batch_fn` exception fails only
+    that batch's keys and is not cached. A failing or slow cache (over `cache_timeout`
+    seconds) is skipped and counted in `stats().cache_errors`; it never blocks a load.
+    Values are not memoized beyond the cache tier: without one, every new load reaches the
+    source (a `MemoryCache` gives DataLoader-like memoization, bounded).
 
     Args:
         batch_fn: async source returning a mapping of the keys it found.
@@ -158,9 +160,9 @@ class Loader(Generic[K, V]):
         self._futures.clear()
 
     def _future(self, key: K) -> asyncio.Future[V | None]:
-        self._loads += 1
         fut = self._futures.get(key)
         if fut is not None:
+            self._loads += 1
             self._coalesced += 1
             return fut
         if self._tg is None:
@@ -168,6 +170,7 @@ class Loader(Generic[K, V]):
                 raise ClosedError(f"Loader {self._name!r} is closed")
             raise RuntimeError(f"Loader {self._name!r} is not running: use `async with` first")
         assert self._loop is not None
+        self._loads += 1
         fut = self._loop.create_future()
         self._futures[key] = fut
         if not self._queued:
@@ -210,6 +213,7 @@ class Loader(Generic[K, V]):
         """
         if self._cache is None:
             raise RuntimeError(f"Loader {self._name!r}: prime() needs a cache tier")
+        self._resolve(key, value)
         await self._cache_write([(key, value, self._ttl)])
 
     async def clear(self, key: K) -> None:
@@ -243,27 +247,27 @@ class Loader(Generic[K, V]):
         keys, self._queued = self._queued, []
         if not keys or self._tg is None:
             return
-        if self._cache is not None:
-            self._tg.create_task(self._through_cache(keys))
-            return
+        load = self._from_source if self._cache is None else self._through_cache
         for start in range(0, len(keys), self._max_batch):
-            self._tg.create_task(self._from_source(keys[start : start + self._max_batch]))
+            self._tg.create_task(load(keys[start : start + self._max_batch]))
 
-    async def _guard(self, call: Awaitable[object]) -> object:
+    async def _guard(self, call: Awaitable[X]) -> X:
         if self._cache_timeout is None:
             return await call
         async with asyncio.timeout(self._cache_timeout):
             return await call
 
     async def _through_cache(self, keys: list[K]) -> None:
+        """One mget for `keys`, one source batch for the misses, one mset to write back."""
         assert self._cache is not None
         misses: list[K] = []
         try:
             self._reads += 1
             found = await self._guard(self._cache.mget(keys))
-            assert isinstance(found, Sequence) and len(found) == len(keys), "cache broke mget"
+            if len(found) != len(keys):
+                raise ValueError(f"cache returned {len(found)} values for {len(keys)} keys")
         except Exception:
-            self._cache_errors += 1  # cache down: every key goes to the source
+            self._cache_errors += 1  # cache down or broken: every key goes to the source
             misses = keys
         else:
             for key, value in zip(keys, found, strict=True):
@@ -271,25 +275,13 @@ class Loader(Generic[K, V]):
                     misses.append(key)
                 else:
                     self._hits += 1
-                    self._resolve(key, None if value is NOT_FOUND else value)
+                    self._resolve(key, value)
         self._misses += len(misses)
-        if not misses:
-            return
-        # Every source batch of these keys runs now; their write-backs share one mset.
-        async with asyncio.TaskGroup() as batches:
-            tasks = [
-                batches.create_task(self._from_source(misses[i : i + self._max_batch], False))
-                for i in range(0, len(misses), self._max_batch)
-            ]
-        entries = [e for t in tasks for e in t.result()]
-        if entries:
-            await self._cache_write(entries)
+        if misses:
+            await self._from_source(misses)
 
-    async def _from_source(
-        self, keys: list[K], write_back: bool = True
-    ) -> list[tuple[K, Stored[V], float]]:
-        """Load `keys` from the source, resolve them, and return the entries to cache."""
-        entries: list[tuple[K, Stored[V], float]] = []
+    async def _from_source(self, keys: list[K]) -> None:
+        """Load `keys` from the source, resolve them, and write the answers back."""
         async with self._slots:
             self._batches += 1
             self._source_keys += len(keys)
@@ -298,8 +290,9 @@ class Loader(Generic[K, V]):
             except Exception as exc:
                 self._errors += len(keys)
                 for key in keys:
-                    self._fail(key, exc)
-                return entries
+                    self._fail(key, exc)  # not cached: the next load tries again
+                return
+        entries: list[tuple[K, Stored[V], float]] = []
         for key in keys:
             if key in found:
                 value = found[key]
@@ -307,12 +300,11 @@ class Loader(Generic[K, V]):
                 entries.append((key, value, self._ttl))
             else:
                 self._not_found += 1
-                self._resolve(key, None)
+                self._resolve(key, NOT_FOUND)
                 if self._negative_ttl > 0:
                     entries.append((key, NOT_FOUND, self._negative_ttl))
-        if write_back and self._cache is not None and entries:
+        if self._cache is not None and entries:
             await self._cache_write(entries)
-        return entries
 
     async def _cache_write(self, entries: list[tuple[K, Stored[V], float]]) -> None:
         assert self._cache is not None

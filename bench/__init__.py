@@ -1,0 +1,1 @@
+"""Conveyor benchmarks (scripts that print tables; not part of the test suite)."""

@@ -1,0 +1,1 @@
+"""Apps and adapters the benchmarks start in worker processes (Conveyor and peer systems)."""

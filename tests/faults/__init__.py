@@ -1,0 +1,1 @@
+"""Fault-injection tests: real worker processes, real signals, a real SQLite file."""
