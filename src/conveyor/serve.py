@@ -93,5 +93,8 @@ class Server:
         self.stop()
         group, self._group = self._group, None
         if group is not None:
-            await group.__aexit__(exc_type, exc, tb)
+            try:
+                await group.__aexit__(exc_type, exc, tb)
+            except BaseExceptionGroup as eg:
+                raise unwrap_group(eg) from None
 

@@ -138,7 +138,6 @@ class Worker:
 
     async def _fetch_loop(self, tg: asyncio.TaskGroup) -> None:
         cfg = self.config
-        self._started.set()
         while not self._stopping.is_set():
             free = cfg.concurrency - len(self._running)
             if free <= 0:
@@ -148,6 +147,7 @@ class Worker:
             leases = await self.backend.claim(
                 self._selector.order(), min(free, cfg.claim_batch), cfg.lease_for, self.name
             )
+            self._started.set()  # ready: the store answered a claim
             if self._stopping.is_set() and leases:
                 # Claimed as the stop arrived: hand them straight back, unstarted.
                 await self._release(leases)
