@@ -68,19 +68,11 @@ class Server:
         self.worker.stop(now=now)
 
     async def __aenter__(self) -> Self:
+        # Touch the store first, so a bad path or a down server fails here, plainly.
+        await self.worker.backend.promote()
         group = asyncio.TaskGroup()
         await group.__aenter__()
-        runner = group.create_task(self.run(), name="conveyor-server")
-        started = group.create_task(self.worker.started(), name="conveyor-started")
-        await asyncio.wait({runner, started}, return_when=asyncio.FIRST_COMPLETED)
-        if runner.done():
-            # Startup failed (bad store, ...): close the group and raise the cause itself.
-            started.cancel()
-            try:
-                await group.__aexit__(None, None, None)
-            except BaseExceptionGroup as eg:
-                raise unwrap_group(eg) from None
-            raise ClosedError("the worker stopped during startup")
+        group.create_task(self.run(), name="conveyor-server")
         self._group = group
         return self
 

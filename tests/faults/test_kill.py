@@ -1,0 +1,154 @@
+"""Invariant 1 (at-least-once) under SIGKILL: a dead worker's jobs run again, nothing is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import signal
+import time
+
+import msgspec
+import pytest
+
+import conveyor
+from tests.faults.conftest import Cluster, Proc, ready, until
+
+LEASE = 2.0
+SWEEP = 1.0  # WorkerConfig.sweep_every default: the maintenance loop's rescue interval
+
+
+@pytest.mark.timeout(60)
+async def test_killed_workers_job_runs_again_within_lease_plus_sweep(
+    cluster: Cluster, app: conveyor.App
+) -> None:
+    first = cluster.worker("-c", "2", "--lease", str(LEASE), name="first")
+    await ready(first)
+    (handle,) = await app.registry.get("block_first").enqueue_many([(7,)])
+    await until(lambda: cluster.starts(first.pid), 15, "the first attempt to start")
+    # The rescuer is up before the kill, so what we time is the library's bound, not startup.
+    second = cluster.worker("-c", "2", "--lease", str(LEASE), name="second")
+    await ready(second)
+    assert first.alive()
+    killed_at = time.time()
+    cluster.kill(first)
+
+    again = await until(lambda: cluster.starts(second.pid), 15, "the job to start again")
+    delay = again[0][3] - killed_at
+    # The lease was renewed at most lease/4 before the kill, so it cannot expire sooner than
+    # 0.75 x lease after it (a rescue before that would break "no double claim").
+    assert 0.75 * LEASE - 0.1 <= delay <= LEASE + SWEEP + 2.0, (delay, cluster.logs())
+
+    async def completed() -> conveyor.Job | None:
+        (job,) = await app.backend.get([handle.id])
+        return job if job is not None and job.state is conveyor.JobState.COMPLETED else None
+
+    deadline = time.monotonic() + 10
+    job = await completed()
+    while job is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+        job = await completed()
+    assert job is not None, cluster.logs()
+    assert job.attempts == 2
+    assert [e.type for e in job.errors] == ["LeaseExpired"]
+    assert msgspec.json.decode(job.result) == second.pid
+    second.send(signal.SIGTERM)
+    assert cluster.wait_exit(second, 10) == 0, second.stderr()
+
+
+JOBS = 2_000
+CONCURRENCY = 8
+STORM = 20.0
+KILL_EVERY = 2.0
+# The issue suggests a task of a few ms, but 2,000 such jobs finish in ~2 s, long before a
+# 20 s storm gets going. 80 ms per job keeps the two workers busy for the whole storm, so
+# every kill lands on running jobs (asserted below).
+TASK_SLEEP = "0.08"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+async def test_sigkill_storm_loses_nothing(cluster: Cluster, app: conveyor.App) -> None:
+    record = app.registry.get("record")
+    handles = await record.enqueue_many([(i,) for i in range(JOBS)])
+    ids = [h.id for h in handles]
+
+    def start(slot: int) -> Proc:
+        return cluster.worker(
+            "-c", str(CONCURRENCY), "--lease", str(LEASE), "--grace", "5",
+            name=f"w{slot}", env={"FAULT_TASK_SLEEP": TASK_SLEEP},
+        )  # fmt: skip
+
+    workers = [start(0), start(1)]
+    await ready(workers[0])
+    await ready(workers[1])
+    killed: list[Proc] = []
+    hit_running = 0
+    end = time.monotonic() + STORM
+    next_kill = time.monotonic() + KILL_EVERY
+    slot = 0
+    while next_kill <= end:
+        await asyncio.sleep(max(0.0, next_kill - time.monotonic()))
+        next_kill += KILL_EVERY
+        victim = workers[slot]
+        assert victim.alive(), victim.stderr()
+        cluster.kill(victim)
+        killed.append(victim)
+        events = cluster.ledger()
+        opened = collections.Counter((n, p) for ev, n, p, _ in events if ev == "start")
+        opened.subtract((n, p) for ev, n, p, _ in events if ev == "done")
+        hit_running += sum(1 for (_, p), k in opened.items() if p == victim.pid and k > 0)
+        workers[slot] = start(slot)
+        slot = 1 - slot
+
+    async def all_completed() -> bool:
+        (stats,) = await app.inspector.stats()
+        return stats.completed == JOBS
+
+    deadline = time.monotonic() + 45
+    while not await all_completed():
+        assert time.monotonic() < deadline, (await app.inspector.stats(), cluster.logs())
+        await asyncio.sleep(0.25)
+    for w in workers:
+        w.send(signal.SIGTERM)
+    for w in workers:
+        assert cluster.wait_exit(w, 15) == 0, w.stderr()
+
+    kills = len(killed)
+    assert kills == int(STORM / KILL_EVERY)
+    # The storm really hit running jobs (otherwise this test proves nothing).
+    assert hit_running >= kills // 2, (hit_running, kills)
+
+    events = cluster.ledger()
+    started = collections.Counter(n for ev, n, _, _ in events if ev == "start")
+    done = collections.Counter(n for ev, n, _, _ in events if ev == "done")
+    # 1. No job lost: every job's handler finished at least once.
+    assert set(done) == set(range(JOBS)), sorted(set(range(JOBS)) - set(done))[:20]
+    # 2. Every job completed in the store, and the dead letter is empty.
+    (stats,) = await app.inspector.stats()
+    assert (stats.completed, stats.failed, stats.queued, stats.running, stats.scheduled) == (
+        JOBS, 0, 0, 0, 0,
+    ), stats  # fmt: skip
+    failed = await app.inspector.list(state=conveyor.JobState.FAILED)
+    assert failed.jobs == []
+    # 3. Extra executions are bounded by what the kills interrupted.
+    extra = sum(started.values()) - JOBS
+    killed_pids = {p.pid for p in killed}
+    per_run = collections.Counter((n, p) for ev, n, p, _ in events if ev == "start")
+    per_run.subtract((n, p) for ev, n, p, _ in events if ev == "done")
+    cut_short = sum(k for (_, p), k in per_run.items() if k > 0 and p in killed_pids)
+    survivors_cut = [(n, p) for (n, p), k in per_run.items() if k > 0 and p not in killed_pids]
+    assert survivors_cut == [], survivors_cut  # only killed processes left runs unfinished
+    assert cut_short >= 1
+    assert cut_short <= extra <= kills * CONCURRENCY, (cut_short, extra, kills)
+    # 4. The store agrees with the ledger: each re-run was caused by an expired lease, and
+    #    the stored result came from a worker that really finished the job.
+    jobs = await app.backend.get(ids)
+    finished_by = collections.defaultdict(set)
+    for ev, n, p, _ in events:
+        if ev == "done":
+            finished_by[n].add(p)
+    for n, job in enumerate(jobs):
+        assert job is not None
+        assert job.attempts >= started[n], (n, job.attempts, started[n])
+        assert [e.type for e in job.errors] == ["LeaseExpired"] * (job.attempts - 1), (n, job)
+        assert msgspec.json.decode(job.result) in finished_by[n], (n, job.result)
