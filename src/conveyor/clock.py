@@ -73,9 +73,16 @@ class FakeClock:
             due: list[asyncio.Future[None]] = []
             while self._sleepers and self._sleepers[0][0] <= self._now:
                 due.append(heapq.heappop(self._sleepers)[2])
+        try:
+            here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
         for fut in due:
             loop = fut.get_loop()
-            loop.call_soon_threadsafe(_resolve, fut)
+            if loop is here:
+                _resolve(fut)  # same loop: wake deterministically on its next turn
+            else:
+                loop.call_soon_threadsafe(_resolve, fut)
 
     def set(self, when: float) -> None:
         """Jump to the absolute time `when` (not earlier than now)."""

@@ -9,7 +9,7 @@ from typing import TypeVar
 
 import click
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from conveyor.app import App
 from conveyor.inspector import Inspector
@@ -74,7 +74,8 @@ def ls(
     page = _run(
         get_app(), lambda i: i.list(state=st, queue=queue, task=task, after=after, limit=limit)
     )
-    table = Table("id", "task", "queue", "state", "attempts", "enqueued", "last error")
+    table = Table("task", "queue", "state", "attempts", "enqueued", "last error")
+    table.columns.insert(0, Column("id", no_wrap=True, min_width=32))
     for job in page.jobs:
         err = job.last_error
         table.add_row(

@@ -205,7 +205,7 @@ class Engine(Generic[T, R]):
             except asyncio.CancelledError:
                 if waiter.done() and not waiter.cancelled():
                     self._wake_space(1)  # we were given room we won't use: pass it on
-                else:
+                elif waiter in self._space:  # a wake-up may have skipped past it already
                     self._space.remove(waiter)
                 raise
         if self._state is not OPEN:

@@ -160,7 +160,7 @@ class Channel(Generic[T]):
             except asyncio.CancelledError:
                 if waiter.done() and not waiter.cancelled():
                     self._wake_receiver()  # we were woken for an item: pass the wake-up on
-                else:
+                elif waiter in self._receivers:  # close() may have cleared it already
                     self._receivers.remove(waiter)
                 raise
 

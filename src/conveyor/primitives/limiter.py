@@ -205,7 +205,7 @@ class CapacityLimiter:
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
                 self.release()  # handed a token we won't use: give it back
-            else:
+            elif waiter in self._waiters:  # a release may have skipped past it already
                 self._waiters.remove(waiter)
             raise
 
