@@ -83,6 +83,7 @@ async def test_sigkill_storm_loses_nothing(cluster: Cluster, app: conveyor.App) 
     await ready(workers[1])
     killed: list[Proc] = []
     hit_running = 0
+    progress: list[int] = []  # distinct jobs done at each kill
     began = time.monotonic()
     slot = 0
     for k in range(1, int(STORM / KILL_EVERY) + 1):
@@ -95,6 +96,7 @@ async def test_sigkill_storm_loses_nothing(cluster: Cluster, app: conveyor.App) 
         opened = collections.Counter((n, p) for ev, n, p, _ in events if ev == "start")
         opened.subtract((n, p) for ev, n, p, _ in events if ev == "done")
         hit_running += sum(1 for (_, p), k in opened.items() if p == victim.pid and k > 0)
+        progress.append(len({n for ev, n, _, _ in events if ev == "done"}))
         workers[slot] = start(slot)
         slot = 1 - slot
 
@@ -113,7 +115,7 @@ async def test_sigkill_storm_loses_nothing(cluster: Cluster, app: conveyor.App) 
         w.send(signal.SIGTERM)
     for w in workers:
         assert cluster.wait_exit(w, 15) == 0, w.stderr()
-    print(f"storm: {len(killed)} kills, {hit_running} running jobs hit, drained "
+    print(f"storm: {len(killed)} kills, {hit_running} running jobs hit, done at each kill {progress}, drained "
           f"{drained_at - storm_end:.1f} s after the storm")
 
     kills = len(killed)
