@@ -18,7 +18,9 @@ import enum
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+import msgspec
 
 __all__ = [
     "TERMINAL",
@@ -55,8 +57,7 @@ TERMINAL = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED})
 LIVE = frozenset({JobState.SCHEDULED, JobState.QUEUED, JobState.RUNNING})
 
 
-@dataclass(frozen=True, slots=True)
-class AttemptError:
+class AttemptError(msgspec.Struct, frozen=True):
     """What went wrong in one attempt.
 
     Attributes:
@@ -74,12 +75,12 @@ class AttemptError:
     at: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)
-class Job:
+class Job(msgspec.Struct, frozen=True, kw_only=True):
     """A snapshot of one persisted request to run a task.
 
     Times are epoch seconds. `payload` and `result` are opaque bytes to the store (the
     task's serializer encodes and decodes them). `attempts` counts attempts started.
+    Change a copy with `msgspec.structs.replace(job, state=...)`.
     """
 
     id: str
@@ -97,7 +98,7 @@ class Job:
     key: str | None = None
     unique_until: float | None = None
     keep_for: float = 86_400.0
-    meta: Mapping[str, object] = field(default_factory=dict)
+    meta: Mapping[str, object] = msgspec.field(default_factory=dict)
     result: bytes | None = None
     errors: tuple[AttemptError, ...] = ()
     started_at: float | None = None

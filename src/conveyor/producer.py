@@ -22,7 +22,15 @@ from conveyor.job import Job, new_job_id
 from conveyor.names import check_key, check_queue
 from conveyor.primitives import Batcher
 
-__all__ = ["MAX_PRIORITY", "MIN_PRIORITY", "JobOptions", "OptionsDict", "Producer"]
+__all__ = [
+    "MAX_PRIORITY",
+    "MIN_PRIORITY",
+    "JobOptions",
+    "OptionsDict",
+    "Producer",
+    "build_jobs",
+    "resolve",
+]
 
 MIN_PRIORITY, MAX_PRIORITY = -100, 100
 
@@ -112,8 +120,8 @@ def _when(name: str, value: datetime | float) -> float:
     return _seconds(name, value)
 
 
-def build_job(task: str, payload: bytes, opts: JobOptions, now: float) -> Job:
-    """Validate `opts` and make the `Job` record to store. Raises `InvalidOption`."""
+def resolve(opts: JobOptions, now: float) -> dict[str, object]:
+    """Validate `opts` into the `Job` fields they set. Raises `InvalidOption`."""
     queue = check_queue(opts.queue or "default")
     priority = 0 if opts.priority is None else opts.priority
     if isinstance(priority, bool) or not isinstance(priority, int):
@@ -133,9 +141,7 @@ def build_job(task: str, payload: bytes, opts: JobOptions, now: float) -> Job:
     deadline = None
     if opts.deadline is not None:
         d = opts.deadline
-        deadline = (
-            _when("deadline", d) if isinstance(d, datetime) else now + _seconds("deadline", d)
-        )
+        deadline = _when("deadline", d) if isinstance(d, datetime) else now + _seconds("deadline", d)
     attempts = 1 if opts.max_attempts is None else opts.max_attempts
     if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
         raise InvalidOption(f"job option max_attempts must be an int >= 1, got {attempts!r}")
@@ -146,23 +152,27 @@ def build_job(task: str, payload: bytes, opts: JobOptions, now: float) -> Job:
             raise InvalidOption("job option unique_for needs a key")
         unique_until = now + _seconds("unique_for", opts.unique_for)
     keep_for = 86_400.0 if opts.keep_for is None else _seconds("keep_for", opts.keep_for)
-    meta = dict(opts.meta) if opts.meta else {}
-    return Job(
-        id=new_job_id(now),
-        task=task,
-        payload=payload,
-        queue=queue,
-        priority=priority,
-        run_at=run_at,
-        enqueued_at=now,
-        max_attempts=attempts,
-        timeout=timeout,
-        deadline=deadline,
-        key=key,
-        unique_until=unique_until,
-        keep_for=keep_for,
-        meta=meta,
-    )
+    return {
+        "queue": queue,
+        "priority": priority,
+        "run_at": run_at,
+        "enqueued_at": now,
+        "max_attempts": attempts,
+        "timeout": timeout,
+        "deadline": deadline,
+        "key": key,
+        "unique_until": unique_until,
+        "keep_for": keep_for,
+        "meta": dict(opts.meta) if opts.meta else {},
+    }
+
+
+def build_jobs(task: str, payloads: Sequence[bytes], opts: JobOptions, now: float) -> list[Job]:
+    """The `Job` records for `payloads`, sharing one validation of `opts`."""
+    fields_ = resolve(opts, now)
+    if len(payloads) > 1 and fields_["key"] is not None:
+        raise InvalidOption("a unique key can't be shared by several jobs of one enqueue_many")
+    return [Job(id=new_job_id(now), task=task, payload=p, **fields_) for p in payloads]  # type: ignore[arg-type]
 
 
 class Producer:

@@ -72,11 +72,24 @@ class ArgsCodec:
         )
         # Functions with only plain parameters take the fast path: fn(**arguments).
         self._plain = all(p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD for p in self._params)
+        self._names = tuple(p.name for p in self._params)
+        self._required = frozenset(p.name for p in self._params if not p.has_default)
         self._type = _args_type(fn, self.signature, name)
         self.return_type = _return_type(fn)
 
     def bind(self, args: tuple[object, ...], kwargs: Mapping[str, object]) -> dict[str, object]:
         """Bind call arguments to parameter names, or raise `InvalidArguments`."""
+        if self._plain and len(args) <= len(self._names):
+            # Fast path for plain signatures; anything unusual goes to inspect for its message.
+            bound = dict(zip(self._names, args))
+            ok = True
+            for k, v in kwargs.items():
+                if k in bound or k not in self._names:
+                    ok = False
+                    break
+                bound[k] = v
+            if ok and self._required.issubset(bound):
+                return bound
         try:
             bound = self.signature.bind(*args, **kwargs)
         except TypeError as exc:

@@ -10,7 +10,7 @@ from conveyor.errors import InvalidArguments
 from conveyor.handle import JobHandle
 from conveyor.job import Job
 from conveyor.names import check_task_name
-from conveyor.producer import JobOptions, OptionsDict, build_job
+from conveyor.producer import JobOptions, OptionsDict, build_jobs
 from conveyor.registry import Registry
 from conveyor.retry import RetryPolicy
 from conveyor.serde import ArgsCodec
@@ -69,12 +69,13 @@ class Task(Generic[P, R]):
 
     def _job(self, args: tuple[object, ...], kwargs: Mapping[str, object], opts: JobOptions) -> Job:
         payload = self.codec.encode(args, kwargs)
-        return build_job(self.name, payload, opts, self.registry.producer.clock.now())
+        (job,) = build_jobs(self.name, [payload], opts, self.registry.producer.clock.now())
+        return job
 
     async def _store(self, jobs: list[Job]) -> list[JobHandle[R]]:
         created = await self.registry.producer.enqueue(jobs)
         handles = [
-            JobHandle[R](self.registry, job.id, self.name, self.codec.return_type, ok)
+            JobHandle(self.registry, job.id, self.name, self.codec.return_type, ok)
             for job, ok in zip(jobs, created, strict=True)
         ]
         for i, (job, ok) in enumerate(zip(jobs, created, strict=True)):
@@ -124,13 +125,14 @@ class Task(Generic[P, R]):
         return await self._store(self._jobs(calls, self.defaults))
 
     def _jobs(self, calls: Iterable[Call], opts: JobOptions) -> list[Job]:
-        jobs: list[Job] = []
+        payloads: list[bytes] = []
+        encode = self.codec.encode
         for i, call in enumerate(calls):
             try:
-                if isinstance(call, Mapping):
-                    jobs.append(self._job((), call, opts))
-                elif isinstance(call, tuple):
-                    jobs.append(self._job(call, {}, opts))
+                if isinstance(call, tuple):
+                    payloads.append(encode(call, {}))
+                elif isinstance(call, Mapping):
+                    payloads.append(encode((), call))
                 else:
                     raise InvalidArguments(
                         f"task {self.name!r}: each call must be a tuple of positional "
@@ -138,7 +140,7 @@ class Task(Generic[P, R]):
                     )
             except InvalidArguments as exc:
                 raise type(exc)(f"call #{i}: {exc}") from None
-        return jobs
+        return build_jobs(self.name, payloads, opts, self.registry.producer.clock.now())
 
 
 class SyncTask(Task[P, R]):

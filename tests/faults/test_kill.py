@@ -60,9 +60,9 @@ CONCURRENCY = 8
 STORM = 20.0
 KILL_EVERY = 2.0
 # The issue suggests a task of a few ms, but 2,000 such jobs finish in ~2 s, long before a
-# 20 s storm gets going. 80 ms per job keeps the two workers busy for the whole storm, so
-# every kill lands on running jobs (asserted below).
-TASK_SLEEP = "0.08"
+# 20 s storm gets going. 150 ms per job keeps the two workers busy for (nearly) the whole
+# storm, so the kills land on running jobs (asserted below).
+TASK_SLEEP = "0.15"
 
 
 @pytest.mark.slow
@@ -83,6 +83,7 @@ async def test_sigkill_storm_loses_nothing(cluster: Cluster, app: conveyor.App) 
     await ready(workers[1])
     killed: list[Proc] = []
     hit_running = 0
+    kills_that_hit = 0
     progress: list[int] = []  # distinct jobs done at each kill
     began = time.monotonic()
     slot = 0
@@ -95,7 +96,9 @@ async def test_sigkill_storm_loses_nothing(cluster: Cluster, app: conveyor.App) 
         events = cluster.ledger()
         opened = collections.Counter((n, p) for ev, n, p, _ in events if ev == "start")
         opened.subtract((n, p) for ev, n, p, _ in events if ev == "done")
-        hit_running += sum(1 for (_, p), k in opened.items() if p == victim.pid and k > 0)
+        hits = sum(1 for (_, p), k in opened.items() if p == victim.pid and k > 0)
+        hit_running += hits
+        kills_that_hit += hits > 0
         progress.append(len({n for ev, n, _, _ in events if ev == "done"}))
         workers[slot] = start(slot)
         slot = 1 - slot
@@ -121,7 +124,7 @@ async def test_sigkill_storm_loses_nothing(cluster: Cluster, app: conveyor.App) 
     kills = len(killed)
     assert kills == int(STORM / KILL_EVERY)
     # The storm really hit running jobs (otherwise this test proves nothing).
-    assert hit_running >= kills // 2, (hit_running, kills)
+    assert kills_that_hit >= kills - 3, (kills_that_hit, kills, progress)
 
     events = cluster.ledger()
     started = collections.Counter(n for ev, n, _, _ in events if ev == "start")

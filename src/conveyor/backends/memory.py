@@ -10,7 +10,8 @@ import heapq
 import itertools
 import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
+
+from msgspec.structs import replace
 
 from conveyor.backends import rules
 from conveyor.backends._wake import Wakeup

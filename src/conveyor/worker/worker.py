@@ -47,6 +47,7 @@ class _Running:
     task: asyncio.Task[None] | None = None
     lost: bool = False
     interrupted: bool = False
+    settling: bool = False  # outcome handed to the settle batcher
     started: float = field(default=0.0)
 
 
@@ -257,6 +258,7 @@ class Worker:
 
     async def _settle(self, entry: _Running, outcome: Outcome) -> None:
         assert self._settler is not None
+        entry.settling = True
         lease = entry.lease
         ok = await asyncio.shield(self._settler.submit((lease, outcome)))
         job = lease.job
@@ -307,7 +309,9 @@ class Worker:
         cfg = self.config
         while True:
             await self.clock.sleep(cfg.heartbeat)
-            entries = [e for e in self._running.values() if not e.lost]
+            # Jobs whose outcome is on its way to the store need no heartbeat: their settle
+            # is fenced by the same token and lands well inside the lease.
+            entries = [e for e in self._running.values() if not (e.lost or e.settling)]
             if not entries:
                 continue
             try:
@@ -316,6 +320,8 @@ class Worker:
                 log.exception("worker %s: heartbeat failed; will retry", self.name)
                 continue
             for entry, new in zip(entries, results, strict=True):
+                if new is None and entry.settling:
+                    continue  # settled while the heartbeat was in flight: not lost
                 if new is None:
                     entry.lost = True
                     self.stats.lost += 1
