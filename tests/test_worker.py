@@ -310,3 +310,35 @@ async def test_bad_store_fails_at_start(tmp_path: Path) -> None:
         async with app.worker():
             pass
     await app.aclose()
+
+
+async def test_worker_rides_out_a_store_outage(tmp_path: Path) -> None:
+    from conveyor.backends.sqlite import SQLiteBackend
+    from conveyor.testing import FaultyBackend
+
+    faulty = FaultyBackend(SQLiteBackend(tmp_path / "jobs.db"))
+    app = conveyor.App(backend=faulty)
+    done: list[int] = []
+
+    @app.task
+    async def work(n: int) -> None:
+        await asyncio.sleep(0.01)
+        done.append(n)
+
+    await work.enqueue_many([(i,) for i in range(50)])
+    async with app.worker(concurrency=4, lease_for=2, maintenance=False):
+        while len(done) < 5:
+            await asyncio.sleep(0.01)
+        faulty.fail("claim", "settle", "extend", "wait")
+        await asyncio.sleep(0.5)
+        failures = faulty.failures
+        faulty.heal()
+        for _ in range(500):
+            if sum(q.completed for q in await app.inspector.stats()) == 50:
+                break
+            await asyncio.sleep(0.02)
+    assert failures > 0
+    counts = await app.inspector.stats()
+    assert counts[0].completed == 50
+    assert sorted(set(done)) == list(range(50))
+    await app.aclose()

@@ -57,7 +57,7 @@ class App:
         max_payload: int = 1 << 20,
         backend: Backend | None = None,
     ) -> None:
-        self.url = url
+        self.url = url if backend is None else f"<{type(backend).__name__}>"
         self.clock = clock or (backend.clock if backend else SystemClock())
         self.backend = backend or from_url(url, clock=self.clock)
         self.producer = Producer(self.backend, self.clock)

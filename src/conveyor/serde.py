@@ -91,10 +91,10 @@ class ArgsCodec:
             if ok and self._required.issubset(bound):
                 return bound
         try:
-            bound = self.signature.bind(*args, **kwargs)
+            slow = self.signature.bind(*args, **kwargs)
         except TypeError as exc:
             raise InvalidArguments(f"task {self.name!r}: {exc}") from None
-        return dict(bound.arguments)
+        return dict(slow.arguments)
 
     def encode(self, args: tuple[object, ...], kwargs: Mapping[str, object]) -> bytes:
         """Bind and encode the arguments; raise a specific `EnqueueError` on bad input."""

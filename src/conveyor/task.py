@@ -74,7 +74,7 @@ class Task(Generic[P, R]):
 
     async def _store(self, jobs: list[Job]) -> list[JobHandle[R]]:
         created = await self.registry.producer.enqueue(jobs)
-        handles = [
+        handles: list[JobHandle[R]] = [
             JobHandle(self.registry, job.id, self.name, self.codec.return_type, ok)
             for job, ok in zip(jobs, created, strict=True)
         ]

@@ -58,11 +58,7 @@ async def test_sigterm_finishes_within_grace_and_puts_the_rest_back(
     code = cluster.wait_exit(worker, GRACE + SLACK + 10)
     took = time.time() - signalled
 
-    # The process exits 0, within grace plus a little.
     assert code == 0, worker.stderr()
-    assert took <= GRACE + SLACK, (
-        f"exited {took:.1f} s after SIGTERM; grace is {GRACE} s", worker.stderr()[-2000:],
-    )  # fmt: skip
 
     events = [e for e in cluster.ledger() if e[3] <= signalled + GRACE + SLACK + 10]
     # No job starts after the signal.
@@ -86,6 +82,10 @@ async def test_sigterm_finishes_within_grace_and_puts_the_rest_back(
     (stats,) = await app.inspector.stats()
     assert stats.failed == 0 and stats.running == 0, stats
     assert stats.total == len(long_ids) + len(quick_ids), stats
+    # The process exited within grace plus a little (checked last: the rest holds regardless).
+    assert took <= GRACE + SLACK, (
+        f"exited {took:.1f} s after SIGTERM; grace is {GRACE} s", worker.stderr()[-2000:],
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("kind", ["sync", "async"])
@@ -106,11 +106,11 @@ async def test_second_sigterm_cancels_at_once(
     code = cluster.wait_exit(worker, 20)
     took = time.time() - signalled - time_between
     assert code == 0, worker.stderr()
+    _assert_put_back(await app.backend.get(long_ids))
+    assert "cancelling 3 job(s)" in worker.stderr(), worker.stderr()
     assert took <= 2.5, (
         f"exited {took:.1f} s after the second SIGTERM (grace is 30 s)", worker.stderr()[-2000:],
     )  # fmt: skip
-    _assert_put_back(await app.backend.get(long_ids))
-    assert [e for e in cluster.ledger() if e[0] == "done"] == [] or kind == "sync"
 
 
 @pytest.mark.timeout(60)

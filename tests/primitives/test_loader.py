@@ -214,3 +214,24 @@ async def test_redis_tier_takes_one_round_trip_each_way_per_batch(
     assert info["cmdstat_set"]["calls"] == 80  # the misses, pipelined
     assert stats.cache_writes == 3  # 1 for the first load, then 2 batches with misses
     assert sorted(source.calls[1:]) == [list(range(20, 50)), list(range(50, 100))]
+
+
+async def test_load_many_with_duplicates_and_a_failing_batch() -> None:
+    source = Source(DATA, fail={500})
+    async with Loader(source, max_batch_size=3) as loader:
+        assert await loader.load_many([1, 2, 1, 3, 2]) == ["v1", "v2", "v1", "v3", "v2"]
+        assert source.calls == [[1, 2, 3]]
+        with pytest.raises(OSError, match="500"):
+            await loader.load_many([4, 500, 5])
+        assert await loader.load_many([]) == []
+        assert loader.stats().in_flight == 0
+
+
+async def test_cancelled_load_many_does_not_disturb_other_callers() -> None:
+    async with Loader(Source(DATA)) as loader:
+        doomed = asyncio.ensure_future(loader.load_many([1, 2]))
+        other = loader.load(2)
+        await asyncio.sleep(0)
+        doomed.cancel()
+        assert await other == "v2"
+    assert doomed.cancelled()

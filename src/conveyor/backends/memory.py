@@ -96,7 +96,7 @@ class MemoryBackend(Backend):
         return job
 
     def _finish(self, job: Job, state: JobState, now: float, **changes: object) -> Job:
-        return replace(job, state=state, finished_at=now, worker=None, **changes)  # type: ignore[arg-type]
+        return replace(job, state=state, finished_at=now, worker=None, **changes)
 
     # -- producing -------------------------------------------------------------------------
 

@@ -158,7 +158,8 @@ class Engine(Generic[T, R]):
 
         Later submits raise `ClosedError`, and so do submitters still blocked on a full
         queue (their items were never accepted). Pending retries are still attempted, after
-        their backoff. Safe to call more than once.
+        their backoff, and items held by a not-before time (`PriorityBatcher`) are flushed
+        when that time comes. Safe to call more than once.
         """
         if self._state is NEW:
             self._state = CLOSED

@@ -120,7 +120,9 @@ class Loader(Generic[K, V]):
         self._negative_ttl = negative_ttl
         self._cache_timeout = cache_timeout
         self._name = name
-        self._futures: dict[K, asyncio.Future[V | None]] = {}  # single flight, by key
+        # Single flight: every caller of a key in flight gets its own future (so one
+        # caller's cancellation never reaches the others); the key is loaded once.
+        self._waiting: dict[K, list[_Waiter[V]]] = {}
         self._queued: list[K] = []  # keys of this iteration, dispatched together
         self._tg: asyncio.TaskGroup | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -154,40 +156,48 @@ class Loader(Generic[K, V]):
         else:
             await tg.__aexit__(None, None, None)  # the body's own error propagates as is
         err = ClosedError(f"Loader {self._name!r} closed before this key was loaded")
-        for fut in self._futures.values():
-            if not fut.done():
-                fut.set_exception(err)
-        self._futures.clear()
+        for waiters in self._waiting.values():
+            for waiter in waiters:
+                _fail(waiter, err)
+        self._waiting.clear()
 
-    def _future(self, key: K) -> asyncio.Future[V | None]:
-        fut = self._futures.get(key)
-        if fut is not None:
-            self._loads += 1
-            self._coalesced += 1
-            return fut
+    def load(self, key: K) -> asyncio.Future[V | None]:
+        """Start loading `key`; await the result: its value, or None if the source has none.
+
+        A plain method returning a future (like aiodataloader), so `gather` over many
+        loads creates no task per load. Cancelling the future affects only this caller.
+
+        Raises:
+            ClosedError: the loader is closed.
+            RuntimeError: the loader was never entered.
+
+        The future raises the `batch_fn` error of the batch that held this key.
+        """
+        loop = self._running_loop()
+        fut: asyncio.Future[V | None] = loop.create_future()
+        self._enqueue(key, fut)
+        return fut
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
         if self._tg is None:
             if self._closed:
                 raise ClosedError(f"Loader {self._name!r} is closed")
             raise RuntimeError(f"Loader {self._name!r} is not running: use `async with` first")
         assert self._loop is not None
+        return self._loop
+
+    def _enqueue(self, key: K, waiter: _Waiter[V]) -> None:
         self._loads += 1
-        fut = self._loop.create_future()
-        self._futures[key] = fut
+        waiters = self._waiting.get(key)
+        if waiters is not None:
+            self._coalesced += 1
+            waiters.append(waiter)
+            return
+        self._waiting[key] = [waiter]
         if not self._queued:
             # Everything loaded until the loop's next iteration joins this dispatch.
-            self._loop.call_soon(self._dispatch)
+            self._running_loop().call_soon(self._dispatch)
         self._queued.append(key)
-        return fut
-
-    async def load(self, key: K) -> V | None:
-        """Return the value for `key`, or None if the source has none.
-
-        Raises:
-            Exception: the `batch_fn` error of the batch that held this key.
-            ClosedError: the loader is closed.
-        """
-        # shield: a cancelled caller must not cancel the load other callers share.
-        return await asyncio.shield(self._future(key))
 
     async def load_required(self, key: K) -> V:
         """Like `load`, but raise `KeyError(key)` when the source has no value."""
@@ -202,8 +212,14 @@ class Loader(Generic[K, V]):
         Raises:
             Exception: the first error among the keys' loads.
         """
-        futs = [self._future(k) for k in keys]
-        return list(await asyncio.shield(asyncio.gather(*futs)))
+        wanted = list(keys)
+        if not wanted:
+            return []
+        # One future for the whole call, filled slot by slot: no future per key.
+        group: _Group[V] = _Group(self._running_loop().create_future(), len(wanted))
+        for i, key in enumerate(wanted):
+            self._enqueue(key, (group, i))
+        return await group.fut
 
     async def prime(self, key: K, value: V) -> None:
         """Put a known value in the cache tier (and answer a queued load of `key` with it).
@@ -238,7 +254,7 @@ class Loader(Generic[K, V]):
             source_keys=self._source_keys,
             not_found=self._not_found,
             errors=self._errors,
-            in_flight=len(self._futures),
+            in_flight=len(self._waiting),
         )
 
     # -- dispatching -------------------------------------------------------------------
@@ -315,11 +331,43 @@ class Loader(Generic[K, V]):
             self._cache_errors += 1  # a failed write-back only costs a later miss
 
     def _resolve(self, key: K, value: V | CacheMark | None) -> None:
-        fut = self._futures.pop(key, None)
-        if fut is not None and not fut.done():
-            fut.set_result(None if isinstance(value, CacheMark) else value)
+        waiters = self._waiting.pop(key, None)
+        if waiters is None:
+            return  # answered already (by prime)
+        result = None if isinstance(value, CacheMark) else value
+        for waiter in waiters:
+            if isinstance(waiter, tuple):
+                waiter[0].put(waiter[1], result)
+            elif not waiter.done():  # skip callers who gave up
+                waiter.set_result(result)
 
     def _fail(self, key: K, exc: BaseException) -> None:
-        fut = self._futures.pop(key, None)
-        if fut is not None and not fut.done():
-            fut.set_exception(exc)
+        for waiter in self._waiting.pop(key, ()):
+            _fail(waiter, exc)
+
+
+class _Group(Generic[V]):
+    """The result of one `load_many` call, filled as its keys resolve."""
+
+    __slots__ = ("fut", "left", "values")
+
+    def __init__(self, fut: asyncio.Future[list[V | None]], size: int) -> None:
+        self.fut = fut
+        self.values: list[V | None] = [None] * size
+        self.left = size
+
+    def put(self, index: int, value: V | None) -> None:
+        self.values[index] = value
+        self.left -= 1
+        if self.left == 0 and not self.fut.done():
+            self.fut.set_result(self.values)
+
+
+# A caller waiting for a key: its own future, or a slot of a load_many call.
+_Waiter: TypeAlias = "asyncio.Future[V | None] | tuple[_Group[V], int]"
+
+
+def _fail(waiter: _Waiter[V], exc: BaseException) -> None:
+    fut = waiter[0].fut if isinstance(waiter, tuple) else waiter
+    if not fut.done():
+        fut.set_exception(exc)

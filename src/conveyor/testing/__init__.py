@@ -3,6 +3,7 @@
 - `drain(app)`: run every ready job of an app now, in this process (the inline mode for
   your own app tests), and return the worker's counters.
 - `FakeClock`: instant time for retry, delay and lease tests.
+- `FaultyBackend`: wraps a backend and fails chosen operations on demand.
 - `conveyor.testing.contract.BackendContract`: the test suite every backend must pass.
 """
 
@@ -12,9 +13,10 @@ from collections.abc import Sequence
 
 from conveyor.app import App
 from conveyor.clock import FakeClock
+from conveyor.testing.faulty import FaultyBackend
 from conveyor.worker import WorkerStats
 
-__all__ = ["FakeClock", "drain"]
+__all__ = ["FakeClock", "FaultyBackend", "drain"]
 
 
 async def drain(

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from conveyor.backends.base import Backend
 from conveyor.clock import Clock
+from conveyor.errors import BackendError
 from conveyor.job import AttemptError, Cancelled, Completed, Failed, Lease, Outcome, Retrying
 from conveyor.primitives import Batcher
 from conveyor.registry import Registry
@@ -26,6 +27,9 @@ from conveyor.worker.execute import execute
 __all__ = ["Worker", "WorkerStats"]
 
 log = logging.getLogger("conveyor.worker")
+
+# Backoff while the store is unreachable, in seconds.
+_BACKOFF_MIN, _BACKOFF_MAX = 0.05, 2.0
 
 
 @dataclass(slots=True)
@@ -79,6 +83,8 @@ class Worker:
         self._hurry = asyncio.Event()  # second stop: cancel running jobs now
         self._started = asyncio.Event()
         self._threads: ThreadPoolExecutor | None = None
+        self._outage_since: float | None = None
+        self._backoff = _BACKOFF_MIN
         self._settler: Batcher[tuple[Lease, Outcome], bool] | None = None
 
     # -- control ---------------------------------------------------------------------------
@@ -145,9 +151,19 @@ class Worker:
                 self._slot_free.clear()
                 await self._slot_free.wait()
                 continue
-            leases = await self.backend.claim(
-                self._selector.order(), min(free, cfg.claim_batch), cfg.lease_for, self.name
-            )
+            try:
+                leases = await self.backend.claim(
+                    self._selector.order(), min(free, cfg.claim_batch), cfg.lease_for, self.name
+                )
+            except BackendError as exc:
+                if not self._started.is_set():
+                    raise  # a store that fails at start is a configuration error: say so
+                await self._outage(exc)
+                continue
+            if self._outage_since is not None:
+                log.warning("worker %s: the store is back after %.1fs", self.name,
+                            self.clock.monotonic() - self._outage_since)
+                self._outage_since, self._backoff = None, _BACKOFF_MIN
             self._started.set()  # ready: the store answered a claim
             if self._stopping.is_set() and leases:
                 # Claimed as the stop arrived: hand them straight back, unstarted.
@@ -165,6 +181,22 @@ class Worker:
                 break
             await self._idle(cfg.poll)
 
+    async def _outage(self, exc: BaseException) -> None:
+        """The store failed mid-run: log once, then wait with capped backoff and try again."""
+        if self._outage_since is None:
+            self._outage_since = self.clock.monotonic()
+            log.error("worker %s: the store failed (%s); retrying with backoff", self.name, exc)
+        await self._idle_for(self._backoff)
+        self._backoff = min(self._backoff * 2, _BACKOFF_MAX)
+
+    async def _idle_for(self, seconds: float) -> None:
+        """Sleep, but wake early on a stop."""
+        try:
+            async with asyncio.timeout(seconds):
+                await self._stopping.wait()
+        except TimeoutError:
+            pass
+
     async def _idle(self, timeout: float) -> None:
         """Wait for work (backend hint), a free slot after a burst, or a stop."""
         waiter = asyncio.ensure_future(self.backend.wait(self.config.queue_names, timeout))
@@ -174,7 +206,9 @@ class Worker:
         finally:
             for fut in (waiter, stopper):
                 fut.cancel()
-            await asyncio.gather(waiter, stopper, return_exceptions=True)
+            results = await asyncio.gather(waiter, stopper, return_exceptions=True)
+        if isinstance(results[0], BackendError):
+            await self._outage(results[0])
 
     async def _release(self, leases: list[Lease]) -> None:
         now = self.clock.now()
@@ -234,6 +268,11 @@ class Worker:
             assert self._threads is not None
             try:
                 outcome = await execute(self.registry, lease, self.clock, self._threads)
+            except Exception as exc:  # a corrupt record or a bug: fail this job, keep the worker
+                log.exception("job %s: could not be run", lease.id)
+                now = self.clock.now()
+                outcome = Failed(AttemptError(lease.job.attempts, "InternalError",
+                                              f"{type(exc).__name__}: {exc}", "", now))
             except asyncio.CancelledError:
                 if entry.lost:
                     return
@@ -260,7 +299,7 @@ class Worker:
         assert self._settler is not None
         entry.settling = True
         lease = entry.lease
-        ok = await asyncio.shield(self._settler.submit((lease, outcome)))
+        ok = await self._settle_with_retry(lease, outcome)
         job = lease.job
         took = self.clock.monotonic() - entry.started
         if not ok:
@@ -302,6 +341,23 @@ class Worker:
         elif isinstance(outcome, Cancelled):
             self.stats.cancelled += 1
             log.info("job %s (%s) cancelled: %s", job.id, job.task, outcome.reason)
+
+    async def _settle_with_retry(self, lease: Lease, outcome: Outcome) -> bool:
+        """Settle through the batcher; while the store is down, retry until the lease would
+        have expired anyway (then the job is rescued and runs again: at-least-once)."""
+        assert self._settler is not None
+        give_up = self.clock.monotonic() + 3 * self.config.lease_for
+        pause = _BACKOFF_MIN
+        while True:
+            try:
+                return await asyncio.shield(self._settler.submit((lease, outcome)))
+            except BackendError as exc:
+                if self.clock.monotonic() >= give_up:
+                    log.error("job %s: could not record its outcome (%s); it will run again",
+                              lease.id, exc)
+                    return False
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, _BACKOFF_MAX)
 
     # -- heartbeat -------------------------------------------------------------------------
 

@@ -78,6 +78,14 @@ def build(url: str) -> conveyor.App:
         return os.getpid()
 
     @app.task(retry=RETRY)
+    async def stall_loop(n: int) -> int:
+        """Like `record`, but sleeps *on the event loop*: a stalled worker (no heartbeats)."""
+        note("start", n)
+        time.sleep(float(os.environ.get("FAULT_TASK_SLEEP", "0.005")))  # noqa: ASYNC251
+        note("done", n)
+        return os.getpid()
+
+    @app.task(retry=RETRY)
     def block_first(n: int) -> int:
         """The first attempt hangs for 30 s; later attempts return at once."""
         marker = os.path.join(os.environ["FAULT_MARKERS"], f"first-{n}")

@@ -7,7 +7,8 @@ transition is atomic and writers queue for the lock up front instead of failing 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TypeVar
 
 import msgspec
 
@@ -26,9 +27,10 @@ from conveyor.job import (
     Retrying,
 )
 
+T = TypeVar("T")
 _json = msgspec.json.Encoder()
 _errors_type = msgspec.json.Decoder(tuple[AttemptError, ...])
-_meta_type = msgspec.json.Decoder(dict[str, object])
+_meta_type: msgspec.json.Decoder[Mapping[str, object]] = msgspec.json.Decoder(dict[str, object])
 _STATES = {s.value: s for s in JobState}
 _LIVE = ("scheduled", "queued", "running")
 
@@ -53,14 +55,25 @@ def row_to_job(row: tuple[object, ...]) -> Job:
         key=key,  # type: ignore[arg-type]
         unique_until=unique_until,  # type: ignore[arg-type]
         keep_for=keep_for,  # type: ignore[arg-type]
-        meta=_meta_type.decode(meta) if meta != "{}" else {},  # type: ignore[arg-type]
+        meta=_decode(_meta_type, meta, {}),
         result=result,  # type: ignore[arg-type]
-        errors=_errors_type.decode(errors) if errors != "[]" else (),  # type: ignore[arg-type]
+        errors=_decode(_errors_type, errors, ()),
         started_at=started_at,  # type: ignore[arg-type]
         finished_at=finished_at,  # type: ignore[arg-type]
         worker=worker,  # type: ignore[arg-type]
         cancel_requested=bool(cancel_requested),
     )
+
+
+def _decode(decoder: msgspec.json.Decoder[T], raw: object, empty: T) -> T:
+    """Decode a JSON column; a corrupt one (written by hand, say) decodes as empty rather than
+    making the whole claim fail — the job itself then fails on its own merits."""
+    if raw in ("{}", "[]", None):
+        return empty
+    try:
+        return decoder.decode(raw)  # type: ignore[arg-type]
+    except (msgspec.DecodeError, TypeError):
+        return empty
 
 
 def _release_stale_key(conn: sqlite3.Connection, key: str, now: float) -> None:
