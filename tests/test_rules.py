@@ -14,7 +14,7 @@ from conveyor.job import new_job_id
 
 def test_public_namespace_is_locked() -> None:
     assert sorted(conveyor.__all__) == [
-        "App", "Cancel", "Clock", "ConveyorError", "Fail", "FakeClock", "Job", "JobCancelled",
+        "App", "Batch", "BatchTask", "Cancel", "Clock", "ConveyorError", "Fail", "FakeClock", "Job", "JobCancelled",
         "JobFailed", "JobHandle", "JobOptions", "JobState", "NonRetryable", "Retry",
         "RetryPolicy", "SystemClock", "Task", "WorkerConfig",
     ]  # fmt: skip

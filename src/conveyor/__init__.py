@@ -29,11 +29,13 @@ from conveyor.handle import JobHandle
 from conveyor.job import Job, JobState
 from conveyor.producer import JobOptions
 from conveyor.retry import RetryPolicy
-from conveyor.task import Task
+from conveyor.task import Batch, BatchTask, Task
 from conveyor.worker import WorkerConfig
 
 __all__ = [
     "App",
+    "Batch",
+    "BatchTask",
     "Cancel",
     "Clock",
     "ConveyorError",

@@ -14,13 +14,22 @@ from conveyor.producer import JobOptions, Producer
 from conveyor.registry import Registry
 from conveyor.retry import RetryPolicy
 from conveyor.serve import Server
-from conveyor.task import AsyncTask, SyncTask, Task, make_task
+from conveyor.task import AsyncTask, Batch, BatchTask, SyncTask, Task, make_task
 from conveyor.worker import WorkerConfig, parse_queues
 
 __all__ = ["App"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
+
+
+class _BatchDecorator(Protocol):
+    def __call__(
+        self,
+        fn: Callable[[list[T]], Coroutine[Any, Any, Sequence[R | BaseException]]]
+        | Callable[[list[T]], Sequence[R | BaseException]],
+    ) -> BatchTask[T, R]: ...
 
 
 class _TaskDecorator(Protocol):
@@ -80,6 +89,21 @@ class App:
         fn: None = None,
         /,
         *,
+        batch: Batch,
+        name: str | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+        keep_for: float | None = None,
+    ) -> _BatchDecorator: ...
+    @overload
+    def task(
+        self,
+        fn: None = None,
+        /,
+        *,
+        batch: None = None,
         name: str | None = None,
         queue: str | None = None,
         priority: int | None = None,
@@ -93,6 +117,7 @@ class App:
         fn: Callable[..., Any] | None = None,
         /,
         *,
+        batch: Batch | None = None,
         name: str | None = None,
         queue: str | None = None,
         priority: int | None = None,
@@ -109,11 +134,15 @@ class App:
             retry: its `RetryPolicy` (default: 3 attempts, exponential backoff from 1 s).
             timeout: seconds one attempt may run.
             keep_for: seconds to keep finished jobs and results (default 1 day).
+            batch: make it a durable batch task (see `conveyor.Batch`): the function takes a
+                list of items and returns one result per item; each item is its own job.
         """
         defaults = JobOptions(queue=queue, priority=priority, timeout=timeout, keep_for=keep_for)
 
         def register(f: Callable[..., Any]) -> Task[..., object]:
-            return make_task(self.registry, f, name=name, retry=retry, defaults=defaults)
+            return make_task(
+                self.registry, f, name=name, retry=retry, defaults=defaults, batch=batch
+            )
 
         return register(fn) if fn is not None else register
 

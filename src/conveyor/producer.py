@@ -141,7 +141,9 @@ def resolve(opts: JobOptions, now: float) -> dict[str, object]:
     deadline = None
     if opts.deadline is not None:
         d = opts.deadline
-        deadline = _when("deadline", d) if isinstance(d, datetime) else now + _seconds("deadline", d)
+        deadline = (
+            _when("deadline", d) if isinstance(d, datetime) else now + _seconds("deadline", d)
+        )
     attempts = 1 if opts.max_attempts is None else opts.max_attempts
     if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
         raise InvalidOption(f"job option max_attempts must be an int >= 1, got {attempts!r}")

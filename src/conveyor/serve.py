@@ -89,4 +89,3 @@ class Server:
                 await group.__aexit__(exc_type, exc, tb)
             except BaseExceptionGroup as eg:
                 raise unwrap_group(eg) from None
-

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Coroutine, Iterable, Mapping
-from typing import Generic, ParamSpec, TypeVar, Unpack
+import typing
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, ParamSpec, TypeVar, Unpack
 
-from conveyor.errors import InvalidArguments
+from conveyor.errors import ConfigError, InvalidArguments
 from conveyor.handle import JobHandle
 from conveyor.job import Job
 from conveyor.names import check_task_name
@@ -15,10 +17,11 @@ from conveyor.registry import Registry
 from conveyor.retry import RetryPolicy
 from conveyor.serde import ArgsCodec
 
-__all__ = ["AsyncTask", "BoundTask", "SyncTask", "Task"]
+__all__ = ["AsyncTask", "Batch", "BatchTask", "BoundTask", "SyncTask", "Task"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 Call = tuple[object, ...] | Mapping[str, object]
 
 
@@ -35,6 +38,7 @@ class Task(Generic[P, R]):
     """
 
     is_async: bool = False
+    batch: Batch | None = None
 
     def __init__(
         self,
@@ -159,6 +163,87 @@ class AsyncTask(Task[P, R]):
         return self.fn(*args, **kwargs)  # type: ignore[return-value]
 
 
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Makes a task a durable *batch task*: its handler takes a list of items.
+
+    Each item is its own job (own lease, attempts, retries, dead letter and result); a worker
+    gathers up to `max_size` claimed jobs of the task, waiting at most `max_wait` seconds
+    for a fuller batch, and calls the handler once with their items. The handler returns one
+    result per item, in order; an `Exception` instance in place of a result fails (or
+    retries) that item alone.
+
+    A worker holds each waiting job in one of its `concurrency` slots, so give workers of
+    batch tasks a concurrency of at least `max_size` × `max_concurrency`.
+
+    Example:
+        @app.task(batch=conveyor.Batch(max_size=100, max_wait=0.05))
+        async def index(docs: list[Doc]) -> list[str | Exception]: ...
+
+        await index.enqueue(Doc(...))     # one job per item
+    """
+
+    max_size: int = 100
+    max_wait: float = 0.05
+    max_concurrency: int = 1
+
+    def __post_init__(self) -> None:
+        if self.max_size < 1:
+            raise ConfigError(f"Batch.max_size must be >= 1, got {self.max_size}")
+        if self.max_wait < 0:
+            raise ConfigError(f"Batch.max_wait must be >= 0, got {self.max_wait}")
+        if self.max_concurrency < 1:
+            raise ConfigError(f"Batch.max_concurrency must be >= 1, got {self.max_concurrency}")
+
+
+class BatchTask(Task[[T], R]):
+    """A durable batch task (see `Batch`). `enqueue(item)` stores one job per item; calling
+    the task runs the handler here on a list of items."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        fn: Callable[[list[T]], object],
+        *,
+        batch: Batch,
+        name: str | None = None,
+        retry: RetryPolicy | None = None,
+        defaults: JobOptions | None = None,
+    ) -> None:
+        self.batch = batch
+        self.is_async = inspect.iscoroutinefunction(fn)
+        item_type = _item_type(fn)
+
+        def item(item: T) -> None:  # the shape of one job's arguments
+            """One item of the batch."""
+
+        item.__annotations__ = {"item": item_type, "return": None}
+        super().__init__(registry, item, name=name or fn.__name__, retry=retry, defaults=defaults)
+        self.handler = fn
+        self.__doc__ = fn.__doc__
+
+    def __call__(self, items: list[T]) -> object:
+        return self.handler(items)
+
+
+def _item_type(fn: Callable[..., object]) -> object:
+    params = list(inspect.signature(fn).parameters.values())
+    if len(params) != 1 or params[0].kind not in (
+        inspect.Parameter.POSITIONAL_ONLY,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    ):
+        raise ConfigError(
+            f"batch task {fn.__name__!r} must take exactly one positional parameter: the list "
+            "of items (e.g. def handler(items: list[Item]) -> list[Result])"
+        )
+    try:
+        hint = typing.get_type_hints(fn).get(params[0].name, Any)
+    except Exception:
+        return Any
+    args = typing.get_args(hint)
+    return args[0] if typing.get_origin(hint) in (list, Sequence) and args else Any
+
+
 class BoundTask(Generic[P, R]):
     """A task with job options fixed for the next enqueue (from `Task.options`)."""
 
@@ -188,8 +273,20 @@ def make_task(
     name: str | None,
     retry: RetryPolicy | None,
     defaults: JobOptions,
+    batch: Batch | None = None,
 ) -> Task[P, object]:
     """Wrap `fn` in the right kind of task and register it."""
+    if batch is not None:
+        btask: BatchTask[object, object] = BatchTask(
+            registry,
+            fn,  # type: ignore[arg-type]
+            batch=batch,
+            name=name,
+            retry=retry,
+            defaults=defaults,
+        )
+        registry.add(btask)
+        return btask  # type: ignore[return-value]
     kind: type[Task[P, object]] = AsyncTask if inspect.iscoroutinefunction(fn) else SyncTask
     task = kind(registry, fn, name=name, retry=retry, defaults=defaults)
     registry.add(task)

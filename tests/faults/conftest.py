@@ -120,7 +120,9 @@ class Cluster:
         self.procs.append(proc)
         return proc
 
-    def worker(self, *options: str, name: str = "worker", env: dict[str, str] | None = None) -> Proc:
+    def worker(
+        self, *options: str, name: str = "worker", env: dict[str, str] | None = None
+    ) -> Proc:
         """``python -m conveyor -v worker tests.faults.apps.ledger:app <options>``."""
         argv = [sys.executable, "-m", "conveyor", "-v", "worker", APP, *options]
         return self.spawn(name, argv, env)

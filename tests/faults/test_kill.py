@@ -118,8 +118,10 @@ async def test_sigkill_storm_loses_nothing(cluster: Cluster, app: conveyor.App) 
         w.send(signal.SIGTERM)
     for w in workers:
         assert cluster.wait_exit(w, 15) == 0, w.stderr()
-    print(f"storm: {len(killed)} kills, {hit_running} running jobs hit, done at each kill {progress}, drained "
-          f"{drained_at - storm_end:.1f} s after the storm")
+    print(
+        f"storm: {len(killed)} kills, {hit_running} running jobs hit, jobs done at each kill "
+        f"{progress}, drained {drained_at - storm_end:.1f} s after the storm"
+    )
 
     kills = len(killed)
     assert kills == int(STORM / KILL_EVERY)

@@ -31,13 +31,9 @@ async def test_poison_rows_fail_with_a_reason_and_good_jobs_complete(
         conn.execute("UPDATE jobs SET payload = ? WHERE id = ?", (b'{"n": "x"}', wrong_type))
         conn.execute("UPDATE jobs SET task = 'no_such_task' WHERE id = ?", (renamed,))
         # A row written with the backend's own INSERT, for a task no worker knows.
-        conn.execute(
-            _INSERT_PLAIN,
-            (
-                unknown_direct, "ghost.task", "default", 0, "queued", b'{"n": 1}', now, now,
-                3, None, None, None, None, None, 86_400.0, "{}",
-            ),  # fmt: skip
-        )
+        row = (unknown_direct, "ghost.task", "default", 0, "queued", b'{"n": 1}', now, now)
+        row += (3, None, None, None, None, None, 86_400.0, "{}")
+        conn.execute(_INSERT_PLAIN, row)
         conn.commit()
     conn.close()
 

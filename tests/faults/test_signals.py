@@ -25,7 +25,9 @@ TOLERANCE = 0.25  # a job claimed just before the signal may write its "start" a
 LONG_TASK = {"sync": "sleepy", "async": "asleep"}
 
 
-async def _enqueue(app: conveyor.App, kind: str, longs: int, quicks: int) -> tuple[list[str], list[str]]:
+async def _enqueue(
+    app: conveyor.App, kind: str, longs: int, quicks: int
+) -> tuple[list[str], list[str]]:
     long_task = app.registry.get(LONG_TASK[kind])
     quick_task = app.registry.get("sleepy")
     long_ids = [h.id for h in await long_task.enqueue_many([(i, LONG) for i in range(longs)])]

@@ -33,7 +33,13 @@ def _plan(n: int, rng: random.Random) -> list[tuple[str, tuple[object, ...], dic
     for i in range(n):
         r = rng.random()
         if r < 0.40:
-            out.append(("send_email", (f"user{i}@example.com", rng.choice(["welcome", "receipt", "reset"])), {}))
+            out.append(
+                (
+                    "send_email",
+                    (f"user{i}@example.com", rng.choice(["welcome", "receipt", "reset"])),
+                    {},
+                )
+            )
         elif r < 0.60:
             out.append(("resize_image", (i, rng.choice([128, 512, 1024])), {}))
         elif r < 0.75:
@@ -50,10 +56,18 @@ def _plan(n: int, rng: random.Random) -> list[tuple[str, tuple[object, ...], dic
 
 
 def _table(rows: list[QueueCounts]) -> Table:
-    table = Table("queue", "scheduled", "queued", "running", "completed", "failed", title="jobs by queue")
+    table = Table(
+        "queue", "scheduled", "queued", "running", "completed", "failed", title="jobs by queue"
+    )
     for q in rows:
-        table.add_row(q.queue, str(q.scheduled), str(q.queued), str(q.running),
-                      f"[green]{q.completed}[/]", f"[red]{q.failed}[/]" if q.failed else "0")
+        table.add_row(
+            q.queue,
+            str(q.scheduled),
+            str(q.queued),
+            str(q.running),
+            f"[green]{q.completed}[/]",
+            f"[red]{q.failed}[/]" if q.failed else "0",
+        )
     return table
 
 
@@ -64,7 +78,9 @@ def _pct(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, int(p / 100 * len(values)))]
 
 
-async def _produce(app: App, plan: list[tuple[str, tuple[object, ...], dict[str, object]]], seconds: float) -> None:
+async def _produce(
+    app: App, plan: list[tuple[str, tuple[object, ...], dict[str, object]]], seconds: float
+) -> None:
     """Enqueue a third at once, then the rest as a steady stream over `seconds`."""
     first = len(plan) // 3
     by_task: dict[str, list[tuple[object, ...]]] = {}
@@ -98,11 +114,24 @@ def run_demo(*, jobs: int, processes: int, concurrency: int, db: str) -> None:
     app = demo_app.app
     plan = _plan(jobs, random.Random(7))
     log_path = path.with_suffix(".log")
-    console.print(f"[bold]Conveyor demo[/]: {jobs} jobs of 6 kinds on {path.name}, "
-                  f"{processes} worker process(es) x {concurrency} slots")
+    console.print(
+        f"[bold]Conveyor demo[/]: {jobs} jobs of 6 kinds on {path.name}, "
+        f"{processes} worker process(es) x {concurrency} slots"
+    )
     console.print(f"worker logs (retries, dead letters) go to {log_path.name}\n")
-    cmd = [sys.executable, "-m", "conveyor", "worker", "conveyor.cli.demo_app:app",
-           "-q", "critical=6,default=3,low=1", "-c", str(concurrency), "-p", str(processes)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "conveyor",
+        "worker",
+        "conveyor.cli.demo_app:app",
+        "-q",
+        "critical=6,default=3,low=1",
+        "-c",
+        str(concurrency),
+        "-p",
+        str(processes),
+    ]
     with open(log_path, "wb") as log:
         workers = subprocess.Popen(cmd, env={**os.environ}, stdout=log, stderr=log)
         try:
@@ -132,9 +161,15 @@ async def _main(
         await _summary(app, elapsed)
 
 
-async def _watch(app: App, plan: list[tuple[str, tuple[object, ...], dict[str, object]]], jobs: int) -> float:
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                        TextColumn("{task.fields[rate]}"))
+async def _watch(
+    app: App, plan: list[tuple[str, tuple[object, ...], dict[str, object]]], jobs: int
+) -> float:
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[rate]}"),
+    )
     bar = progress.add_task("finished", total=jobs, rate="")
     start = time.monotonic()
     async with asyncio.TaskGroup() as tg:
@@ -167,12 +202,20 @@ async def _summary(app: App, elapsed: float) -> None:
     table.add_row("dead-lettered", f"[red]{len(dead)}[/]")
     table.add_row("attempts that failed and retried", str(sum(j.attempts - 1 for j in done)))
     table.add_row("throughput", f"{len(jobs) / elapsed:,.0f} jobs/s over {elapsed:.1f} s")
-    table.add_row("pickup latency (due → started)", f"p50 {_pct(pickup, 50):.1f} ms, p99 {_pct(pickup, 99):.1f} ms")
-    table.add_row("run latency (due → finished, 1st try)", f"p50 {_pct(e2e, 50):.1f} ms, p99 {_pct(e2e, 99):.1f} ms")
+    table.add_row(
+        "pickup latency (due → started)",
+        f"p50 {_pct(pickup, 50):.1f} ms, p99 {_pct(pickup, 99):.1f} ms",
+    )
+    table.add_row(
+        "run latency (due → finished, 1st try)",
+        f"p50 {_pct(e2e, 50):.1f} ms, p99 {_pct(e2e, 99):.1f} ms",
+    )
     if pickup:
         table.add_row("mean pickup", f"{statistics.fmean(pickup):.1f} ms")
     console.print(table)
     for reason, n in reasons.most_common():
         console.print(f"  dead letter: {n} x {reason}")
-    console.print("\nlook around: conveyor --url sqlite:///conveyor-demo.db inspect stats | "
-                  "inspect ls --state failed | inspect show ID | inspect requeue --all-failed")
+    console.print(
+        "\nlook around: conveyor --url sqlite:///conveyor-demo.db inspect stats | "
+        "inspect ls --state failed | inspect show ID | inspect requeue --all-failed"
+    )

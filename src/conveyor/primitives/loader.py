@@ -80,7 +80,7 @@ class Loader(Generic[K, V]):
     Args:
         batch_fn: async source returning a mapping of the keys it found.
         max_batch_size: most keys per `batch_fn` call (>= 1).
-        max_concurrency: most `batch_fn` calls running at once (>= 1).
+        max_concurrency: most `batch_fn` calls, and most cache reads, running at once (>= 1).
         cache: optional cache tier in front of the source.
         ttl: seconds found values stay cached (> 0).
         negative_ttl: seconds "not found" stays cached (>= 0; 0 = don't cache it).
@@ -115,6 +115,7 @@ class Loader(Generic[K, V]):
         self._batch_fn = batch_fn
         self._max_batch = max_batch_size
         self._slots = CapacityLimiter(max_concurrency)
+        self._cache_slots = CapacityLimiter(max_concurrency)
         self._cache = cache
         self._ttl = ttl
         self._negative_ttl = negative_ttl
@@ -279,7 +280,8 @@ class Loader(Generic[K, V]):
         misses: list[K] = []
         try:
             self._reads += 1
-            found = await self._guard(self._cache.mget(keys))
+            async with self._cache_slots:  # bound cache reads like source calls
+                found = await self._guard(self._cache.mget(keys))
             if len(found) != len(keys):
                 raise ValueError(f"cache returned {len(found)} values for {len(keys)} keys")
         except Exception:

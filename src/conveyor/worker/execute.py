@@ -6,7 +6,8 @@ import asyncio
 import contextvars
 import functools
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Protocol
 from concurrent.futures import Executor
 
 from conveyor.clock import Clock
@@ -16,16 +17,24 @@ from conveyor.registry import Registry
 from conveyor.serde import encode_result
 from conveyor.task import Task
 
-__all__ = ["execute"]
+__all__ = ["BatchRunnerLike", "attempt_error", "execute", "retry_or_fail"]
 
 
-def _error(lease: Lease, exc: BaseException, now: float, kind: str | None = None) -> AttemptError:
+class BatchRunnerLike(Protocol):
+    """What `execute` needs of a batch task's runner (see `worker.batch`)."""
+
+    async def run(self, lease: Lease) -> Outcome: ...
+
+
+def attempt_error(
+    lease: Lease, exc: BaseException, now: float, kind: str | None = None
+) -> AttemptError:
     tb = "".join(traceback.format_exception(exc)) if exc.__traceback__ else ""
     name = kind or f"{type(exc).__module__}.{type(exc).__qualname__}".removeprefix("builtins.")
     return AttemptError(lease.job.attempts, name, str(exc) or type(exc).__name__, tb, now)
 
 
-def _retry_or_fail(
+def retry_or_fail(
     task: Task[..., object] | None,
     lease: Lease,
     exc: BaseException,
@@ -33,7 +42,7 @@ def _retry_or_fail(
     kind: str | None = None,
 ) -> Outcome:
     now = clock.now()
-    error = _error(lease, exc, now, kind)
+    error = attempt_error(lease, exc, now, kind)
     job = lease.job
     if task is None or job.attempts >= job.max_attempts:
         return Failed(error)
@@ -45,7 +54,13 @@ def _retry_or_fail(
     return Retrying(now + task.retry.delay(job.attempts), error)
 
 
-async def execute(registry: Registry, lease: Lease, clock: Clock, threads: Executor) -> Outcome:
+async def execute(
+    registry: Registry,
+    lease: Lease,
+    clock: Clock,
+    threads: Executor,
+    batches: Mapping[str, BatchRunnerLike] | None = None,
+) -> Outcome:
     """Run the leased job once and return what should happen to it.
 
     Never raises for the job's own faults (bad payload, unknown task, handler errors,
@@ -57,16 +72,18 @@ async def execute(registry: Registry, lease: Lease, clock: Clock, threads: Execu
     task = registry.find(job.task)
     if task is None:
         exc = UnknownTask(f"no task named {job.task!r} is registered in this worker")
-        return Failed(_error(lease, exc, now, "UnknownTask"))
+        return Failed(attempt_error(lease, exc, now, "UnknownTask"))
     if job.deadline is not None and now > job.deadline:
         exc2 = ConveyorError(
             f"the job's deadline passed {now - job.deadline:.3f} s before it started"
         )
-        return Failed(_error(lease, exc2, now, "DeadlineExceeded"))
+        return Failed(attempt_error(lease, exc2, now, "DeadlineExceeded"))
+    if task.batch is not None and batches is not None:
+        return await batches[task.name].run(lease)
     try:
         arguments = task.codec.decode(job.payload)
     except ConveyorError as exc3:
-        return Failed(_error(lease, exc3, now, "PoisonPayload"))
+        return Failed(attempt_error(lease, exc3, now, "PoisonPayload"))
     deadline = asyncio.timeout(job.timeout)
     try:
         async with deadline:
@@ -80,16 +97,16 @@ async def execute(registry: Registry, lease: Lease, clock: Clock, threads: Execu
                 value = await asyncio.get_running_loop().run_in_executor(threads, call)
     except TimeoutError as exc4:
         if not deadline.expired():  # the handler's own TimeoutError, not our limit
-            return _retry_or_fail(task, lease, exc4, clock)
+            return retry_or_fail(task, lease, exc4, clock)
         timed_out = TimeoutError(f"attempt timed out after {job.timeout} s")
-        return _retry_or_fail(task, lease, timed_out, clock, "Timeout")
+        return retry_or_fail(task, lease, timed_out, clock, "Timeout")
     except Cancel as sig:
         return Cancelled(sig.reason)
     except Fail as sig2:
-        return Failed(_error(lease, sig2, clock.now(), "Fail"))
+        return Failed(attempt_error(lease, sig2, clock.now(), "Fail"))
     except Exception as exc5:
-        return _retry_or_fail(task, lease, exc5, clock)
+        return retry_or_fail(task, lease, exc5, clock)
     try:
         return Completed(encode_result(value))
     except ConveyorError as exc6:
-        return Failed(_error(lease, exc6, clock.now(), "ResultNotSerializable"))
+        return Failed(attempt_error(lease, exc6, clock.now(), "ResultNotSerializable"))

@@ -9,6 +9,7 @@ put back in the queue (retried, never lost).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -21,6 +22,8 @@ from conveyor.errors import BackendError
 from conveyor.job import AttemptError, Cancelled, Completed, Failed, Lease, Outcome, Retrying
 from conveyor.primitives import Batcher
 from conveyor.registry import Registry
+from conveyor.task import BatchTask
+from conveyor.worker.batch import BatchRunner
 from conveyor.worker.config import QueueSelector, WorkerConfig
 from conveyor.worker.execute import execute
 
@@ -86,6 +89,7 @@ class Worker:
         self._outage_since: float | None = None
         self._backoff = _BACKOFF_MIN
         self._settler: Batcher[tuple[Lease, Outcome], bool] | None = None
+        self._batches: dict[str, BatchRunner] = {}
 
     # -- control ---------------------------------------------------------------------------
 
@@ -130,15 +134,26 @@ class Worker:
             ",".join(f"{n}={w}" for n, w in cfg.queues),
             cfg.concurrency,
         )
+        runners = {
+            t.name: BatchRunner(t, self.clock, self._threads)  # type: ignore[arg-type]
+            for t in self.registry
+            if isinstance(t, BatchTask)
+        }
         try:
-            async with settler, asyncio.TaskGroup() as tg:
-                self._settler = settler
+            async with contextlib.AsyncExitStack() as stack:
+                # Exit order matters: job tasks finish, then batch runners drain, then the
+                # settle batcher drains.
+                await stack.enter_async_context(settler)
+                for runner in runners.values():
+                    await stack.enter_async_context(runner.batcher)
+                tg = await stack.enter_async_context(asyncio.TaskGroup())
+                self._settler, self._batches = settler, runners
                 heartbeat = tg.create_task(self._heartbeat_loop(), name="conveyor-heartbeat")
                 await self._fetch_loop(tg)
                 await self._drain()
                 heartbeat.cancel()
         finally:
-            self._settler = None
+            self._settler, self._batches = None, {}
             self._threads.shutdown(wait=False, cancel_futures=True)
         log.info("worker %s stopped: %s", self.name, self.stats)
         return self.stats
@@ -161,8 +176,11 @@ class Worker:
                 await self._outage(exc)
                 continue
             if self._outage_since is not None:
-                log.warning("worker %s: the store is back after %.1fs", self.name,
-                            self.clock.monotonic() - self._outage_since)
+                log.warning(
+                    "worker %s: the store is back after %.1fs",
+                    self.name,
+                    self.clock.monotonic() - self._outage_since,
+                )
                 self._outage_since, self._backoff = None, _BACKOFF_MIN
             self._started.set()  # ready: the store answered a claim
             if self._stopping.is_set() and leases:
@@ -267,12 +285,17 @@ class Worker:
         try:
             assert self._threads is not None
             try:
-                outcome = await execute(self.registry, lease, self.clock, self._threads)
+                outcome = await execute(
+                    self.registry, lease, self.clock, self._threads, self._batches
+                )
             except Exception as exc:  # a corrupt record or a bug: fail this job, keep the worker
                 log.exception("job %s: could not be run", lease.id)
                 now = self.clock.now()
-                outcome = Failed(AttemptError(lease.job.attempts, "InternalError",
-                                              f"{type(exc).__name__}: {exc}", "", now))
+                outcome = Failed(
+                    AttemptError(
+                        lease.job.attempts, "InternalError", f"{type(exc).__name__}: {exc}", "", now
+                    )
+                )
             except asyncio.CancelledError:
                 if entry.lost:
                     return
@@ -353,8 +376,11 @@ class Worker:
                 return await asyncio.shield(self._settler.submit((lease, outcome)))
             except BackendError as exc:
                 if self.clock.monotonic() >= give_up:
-                    log.error("job %s: could not record its outcome (%s); it will run again",
-                              lease.id, exc)
+                    log.error(
+                        "job %s: could not record its outcome (%s); it will run again",
+                        lease.id,
+                        exc,
+                    )
                     return False
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, _BACKOFF_MAX)

@@ -187,8 +187,9 @@ class SQLiteBackend(Backend):
         if self._fast is None:
             if self._conn is None and self._pid == os.getpid():
                 return False, None  # first use: let the thread create and migrate the file
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                   timeout=0)
+            conn = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=0
+            )
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
             conn.execute("PRAGMA wal_autocheckpoint = 0")  # the thread checkpoints
             self._fast = conn

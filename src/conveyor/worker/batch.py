@@ -1,0 +1,113 @@
+"""Running durable batch tasks: claimed jobs of one task are gathered by a `Batcher`, the
+handler is called once per batch, and each job gets its own outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+
+from conveyor.clock import Clock
+from conveyor.errors import Cancel, ConveyorError, Fail, Retry
+from conveyor.job import Cancelled, Completed, Failed, Lease, Outcome
+from conveyor.primitives import Batcher
+from conveyor.serde import encode_result
+from conveyor.task import BatchTask
+from conveyor.worker.execute import attempt_error, retry_or_fail
+
+__all__ = ["BatchRunner"]
+
+
+class BatchRunner:
+    """One batch task's batcher inside a worker.
+
+    Enter it (``async with runner.batcher``) for the worker's lifetime, then `run(lease)`
+    from each job's slot: the job waits for its batch and returns its own outcome.
+    """
+
+    def __init__(self, task: BatchTask[object, object], clock: Clock, threads: Executor) -> None:
+        self.task = task
+        self.clock = clock
+        self.threads = threads
+        spec = task.batch
+        assert spec is not None
+        self.batcher: Batcher[Lease, Outcome] = Batcher(
+            self._flush,
+            max_size=spec.max_size,
+            max_wait=spec.max_wait,
+            max_concurrency=spec.max_concurrency,
+            capacity=max(spec.max_size * spec.max_concurrency * 4, 64),
+            clock=clock,
+            name=f"batch:{task.name}",
+        )
+
+    async def run(self, lease: Lease) -> Outcome:
+        """This job's outcome, once its batch ran."""
+        return await self.batcher.submit(lease)
+
+    async def _flush(self, leases: Sequence[Lease]) -> list[Outcome | BaseException]:
+        outcomes: list[Outcome | BaseException | None] = [None] * len(leases)
+        items: list[object] = []
+        slots: list[int] = []
+        for i, lease in enumerate(leases):
+            try:
+                items.append(self.task.codec.decode(lease.job.payload)["item"])
+                slots.append(i)
+            except ConveyorError as exc:
+                now = self.clock.now()
+                outcomes[i] = Failed(attempt_error(lease, exc, now, "PoisonPayload"))
+        if items:
+            batch = [leases[i] for i in slots]
+            for i, outcome in zip(slots, await self._call(batch, items), strict=True):
+                outcomes[i] = outcome
+        return [o for o in outcomes if o is not None]
+
+    async def _call(self, leases: list[Lease], items: list[object]) -> list[Outcome]:
+        task = self.task
+        timeouts = [lease.job.timeout for lease in leases if lease.job.timeout is not None]
+        limit = asyncio.timeout(min(timeouts) if timeouts else None)
+        try:
+            async with limit:
+                if task.is_async:
+                    results = await task.handler(items)  # type: ignore[misc]
+                else:
+                    ctx = contextvars.copy_context()
+                    call: Callable[[], object] = functools.partial(ctx.run, task.handler, items)
+                    results = await asyncio.get_running_loop().run_in_executor(self.threads, call)
+        except Exception as exc:
+            if isinstance(exc, TimeoutError) and limit.expired():
+                exc = TimeoutError(f"batch attempt timed out after {min(timeouts)} s")
+            return [self._fault(lease, exc) for lease in leases]
+        if not isinstance(results, Sequence) or isinstance(results, str | bytes):
+            wrong = ConveyorError(
+                f"batch task {task.name!r} returned {type(results).__name__}; it must return a "
+                f"list with one result per item ({len(items)} items)"
+            )
+            return [self._fault(lease, wrong) for lease in leases]
+        if len(results) != len(items):
+            wrong = ConveyorError(
+                f"batch task {task.name!r} returned {len(results)} results for {len(items)} "
+                "items; it must return exactly one result (or exception) per item"
+            )
+            return [self._fault(lease, wrong) for lease in leases]
+        out: list[Outcome] = []
+        for lease, result in zip(leases, results, strict=True):
+            if isinstance(result, BaseException):
+                out.append(self._fault(lease, result))
+                continue
+            try:
+                out.append(Completed(encode_result(result)))
+            except ConveyorError as exc:
+                now = self.clock.now()
+                out.append(Failed(attempt_error(lease, exc, now, "ResultNotSerializable")))
+        return out
+
+    def _fault(self, lease: Lease, exc: BaseException) -> Outcome:
+        if isinstance(exc, Cancel):
+            return Cancelled(exc.reason)
+        if isinstance(exc, Fail):
+            return Failed(attempt_error(lease, exc, self.clock.now(), "Fail"))
+        kind = "Timeout" if isinstance(exc, TimeoutError) and "batch attempt" in str(exc) else None
+        return retry_or_fail(self.task, lease, exc, self.clock, kind)
