@@ -135,7 +135,7 @@ class Worker:
             cfg.concurrency,
         )
         runners = {
-            t.name: BatchRunner(t, self.clock, self._threads)  # type: ignore[arg-type]
+            t.name: BatchRunner(t, self.clock, self._threads)
             for t in self.registry
             if isinstance(t, BatchTask)
         }
