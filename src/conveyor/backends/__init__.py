@@ -2,6 +2,8 @@
 
 memory://                    in-process, for tests
 sqlite:///path/to/jobs.db    the embedded default (relative path); sqlite:////abs/path
+redis://[user:pw@]host:6379/0?prefix=myapp   Redis 7+ / Valkey; rediss:// for TLS
+redis+cluster://host:7000?prefix=myapp      Redis Cluster (rediss+cluster:// for TLS)
 """
 
 from __future__ import annotations
@@ -18,6 +20,11 @@ def from_url(url: str, clock: Clock | None = None) -> Backend:
 
     Example:
         backend = from_url("sqlite:///jobs.db")
+        backend = from_url("redis://localhost:6379/0?prefix=myapp")
+
+    Redis URLs: ``redis://`` (``rediss://`` for TLS, certificates checked), an ACL user and
+    password in the URL, ``?prefix=`` for the key namespace (default ``conveyor``), and
+    ``redis+cluster://`` for Redis Cluster. See `conveyor.backends.redis`.
     """
     scheme, sep, rest = url.partition("://")
     if not sep:
@@ -35,4 +42,11 @@ def from_url(url: str, clock: Clock | None = None) -> Backend:
         if not path:
             raise ConfigError(f"backend URL {url!r} names no file; use sqlite:///jobs.db")
         return SQLiteBackend(path, clock=clock)
-    raise ConfigError(f"unknown backend scheme {scheme!r} in {url!r}; supported: sqlite, memory")
+    if scheme in ("redis", "rediss", "redis+cluster", "rediss+cluster"):
+        from conveyor.backends.redis import RedisBackend
+
+        return RedisBackend(url, clock=clock)
+    raise ConfigError(
+        f"unknown backend scheme {scheme!r} in {url!r}; supported: sqlite, memory, redis, "
+        "rediss, redis+cluster"
+    )

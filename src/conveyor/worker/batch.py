@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 
 from conveyor.clock import Clock
-from conveyor.errors import Cancel, ConveyorError, Fail, Retry
+from conveyor.errors import Cancel, ConveyorError, Fail
 from conveyor.job import Cancelled, Completed, Failed, Lease, Outcome
 from conveyor.primitives import Batcher
 from conveyor.serde import encode_result
@@ -46,6 +46,14 @@ class BatchRunner:
     async def run(self, lease: Lease) -> Outcome:
         """This job's outcome, once its batch ran."""
         return await self.batcher.submit(lease)
+
+    async def run_many(self, leases: Sequence[Lease]) -> list[Outcome]:
+        """The outcomes of several claimed jobs, in order (one submit for all of them)."""
+        results = await self.batcher.submit_many(leases)
+        return [
+            r if not isinstance(r, BaseException) else self._fault(lease, r)
+            for lease, r in zip(leases, results, strict=True)
+        ]
 
     async def _flush(self, leases: Sequence[Lease]) -> list[Outcome | BaseException]:
         outcomes: list[Outcome | BaseException | None] = [None] * len(leases)

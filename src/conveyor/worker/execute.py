@@ -7,8 +7,8 @@ import contextvars
 import functools
 import traceback
 from collections.abc import Callable, Mapping
-from typing import Protocol
 from concurrent.futures import Executor
+from typing import Protocol
 
 from conveyor.clock import Clock
 from conveyor.errors import Cancel, ConveyorError, Fail, Retry, UnknownTask
@@ -17,7 +17,7 @@ from conveyor.registry import Registry
 from conveyor.serde import encode_result
 from conveyor.task import Task
 
-__all__ = ["BatchRunnerLike", "attempt_error", "execute", "retry_or_fail"]
+__all__ = ["BatchRunnerLike", "attempt_error", "execute", "precheck", "retry_or_fail"]
 
 
 class BatchRunnerLike(Protocol):
@@ -54,6 +54,22 @@ def retry_or_fail(
     return Retrying(now + task.retry.delay(job.attempts), error)
 
 
+def precheck(registry: Registry, lease: Lease, clock: Clock) -> Outcome | None:
+    """The outcome of a job that must not run at all (unknown task, deadline passed), else
+    `None`."""
+    job = lease.job
+    now = clock.now()
+    if registry.find(job.task) is None:
+        exc = UnknownTask(f"no task named {job.task!r} is registered in this worker")
+        return Failed(attempt_error(lease, exc, now, "UnknownTask"))
+    if job.deadline is not None and now > job.deadline:
+        late = ConveyorError(
+            f"the job's deadline passed {now - job.deadline:.3f} s before it started"
+        )
+        return Failed(attempt_error(lease, late, now, "DeadlineExceeded"))
+    return None
+
+
 async def execute(
     registry: Registry,
     lease: Lease,
@@ -67,17 +83,13 @@ async def execute(
     timeouts): those become outcomes. `asyncio.CancelledError` propagates (lease lost or
     shutdown), and the caller decides.
     """
+    pre = precheck(registry, lease, clock)
+    if pre is not None:
+        return pre
     job = lease.job
     now = clock.now()
     task = registry.find(job.task)
-    if task is None:
-        exc = UnknownTask(f"no task named {job.task!r} is registered in this worker")
-        return Failed(attempt_error(lease, exc, now, "UnknownTask"))
-    if job.deadline is not None and now > job.deadline:
-        exc2 = ConveyorError(
-            f"the job's deadline passed {now - job.deadline:.3f} s before it started"
-        )
-        return Failed(attempt_error(lease, exc2, now, "DeadlineExceeded"))
+    assert task is not None
     if task.batch is not None and batches is not None:
         return await batches[task.name].run(lease)
     try:

@@ -19,13 +19,14 @@ from dataclasses import dataclass, field
 from conveyor.backends.base import Backend
 from conveyor.clock import Clock
 from conveyor.errors import BackendError
-from conveyor.job import AttemptError, Cancelled, Completed, Failed, Lease, Outcome, Retrying
+from conveyor.job import AttemptError, Failed, Lease, Outcome, Retrying
 from conveyor.primitives import Batcher
 from conveyor.registry import Registry
 from conveyor.task import BatchTask
 from conveyor.worker.batch import BatchRunner
 from conveyor.worker.config import QueueSelector, WorkerConfig
-from conveyor.worker.execute import execute
+from conveyor.worker.execute import execute, precheck
+from conveyor.worker.stats import WorkerStats, record
 
 __all__ = ["Worker", "WorkerStats"]
 
@@ -36,25 +37,13 @@ _BACKOFF_MIN, _BACKOFF_MAX = 0.05, 2.0
 
 
 @dataclass(slots=True)
-class WorkerStats:
-    """Counters since the worker started."""
-
-    claimed: int = 0
-    completed: int = 0
-    retried: int = 0
-    failed: int = 0
-    cancelled: int = 0
-    lost: int = 0  # leases lost (expired, fenced or cancel requested) while running
-    interrupted: int = 0  # cancelled by shutdown and put back
-
-
-@dataclass(slots=True)
 class _Running:
     lease: Lease
     task: asyncio.Task[None] | None = None
     lost: bool = False
     interrupted: bool = False
     settling: bool = False  # outcome handed to the settle batcher
+    grouped: bool = False  # runs inside a batch-task group (one task for many jobs)
     started: float = field(default=0.0)
 
 
@@ -187,17 +176,29 @@ class Worker:
                 # Claimed as the stop arrived: hand them straight back, unstarted.
                 await self._release(leases)
                 break
-            now = self.clock.monotonic()
-            for lease in leases:
-                entry = _Running(lease, started=now)
-                self._running[lease.id] = entry
-                entry.task = tg.create_task(self._run_one(entry), name=f"conveyor-job-{lease.id}")
+            self._spawn(tg, leases)
             self.stats.claimed += len(leases)
             if leases:
                 continue
             if cfg.burst and not self._running:
                 break
             await self._idle(cfg.poll)
+
+    def _spawn(self, tg: asyncio.TaskGroup, leases: list[Lease]) -> None:
+        """One task per job; jobs of a batch task share one task per claimed group."""
+        now = self.clock.monotonic()
+        groups: dict[str, list[_Running]] = {}
+        for lease in leases:
+            entry = _Running(lease, started=now)
+            self._running[lease.id] = entry
+            if lease.job.task in self._batches:
+                groups.setdefault(lease.job.task, []).append(entry)
+            else:
+                entry.task = tg.create_task(self._run_one(entry), name=f"conveyor-job-{lease.id}")
+        for name, entries in groups.items():
+            task = tg.create_task(self._run_group(name, entries), name=f"conveyor-batch-{name}")
+            for entry in entries:
+                entry.task, entry.grouped = task, True
 
     async def _outage(self, exc: BaseException) -> None:
         """The store failed mid-run: log once, then wait with capped backoff and try again."""
@@ -216,15 +217,20 @@ class Worker:
             pass
 
     async def _idle(self, timeout: float) -> None:
-        """Wait for work (backend hint), a free slot after a burst, or a stop."""
+        """Wait for work (the backend's hint) or a stop; in burst mode also for a job to end,
+        since the last one ending is when a burst is over."""
+        # These futures live only inside this call: each is cancelled and awaited below.
         waiter = asyncio.ensure_future(self.backend.wait(self.config.queue_names, timeout))
-        stopper = asyncio.ensure_future(self._stopping.wait())
+        others = [asyncio.ensure_future(self._stopping.wait())]
+        if self.config.burst:
+            self._slot_free.clear()
+            others.append(asyncio.ensure_future(self._slot_free.wait()))
         try:
-            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({waiter, *others}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for fut in (waiter, stopper):
+            for fut in (waiter, *others):
                 fut.cancel()
-            results = await asyncio.gather(waiter, stopper, return_exceptions=True)
+            results = await asyncio.gather(waiter, *others, return_exceptions=True)
         if isinstance(results[0], BackendError):
             await self._outage(results[0])
 
@@ -273,10 +279,13 @@ class Worker:
                 self.name,
                 len(self._running),
             )
+        tasks = set()
         for entry in list(self._running.values()):
             entry.interrupted = True
             if entry.task is not None:
-                entry.task.cancel()
+                tasks.add(entry.task)
+        for task in tasks:
+            task.cancel()
 
     # -- one job ---------------------------------------------------------------------------
 
@@ -290,100 +299,96 @@ class Worker:
                 )
             except Exception as exc:  # a corrupt record or a bug: fail this job, keep the worker
                 log.exception("job %s: could not be run", lease.id)
-                now = self.clock.now()
-                outcome = Failed(
-                    AttemptError(
-                        lease.job.attempts, "InternalError", f"{type(exc).__name__}: {exc}", "", now
-                    )
-                )
+                outcome = self._internal_error(lease, exc)
             except asyncio.CancelledError:
                 if entry.lost:
                     return
                 if not entry.interrupted:
                     raise
-                now = self.clock.now()
-                err = AttemptError(
-                    lease.job.attempts,
-                    "Interrupted",
-                    "the worker shut down before the job finished",
-                    "",
-                    now,
-                )
-                outcome = Retrying(now, err)
-                self.stats.interrupted += 1
+                outcome = self._interrupted(lease)
             if entry.lost:
                 return
-            await self._settle(entry, outcome)
+            await self._settle([(entry, outcome)])
         finally:
             self._running.pop(lease.id, None)
             self._slot_free.set()
 
-    async def _settle(self, entry: _Running, outcome: Outcome) -> None:
-        assert self._settler is not None
-        entry.settling = True
-        lease = entry.lease
-        ok = await self._settle_with_retry(lease, outcome)
-        job = lease.job
-        took = self.clock.monotonic() - entry.started
-        if not ok:
-            self.stats.lost += 1
-            log.warning(
-                "job %s (%s) attempt %d: lease lost before settle; its outcome was "
-                "dropped (the job runs again elsewhere)",
-                job.id,
-                job.task,
-                job.attempts,
-            )
-        elif isinstance(outcome, Completed):
-            self.stats.completed += 1
-            log.debug(
-                "job %s (%s) attempt %d completed in %.3fs", job.id, job.task, job.attempts, took
-            )
-        elif isinstance(outcome, Retrying):
-            if outcome.error.type != "Interrupted":
-                self.stats.retried += 1
-            log.warning(
-                "job %s (%s) attempt %d failed, retry in %.1fs: %s: %s",
-                job.id,
-                job.task,
-                job.attempts,
-                max(0.0, outcome.run_at - self.clock.now()),
-                outcome.error.type,
-                outcome.error.message,
-            )
-        elif isinstance(outcome, Failed):
-            self.stats.failed += 1
-            log.warning(
-                "job %s (%s) attempt %d failed for good: %s: %s",
-                job.id,
-                job.task,
-                job.attempts,
-                outcome.error.type,
-                outcome.error.message,
-            )
-        elif isinstance(outcome, Cancelled):
-            self.stats.cancelled += 1
-            log.info("job %s (%s) cancelled: %s", job.id, job.task, outcome.reason)
+    async def _run_group(self, name: str, entries: list[_Running]) -> None:
+        """Jobs of one batch task claimed together: one submit, one settle."""
+        outcomes: dict[str, Outcome] = {}
+        try:
+            ready: list[_Running] = []
+            for entry in entries:
+                pre = precheck(self.registry, entry.lease, self.clock)
+                if pre is None:
+                    ready.append(entry)
+                else:
+                    outcomes[entry.lease.id] = pre
+            try:
+                results = await self._batches[name].run_many([e.lease for e in ready])
+                outcomes.update(zip((e.lease.id for e in ready), results, strict=True))
+            except Exception as exc:  # a bug: fail these jobs, keep the worker
+                log.exception("batch task %s: could not run a group", name)
+                for e in ready:
+                    outcomes[e.lease.id] = self._internal_error(e.lease, exc)
+            except asyncio.CancelledError:
+                if not any(e.interrupted for e in entries):
+                    raise
+                for e in ready:
+                    outcomes[e.lease.id] = self._interrupted(e.lease)
+            await self._settle([(e, outcomes[e.lease.id]) for e in entries if not e.lost])
+        finally:
+            for entry in entries:
+                self._running.pop(entry.lease.id, None)
+            self._slot_free.set()
 
-    async def _settle_with_retry(self, lease: Lease, outcome: Outcome) -> bool:
-        """Settle through the batcher; while the store is down, retry until the lease would
-        have expired anyway (then the job is rescued and runs again: at-least-once)."""
+    def _interrupted(self, lease: Lease) -> Outcome:
+        now = self.clock.now()
+        self.stats.interrupted += 1
+        msg = "the worker shut down before the job finished"
+        return Retrying(now, AttemptError(lease.job.attempts, "Interrupted", msg, "", now))
+
+    def _internal_error(self, lease: Lease, exc: BaseException) -> Outcome:
+        now = self.clock.now()
+        msg = f"{type(exc).__name__}: {exc}"
+        return Failed(AttemptError(lease.job.attempts, "InternalError", msg, "", now))
+
+    async def _settle(self, pairs: list[tuple[_Running, Outcome]]) -> None:
+        """Record outcomes through the settle batcher (one submit for all), then count and
+        log them. While the store is down, retry until the leases would have expired anyway
+        (then the jobs are rescued and run again: at-least-once)."""
         assert self._settler is not None
+        if not pairs:
+            return
+        for entry, _ in pairs:
+            entry.settling = True
+        todo = list(range(len(pairs)))
+        done: dict[int, bool] = {}
         give_up = self.clock.monotonic() + 3 * self.config.lease_for
         pause = _BACKOFF_MIN
-        while True:
-            try:
-                return await asyncio.shield(self._settler.submit((lease, outcome)))
-            except BackendError as exc:
-                if self.clock.monotonic() >= give_up:
+        while todo:
+            items = [(pairs[i][0].lease, pairs[i][1]) for i in todo]
+            results = await asyncio.shield(self._settler.submit_many(items))
+            failed: list[int] = []
+            for i, result in zip(todo, results, strict=True):
+                if isinstance(result, BackendError) and self.clock.monotonic() < give_up:
+                    failed.append(i)
+                elif isinstance(result, BaseException):
                     log.error(
                         "job %s: could not record its outcome (%s); it will run again",
-                        lease.id,
-                        exc,
+                        pairs[i][0].lease.id,
+                        result,
                     )
-                    return False
+                    done[i] = False
+                else:
+                    done[i] = bool(result)
+            todo = failed
+            if todo:
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, _BACKOFF_MAX)
+        now = self.clock.monotonic()
+        for i, (entry, outcome) in enumerate(pairs):
+            record(self.stats, entry.lease.job, outcome, done[i], now - entry.started, self.clock)
 
     # -- heartbeat -------------------------------------------------------------------------
 
@@ -412,7 +417,7 @@ class Worker:
                         entry.lease.id,
                         entry.lease.job.task,
                     )
-                    if entry.task is not None:
-                        entry.task.cancel()
+                    if entry.task is not None and not entry.grouped:
+                        entry.task.cancel()  # a grouped job finishes with its batch, unsettled
                 else:
                     entry.lease = new

@@ -1,0 +1,523 @@
+"""`RedisBackend`: the contract on Redis 7+ / Valkey, each transition one Lua script.
+
+Time: lease expiry, due dates and retention are judged by the *Redis server's* clock (``TIME``
+inside the script) when the backend runs on the real clock, so clock skew between worker
+machines cannot break leases. Given an explicit clock (a `FakeClock` in tests) the scripts use
+``clock.now()`` instead, passed as an argument; `server_time=` overrides the choice.
+`run_at` values are still stamped by the producing process's clock, so a producer whose clock
+is off by *d* shifts its delays by *d*.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import msgspec
+
+from conveyor.backends import rules
+from conveyor.backends.base import Backend, JobFilter, Page
+from conveyor.backends.redis.codec import Keys, decode, enqueue_args
+from conveyor.backends.redis.connect import Clients, Conn, parse_url, wrap_errors
+from conveyor.backends.redis.scripts import FIELDS
+from conveyor.clock import Clock, SystemClock
+from conveyor.errors import ClosedError, ConfigError
+from conveyor.job import (
+    TERMINAL,
+    Cancelled,
+    Completed,
+    Failed,
+    Job,
+    JobState,
+    Lease,
+    Outcome,
+    Retrying,
+)
+
+__all__ = ["RedisBackend"]
+
+log = logging.getLogger("conveyor.backends.redis")
+
+_json = msgspec.json.Encoder()
+_CHUNK = 500  # jobs per script call: bounds how long one call holds the server
+_SWEEP = 1000  # jobs per queue per promote/rescue/purge call
+_STATES = tuple(JobState)
+_LEASE_EXPIRED = rules.lease_expired_error(0, 0.0).message
+
+
+class RedisBackend(Backend):
+    """Jobs in Redis. `App("redis://localhost:6379/0?prefix=myapp")` uses it.
+
+    Args:
+        url: ``redis://``, ``rediss://`` (TLS) or ``redis+cluster://`` URL; user and password
+            in the URL for ACLs; ``?prefix=`` namespaces the keys (default ``conveyor``).
+        clock: the time source. With the default real clock, scripts use the server's time.
+        server_time: force (True) or forbid (False) using the server's clock in scripts.
+        prefix: the key prefix, overriding the URL's.
+
+    Example:
+        async with RedisBackend("redis://localhost:6379/0") as backend:
+            await backend.enqueue([job])
+    """
+
+    def __init__(
+        self,
+        url: str = "redis://localhost:6379/0",
+        clock: Clock | None = None,
+        *,
+        server_time: bool | None = None,
+        prefix: str | None = None,
+    ) -> None:
+        settings = parse_url(url, prefix)
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self.server_time = (
+            type(self.clock) is SystemClock if server_time is None else server_time
+        )
+        self.keys = Keys(settings.prefix, settings.cluster)
+        self._clients = Clients(settings)
+        self._checked = False
+        self._closed = False
+        self._known_queues: set[str] = set()
+
+    def __repr__(self) -> str:
+        return f"RedisBackend({self.settings.safe_url!r}, prefix={self.keys.prefix!r})"
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _args(self) -> list[Any]:
+        now = "" if self.server_time else repr(self.clock.now())
+        return [self.keys.prefix, "1" if self.keys.cluster else "0", now]
+
+    def _errors(self, what: str) -> contextlib.AbstractContextManager[None]:
+        return wrap_errors(self.settings, what)
+
+    async def _conn(self) -> Conn:
+        if self._closed:
+            raise ClosedError(f"the Redis backend for {self.settings.safe_url} is closed")
+        conn = self._clients.get()
+        if not self._checked:
+            await self._check_server(conn)
+        return conn
+
+    async def _check_server(self, conn: Conn) -> None:
+        """First use: refuse Redis < 7, warn when job keys could be evicted."""
+        import redis.exceptions as rexc
+
+        with self._errors("connecting"):
+            try:
+                info: Any = await conn.client.info("server")
+            except rexc.ResponseError:  # INFO disabled (renamed) on some managed services
+                info = {}
+            try:
+                policy: Any = await conn.client.config_get("maxmemory-policy")
+            except rexc.ResponseError:  # CONFIG disabled or not allowed for this ACL user
+                policy = {}
+        self._checked = True
+        version = _first(info, "redis_version")
+        if version and int(str(version).split(".")[0]) < 7:
+            raise ConfigError(f"the Redis backend needs Redis 7 or later; the server is {version}")
+        value = _first(policy, "maxmemory-policy")
+        if isinstance(value, bytes):
+            value = value.decode()
+        if value and value != "noeviction":
+            log.warning(
+                "Redis at %s has maxmemory-policy=%s: under memory pressure it may evict job "
+                "keys and lose jobs; set maxmemory-policy noeviction",
+                self.settings.safe_url,
+                value,
+            )
+
+    def _by_queue(self, queues: Iterable[str]) -> list[list[str]]:
+        """Queues grouped so one script call never crosses a slot (one group unless cluster)."""
+        qs = list(dict.fromkeys(queues))
+        if not qs:
+            return []
+        return [[q] for q in qs] if self.keys.cluster else [qs]
+
+    async def _queues(self, conn: Conn) -> list[str]:
+        members = await conn.client.smembers(self.keys.queues)  # type: ignore[misc]
+        return sorted(m.decode() for m in members)
+
+    async def _register(self, conn: Conn, queues: set[str]) -> None:
+        new = queues - self._known_queues
+        if new:
+            await conn.client.sadd(self.keys.queues, *sorted(new))  # type: ignore[misc]
+            self._known_queues |= new
+
+    # -- producing -------------------------------------------------------------------------
+
+    async def enqueue(self, jobs: Sequence[Job]) -> list[bool]:
+        if not jobs:
+            return []
+        conn = await self._conn()
+        out = [False] * len(jobs)
+        with self._errors("enqueue"):
+            await self._register(conn, {j.queue for j in jobs})
+            if self.keys.cluster:
+                await conn.client.hset(self.keys.idx, mapping={j.id: j.queue for j in jobs})  # type: ignore[misc]
+                groups: dict[str, list[int]] = {}
+                for i, job in enumerate(jobs):
+                    groups.setdefault(job.queue, []).append(i)
+                batches = list(groups.values())
+            else:
+                batches = [list(range(len(jobs)))]
+            for batch in batches:
+                for start in range(0, len(batch), _CHUNK):
+                    part = batch[start : start + _CHUNK]
+                    chunk = [jobs[i] for i in part]
+                    res = await conn.enqueue(
+                        [self.keys.route(chunk[0].queue)], [*self._args(), *enqueue_args(chunk)]
+                    )
+                    for i, ok in zip(part, res, strict=True):
+                        out[i] = bool(ok)
+            if self.keys.cluster and not all(out):
+                await conn.client.hdel(self.keys.idx, *(j.id for j, ok in zip(jobs, out) if not ok))  # type: ignore[misc]
+        return out
+
+    # -- running ---------------------------------------------------------------------------
+
+    async def claim(
+        self, queues: Sequence[str], limit: int, lease_for: float, worker: str
+    ) -> list[Lease]:
+        if limit <= 0 or not queues:
+            return []
+        conn = await self._conn()
+        leases: list[Lease] = []
+        with self._errors("claim"):
+            for group in self._by_queue(queues):
+                want = limit - len(leases)
+                if want <= 0:
+                    break
+                res = await conn.claim(
+                    [self.keys.route(group[0])],
+                    [*self._args(), want, repr(float(lease_for)), worker, *group],
+                )
+                expires = float(res[0])
+                for k in range(1, len(res), 2):
+                    job = decode(res[k + 1])
+                    if job is not None:
+                        leases.append(Lease(job, int(res[k]), expires))
+        return leases
+
+    async def extend(self, leases: Sequence[Lease], lease_for: float) -> list[Lease | None]:
+        if not leases:
+            return []
+        conn = await self._conn()
+        out: list[Lease | None] = [None] * len(leases)
+        with self._errors("extend"):
+            for part in self._parts(leases):
+                args = [*self._args(), repr(float(lease_for))]
+                for i in part:
+                    args += (leases[i].job.queue, leases[i].id, leases[i].token)
+                res = await conn.extend([self.keys.route(leases[part[0]].job.queue)], args)
+                for i, exp in zip(part, res, strict=True):
+                    if exp is not None:
+                        out[i] = Lease(leases[i].job, leases[i].token, float(exp))
+        return out
+
+    async def settle(self, outcomes: Sequence[tuple[Lease, Outcome]]) -> list[bool]:
+        if not outcomes:
+            return []
+        conn = await self._conn()
+        out = [False] * len(outcomes)
+        with self._errors("settle"):
+            for part in self._parts([lease for lease, _ in outcomes]):
+                args = self._args()
+                for i in part:
+                    lease, outcome = outcomes[i]
+                    args += (lease.job.queue, lease.id, lease.token, *_outcome_args(outcome))
+                res = await conn.settle([self.keys.route(outcomes[part[0]][0].job.queue)], args)
+                for i, ok in zip(part, res, strict=True):
+                    out[i] = bool(ok)
+        return out
+
+    def _parts(self, leases: Sequence[Lease]) -> list[list[int]]:
+        """Indexes of `leases` in script-call batches (per queue in cluster mode)."""
+        groups: dict[str, list[int]] = {}
+        for i, lease in enumerate(leases):
+            groups.setdefault(lease.job.queue if self.keys.cluster else "", []).append(i)
+        return [g[s : s + _CHUNK] for g in groups.values() for s in range(0, len(g), _CHUNK)]
+
+    # -- maintenance -----------------------------------------------------------------------
+
+    async def _sweep(self, what: str, script: str, extra: list[Any]) -> int:
+        conn = await self._conn()
+        total = 0
+        with self._errors(what):
+            for group in self._by_queue(await self._queues(conn)):
+                while True:
+                    n = int(
+                        await getattr(conn, script)(
+                            [self.keys.route(group[0])], [*self._args(), *extra, *group]
+                        )
+                    )
+                    total += n
+                    if n < _SWEEP:
+                        break
+        return total
+
+    async def promote(self) -> int:
+        return await self._sweep("promote", "promote", [_SWEEP])
+
+    async def rescue(self) -> int:
+        return await self._sweep("rescue", "rescue", [_LEASE_EXPIRED, _SWEEP])
+
+    async def purge(self, states: Iterable[JobState], before: float | None = None) -> int:
+        wanted = sorted(s.value for s in set(states) & TERMINAL)
+        conn = await self._conn()
+        if not wanted:
+            return 0
+        deleted: list[bytes] = []
+        with self._errors("purge"):
+            queues = await self._queues(conn)
+            if before is None:
+                for group in self._by_queue(queues):
+                    while True:
+                        ids = await conn.purge(
+                            [self.keys.route(group[0])],
+                            [*self._args(), _SWEEP, len(wanted), *wanted, *group],
+                        )
+                        deleted += ids
+                        if len(ids) < _SWEEP:
+                            break
+            else:
+                for queue in queues:
+                    for state in wanted:
+                        deleted += await self._purge_before(conn, queue, state, before)
+            if self.keys.cluster and deleted:
+                for s in range(0, len(deleted), _SWEEP):
+                    await conn.client.hdel(self.keys.idx, *deleted[s : s + _SWEEP])  # type: ignore[misc]
+        return len(deleted)
+
+    async def _purge_before(self, conn: Conn, queue: str, state: str, before: float) -> list[bytes]:
+        """Walk the state's index in seq order and delete what finished before `before`."""
+        index = self.keys.q(queue, f"state:{state}")
+        low: str = "-inf"
+        deleted: list[bytes] = []
+        while True:
+            rows = await conn.client.zrangebyscore(
+                index, low, "+inf", start=0, num=_CHUNK, withscores=True
+            )
+            if not rows:
+                return deleted
+            deleted += await conn.purge_before(
+                [self.keys.route(queue)],
+                [*self._args(), repr(float(before)), state, queue, *(m for m, _ in rows)],
+            )
+            low = f"({int(rows[-1][1])}"
+
+    # -- administration --------------------------------------------------------------------
+
+    async def _queue_of(self, conn: Conn, job_id: str) -> str | None:
+        if self.keys.cluster:
+            q = await conn.client.hget(self.keys.idx, job_id)  # type: ignore[misc]
+        else:
+            q = await conn.client.hget(self.keys.job("", job_id), "queue")  # type: ignore[misc]
+        return None if q is None else bytes(q).decode()
+
+    async def cancel(self, job_id: str, reason: str = "cancelled") -> JobState | None:
+        conn = await self._conn()
+        with self._errors("cancel"):
+            queue = await self._queue_of(conn, job_id)
+            if queue is None:
+                return None
+            state = await conn.cancel(
+                [self.keys.route(queue)], [*self._args(), queue, job_id, reason]
+            )
+        return None if state is None else JobState(state.decode())
+
+    async def requeue(self, job_id: str) -> bool:
+        conn = await self._conn()
+        with self._errors("requeue"):
+            queue = await self._queue_of(conn, job_id)
+            if queue is None:
+                return False
+            return bool(
+                await conn.requeue([self.keys.route(queue)], [*self._args(), queue, job_id])
+            )
+
+    async def get(self, ids: Sequence[str]) -> list[Job | None]:
+        if not ids:
+            return []
+        conn = await self._conn()
+        with self._errors("get"):
+            return await self._get(conn, list(ids))
+
+    async def _get(self, conn: Conn, ids: list[str]) -> list[Job | None]:
+        out: list[Job | None] = [None] * len(ids)
+        for s in range(0, len(ids), _SWEEP):
+            chunk = ids[s : s + _SWEEP]
+            if self.keys.cluster:
+                queues = await conn.client.hmget(self.keys.idx, chunk)  # type: ignore[misc]
+            else:
+                queues = [b""] * len(chunk)
+            found = [(i, q.decode()) for i, q in enumerate(queues) if q is not None]
+            if not found:
+                continue
+            async with conn.client.pipeline(transaction=False) as pipe:
+                for i, q in found:
+                    pipe.hmget(self.keys.job(q, chunk[i]), FIELDS)
+                rows = await pipe.execute()
+            for (i, _), row in zip(found, rows, strict=True):
+                out[s + i] = decode(row)
+        return out
+
+    async def counts(self, queue: str | None = None) -> dict[str, dict[JobState, int]]:
+        conn = await self._conn()
+        with self._errors("counts"):
+            queues = [queue] if queue is not None else await self._queues(conn)
+            if not queues:
+                return {}
+            async with conn.client.pipeline(transaction=False) as pipe:
+                for q in queues:
+                    for state in _STATES:
+                        pipe.zcard(self.keys.q(q, f"state:{state.value}"))
+                sizes = await pipe.execute()
+        out: dict[str, dict[JobState, int]] = {}
+        for n, q in enumerate(queues):
+            per = {s: int(c) for s, c in zip(_STATES, sizes[n * 6 : n * 6 + 6]) if c}
+            if per:
+                out[q] = per
+        return out
+
+    async def query(self, filter: JobFilter, after: str | None = None, limit: int = 100) -> Page:
+        conn = await self._conn()
+        with self._errors("query"):
+            queues = [filter.queue] if filter.queue else await self._queues(conn)
+            states = [filter.state] if filter.state else list(_STATES)
+            sources = [(q, self.keys.q(q, f"state:{s.value}")) for q in queues for s in states]
+            return await self._query(conn, filter, sources, _cursor(after), max(1, limit))
+
+    async def _query(
+        self,
+        conn: Conn,
+        filter: JobFilter,
+        sources: list[tuple[str, str]],
+        cursor: tuple[int, str],
+        limit: int,
+    ) -> Page:
+        """Merge the (queue, state) indexes in (seq, queue) order, filtering as we go."""
+        batch = min(max(limit + 1, 200), 2000)
+        matches: list[tuple[tuple[int, str], Job]] = []
+        while sources and len(matches) <= limit:
+            async with conn.client.pipeline(transaction=False) as pipe:
+                for _, key in sources:
+                    pipe.zrangebyscore(key, cursor[0], "+inf", start=0, num=batch, withscores=True)
+                fetched = await pipe.execute()
+            horizon: tuple[int, str] | None = None
+            entries: list[tuple[tuple[int, str], str]] = []
+            for (q, _), rows in zip(sources, fetched, strict=True):
+                for member, score in rows:
+                    pos = (int(score), q)
+                    if pos > cursor:
+                        entries.append((pos, member.decode()))
+                if len(rows) == batch:  # truncated: only positions up to its last are safe
+                    last = (int(rows[-1][1]), q)
+                    horizon = last if horizon is None else min(horizon, last)
+            entries.sort()
+            if horizon is not None:
+                entries = [e for e in entries if e[0] <= horizon]
+                # Keep the sources that may hold more past the horizon.
+                sources = [
+                    src
+                    for src, rows in zip(sources, fetched, strict=True)
+                    if rows and (int(rows[-1][1]), src[0]) > horizon
+                ]
+            jobs = await self._get_in(conn, [(pos[1], member) for pos, member in entries])
+            for (pos, _), job in zip(entries, jobs, strict=True):
+                if job is not None and _matches(job, filter):
+                    matches.append((pos, job))
+            if horizon is None:
+                break
+            cursor = horizon
+        page = matches[:limit]
+        nxt = f"{page[-1][0][0]}/{page[-1][0][1]}" if len(matches) > limit else None
+        return Page([job for _, job in page], nxt)
+
+    async def _get_in(self, conn: Conn, where: list[tuple[str, str]]) -> list[Job | None]:
+        if not where:
+            return []
+        async with conn.client.pipeline(transaction=False) as pipe:
+            for q, job_id in where:
+                pipe.hmget(self.keys.job(q, job_id), FIELDS)
+            rows = await pipe.execute()
+        return [decode(row) for row in rows]
+
+    async def wait(self, queues: Sequence[str], timeout: float) -> None:
+        if timeout <= 0 or not queues:
+            return
+        conn = await self._conn()
+        groups = self._by_queue(queues)
+        with self._errors("wait"):
+            for group in groups:
+                due = await conn.wait([self.keys.route(group[0])], [*self._args(), *group])
+                if due == b"0":
+                    return
+                if due is not None:
+                    timeout = min(timeout, float(due))
+            if len(groups) > 1:
+                # Cluster mode, queues in several slots: BLPOP can only watch one slot, so
+                # block on the first queue's and look at the others every 100 ms.
+                timeout = min(timeout, 0.1)
+            # Stay inside the socket timeout, or the blocked read would be taken for a hang.
+            timeout = min(timeout, self.settings.socket_timeout / 2)
+            if timeout < 0.001:
+                return
+            await conn.client.blpop([self.keys.q(q, "wake") for q in groups[0]], timeout)  # type: ignore[misc]
+
+    async def incr(self, key: str, amount: int, ttl: float) -> int:
+        """The `Counters` capability: add `amount` to a fixed-window counter; the window
+        (`ttl` seconds) starts at the first increment."""
+        conn = await self._conn()
+        with self._errors("incr"):
+            return int(
+                await conn.incr([self.keys.counter(key)], [int(amount), max(1, int(ttl * 1000))])
+            )
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self._clients.aclose()
+
+
+def _outcome_args(outcome: Outcome) -> tuple[Any, Any, Any]:
+    if isinstance(outcome, Completed):
+        return ("n", "", "") if outcome.result is None else ("c", outcome.result, "")
+    if isinstance(outcome, Retrying):
+        return ("r", repr(float(outcome.run_at)), _json.encode(outcome.error))
+    if isinstance(outcome, Failed):
+        return ("f", "", _json.encode(outcome.error))
+    assert isinstance(outcome, Cancelled)
+    return ("x", outcome.reason, "")
+
+
+def _matches(job: Job, f: JobFilter) -> bool:
+    return (
+        (f.state is None or job.state is f.state)
+        and (f.task is None or job.task == f.task)
+        and (f.key is None or job.key == f.key)
+    )
+
+
+def _cursor(after: str | None) -> tuple[int, str]:
+    if not after:
+        return (0, "")
+    seq, _, queue = after.partition("/")
+    return (int(seq), queue) if seq.isdigit() else (0, "")
+
+
+def _first(reply: Any, name: str) -> Any:
+    """`name` from an INFO/CONFIG reply (a dict; in cluster mode, maybe one per node)."""
+    if not isinstance(reply, dict):
+        return None
+    if name in reply:
+        return reply[name]
+    for value in reply.values():
+        if isinstance(value, dict) and name in value:
+            return value[name]
+    return None
+

@@ -1,0 +1,491 @@
+"""The Lua scripts: one per state transition, each atomic on the Redis server.
+
+Every script is static text (no user string is ever spliced into it) and takes the same
+three leading arguments:
+
+* ``ARGV[1]`` the key prefix, ``ARGV[2]`` ``"1"`` in cluster mode, ``ARGV[3]`` "now" as epoch
+  seconds, or ``""`` to read the server's clock (``TIME``) inside the script.
+
+Key names are built in the script from the prefix and the queue name with the same formulas as
+`conveyor.backends.redis.keys`. Every key a script touches carries its queue's hash tag, so
+in cluster mode one call never crosses a slot (callers group by queue there).
+
+Numbers that must round-trip exactly are written with ``%.17g`` (Lua's own ``tostring`` keeps
+only 14 digits), and floats are returned as strings (Redis truncates Lua numbers to integers).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CANCEL",
+    "CLAIM",
+    "ENQUEUE",
+    "ENQUEUE_WIDTH",
+    "EXTEND",
+    "FIELDS",
+    "INCR",
+    "PROMOTE",
+    "PURGE",
+    "PURGE_BEFORE",
+    "RANK_WIDTH",
+    "REQUEUE",
+    "RESCUE",
+    "SETTLE",
+    "WAIT",
+]
+
+# The job hash fields every read returns, in this order (`codec.decode` depends on it).
+FIELDS = (
+    "id", "task", "payload", "queue", "priority", "state", "run_at", "enqueued_at", "attempts",
+    "max_attempts", "timeout", "deadline", "key", "unique_until", "keep_for", "meta", "result",
+    "errors", "started_at", "finished_at", "worker", "cancel_requested", "cancel_reason",
+)  # fmt: skip
+
+# Fields per job in the enqueue script's ARGV (see `codec.enqueue_args`).
+ENQUEUE_WIDTH = 14
+
+# Width of the fixed-size prefix of a ready-set member: priority, run_at, seq (then the id).
+RANK_WIDTH = 13 + 17 + 16
+
+_PRELUDE = (
+    """
+local PREFIX, CLUSTER = ARGV[1], ARGV[2] == '1'
+local NOW = tonumber(ARGV[3])
+if not NOW then
+  local t = redis.call('TIME')
+  NOW = tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+local F = {'"""
+    + "','".join(FIELDS)
+    + """'}
+
+local function num(x) return string.format('%.17g', x) end
+
+-- The hash tag every key of queue q shares: one slot per queue in cluster mode, one slot
+-- for the whole prefix otherwise (so unique keys and queries span queues).
+local function slot(q)
+  if CLUSTER then return '{' .. PREFIX .. ':' .. q .. '}' end
+  return '{' .. PREFIX .. '}'
+end
+local function qkey(q, name) return slot(q) .. ':q:' .. q .. ':' .. name end
+local function jkey(q, id) return slot(q) .. ':job:' .. id end
+
+-- Ready-set members sort (lexicographically, all scores 0) by priority desc, run_at, seq.
+local function rank(pri, run_at, seq, id)
+  local p = math.max(-999999999999, math.min(999999999999, tonumber(pri) or 0))
+  local r = math.max(0, math.min(99999999999999999, math.floor((tonumber(run_at) or 0) * 1000000)))
+  return string.format('%013d%017d%016d', 1000000000000 - p, r, tonumber(seq) or 0) .. id
+end
+
+-- Per-state index, scored by seq: counts (ZCARD) and queries (enqueue order).
+local function index(q, id, seq, from, to)
+  if from then redis.call('ZREM', qkey(q, 'state:' .. from), id) end
+  if to then redis.call('ZADD', qkey(q, 'state:' .. to), tonumber(seq) or 0, id) end
+end
+
+local function wake(q, n)
+  if n <= 0 then return end
+  local tokens = {}
+  for i = 1, math.min(n, 64) do tokens[i] = '1' end
+  local w = qkey(q, 'wake')
+  redis.call('LPUSH', w, unpack(tokens))
+  redis.call('LTRIM', w, 0, 63)
+end
+
+local function to_ready(q, jk, id, from)
+  local h = redis.call('HMGET', jk, 'priority', 'run_at', 'seq')
+  local rk = rank(h[1], h[2], h[3], id)
+  redis.call('ZADD', qkey(q, 'ready'), 0, rk)
+  redis.call('HSET', jk, 'state', 'queued', 'rk', rk)
+  index(q, id, h[3], from, 'queued')
+end
+
+local function to_scheduled(q, jk, id, seq, from, run_at)
+  redis.call('ZADD', qkey(q, 'scheduled'), run_at, id)
+  redis.call('HSET', jk, 'state', 'scheduled')
+  index(q, id, seq, from, 'scheduled')
+end
+
+local function finish(q, jk, id, seq, from, state)
+  local keep = tonumber(redis.call('HGET', jk, 'keep_for')) or 86400
+  redis.call('HSET', jk, 'state', state, 'finished_at', num(NOW))
+  redis.call('HDEL', jk, 'worker', 'lease', 'rk')
+  redis.call('ZADD', qkey(q, 'expires:' .. state), NOW + keep, id)
+  index(q, id, seq, from, state)
+end
+
+local function append_error(jk, errors, e)
+  if not errors or errors == '' or errors == '[]' then
+    redis.call('HSET', jk, 'errors', '[' .. e .. ']')
+  else
+    redis.call('HSET', jk, 'errors', string.sub(errors, 1, -2) .. ',' .. e .. ']')
+  end
+end
+
+local function release_key(q, jk, id)
+  local key = redis.call('HGET', jk, 'key')
+  if key then
+    local u = slot(q) .. ':uniq'
+    if redis.call('HGET', u, key) == id then redis.call('HDEL', u, key) end
+  end
+end
+
+-- The id of the job holding unique key `key`, or nil (a stale holder is released here).
+local function holder_of(q, key)
+  local u = slot(q) .. ':uniq'
+  local hid = redis.call('HGET', u, key)
+  if not hid then return nil end
+  local h = redis.call('HMGET', jkey(q, hid), 'state', 'unique_until')
+  local st, until_ = h[1], tonumber(h[2])
+  if not st or st == 'cancelled'
+     or ((st == 'completed' or st == 'failed') and until_ and until_ <= NOW) then
+    redis.call('HDEL', u, key)
+    return nil
+  end
+  return hid
+end
+
+local function promote_due(q, max)
+  local s = qkey(q, 'scheduled')
+  local due = redis.call('ZRANGEBYSCORE', s, '-inf', num(NOW), 'LIMIT', 0, max)
+  for _, id in ipairs(due) do
+    redis.call('ZREM', s, id)
+    local jk = jkey(q, id)
+    if redis.call('EXISTS', jk) == 1 then to_ready(q, jk, id, 'scheduled') end
+  end
+  return #due
+end
+"""
+)
+
+
+def _script(body: str) -> str:
+    return _PRELUDE + body
+
+
+# ARGV[4..]: ENQUEUE_WIDTH fields per job. Returns 1 (stored) or 0 (duplicate key) per job.
+ENQUEUE = _script(
+    """
+local out, woke = {}, {}
+local OPTIONAL = {[9] = 'timeout', [10] = 'deadline', [11] = 'key', [12] = 'unique_until',
+                  [14] = 'meta'}
+local i = 4
+while i + 13 <= #ARGV do
+  local id, q, key = ARGV[i], ARGV[i + 3], ARGV[i + 10]
+  local jk = jkey(q, id)
+  if redis.call('EXISTS', jk) == 1 then
+    out[#out + 1] = 1  -- a retried call that already landed
+  elseif key ~= '' and holder_of(q, key) then
+    out[#out + 1] = 0
+  else
+    if key ~= '' then redis.call('HSET', slot(q) .. ':uniq', key, id) end
+    local seq = redis.call('INCR', slot(q) .. ':seq')
+    local f = {'id', id, 'task', ARGV[i + 1], 'payload', ARGV[i + 2], 'queue', q,
+               'priority', ARGV[i + 4], 'run_at', ARGV[i + 5], 'enqueued_at', ARGV[i + 6],
+               'attempts', 0, 'max_attempts', ARGV[i + 7], 'keep_for', ARGV[i + 12],
+               'seq', seq, 'token', 0}
+    for off, name in pairs(OPTIONAL) do
+      local v = ARGV[i + off - 1]
+      if v ~= '' then f[#f + 1] = name; f[#f + 1] = v end
+    end
+    redis.call('HSET', jk, unpack(f))
+    local run_at = tonumber(ARGV[i + 5]) or 0
+    if run_at > NOW then
+      to_scheduled(q, jk, id, seq, nil, ARGV[i + 5])
+    else
+      to_ready(q, jk, id, nil)
+      woke[q] = (woke[q] or 0) + 1
+    end
+    out[#out + 1] = 1
+  end
+  i = i + 14
+end
+for q, n in pairs(woke) do wake(q, n) end
+return out
+"""
+)
+
+# ARGV[4] limit, [5] lease_for, [6] worker, [7..] queues in order.
+# Returns {expires, token1, fields1, token2, fields2, ...}.
+CLAIM = _script(
+    """
+local limit, worker = tonumber(ARGV[4]), ARGV[6]
+local expires = NOW + tonumber(ARGV[5])
+local out = {num(expires)}
+local n = 0
+for a = 7, #ARGV do
+  if n >= limit then break end
+  local q = ARGV[a]
+  promote_due(q, 1000)
+  local ready = qkey(q, 'ready')
+  for _, m in ipairs(redis.call('ZRANGE', ready, 0, limit - n - 1)) do
+    redis.call('ZREM', ready, m)
+    local id = string.sub(m, """
+    + str(RANK_WIDTH + 1)
+    + """)
+    local jk = jkey(q, id)
+    if redis.call('EXISTS', jk) == 1 then
+      local h = redis.call('HMGET', jk, 'attempts', 'seq')
+      local token = redis.call('HINCRBY', jk, 'token', 1)
+      redis.call('HSET', jk, 'state', 'running', 'attempts', (tonumber(h[1]) or 0) + 1,
+                 'worker', worker, 'started_at', num(NOW), 'lease', num(expires))
+      redis.call('HDEL', jk, 'rk')
+      redis.call('ZADD', qkey(q, 'running'), expires, id)
+      index(q, id, h[2], 'queued', 'running')
+      out[#out + 1] = token
+      out[#out + 1] = redis.call('HMGET', jk, unpack(F))
+      n = n + 1
+    end
+  end
+end
+return out
+"""
+)
+
+# ARGV[4] lease_for, then (queue, id, token) per lease. Returns expires or false per lease.
+EXTEND = _script(
+    """
+local expires = NOW + tonumber(ARGV[4])
+local out = {}
+for i = 5, #ARGV, 3 do
+  local q, id, token = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local jk = jkey(q, id)
+  local h = redis.call('HMGET', jk, 'state', 'token', 'cancel_requested', 'seq')
+  local r = false
+  if h[1] == 'running' and h[2] == token then
+    if h[3] == '1' then
+      -- A requested cancel lands here, fenced like any other transition.
+      redis.call('ZREM', qkey(q, 'running'), id)
+      finish(q, jk, id, h[4], 'running', 'cancelled')
+      release_key(q, jk, id)
+    else
+      redis.call('HSET', jk, 'lease', num(expires))
+      redis.call('ZADD', qkey(q, 'running'), expires, id)
+      r = num(expires)
+    end
+  end
+  out[#out + 1] = r
+end
+return out
+"""
+)
+
+# ARGV[4..]: (queue, id, token, kind, a, b) per outcome. kind: c = completed with result a,
+# n = completed without result, r = retry at a with error b, f = failed with error b,
+# x = cancelled with reason a. Returns 1 (applied) or 0 (stale lease) per outcome.
+SETTLE = _script(
+    """
+local out, woke = {}, {}
+for i = 4, #ARGV, 6 do
+  local q, id, token, kind, a, b = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3],
+                                   ARGV[i + 4], ARGV[i + 5]
+  local jk = jkey(q, id)
+  local h = redis.call('HMGET', jk, 'state', 'token', 'seq', 'errors')
+  if h[1] == 'running' and h[2] == token then
+    redis.call('ZREM', qkey(q, 'running'), id)
+    if kind == 'c' or kind == 'n' then
+      if kind == 'c' then redis.call('HSET', jk, 'result', a) else redis.call('HDEL', jk, 'result') end
+      finish(q, jk, id, h[3], 'running', 'completed')
+    elseif kind == 'r' then
+      append_error(jk, h[4], b)
+      redis.call('HSET', jk, 'run_at', a)
+      redis.call('HDEL', jk, 'worker', 'lease')
+      if (tonumber(a) or 0) > NOW then
+        to_scheduled(q, jk, id, h[3], 'running', a)
+      else
+        to_ready(q, jk, id, 'running')
+        woke[q] = (woke[q] or 0) + 1
+      end
+    elseif kind == 'f' then
+      append_error(jk, h[4], b)
+      finish(q, jk, id, h[3], 'running', 'failed')
+    else
+      redis.call('HSET', jk, 'cancel_reason', a)
+      finish(q, jk, id, h[3], 'running', 'cancelled')
+      release_key(q, jk, id)
+    end
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+end
+for q, n in pairs(woke) do wake(q, n) end
+return out
+"""
+)
+
+# ARGV[4] max per queue, [5..] queues. Returns how many moved.
+PROMOTE = _script(
+    """
+local n = 0
+for a = 5, #ARGV do
+  local moved = promote_due(ARGV[a], tonumber(ARGV[4]))
+  wake(ARGV[a], moved)
+  n = n + moved
+end
+return n
+"""
+)
+
+# ARGV[4] the LeaseExpired message, [5] max per queue, [6..] queues. Returns how many.
+RESCUE = _script(
+    """
+local message = cjson.encode(ARGV[4])
+local n = 0
+for a = 6, #ARGV do
+  local q = ARGV[a]
+  local running = qkey(q, 'running')
+  local woke = 0
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', running, '-inf', num(NOW), 'LIMIT', 0,
+                                 tonumber(ARGV[5]))) do
+    redis.call('ZREM', running, id)
+    local jk = jkey(q, id)
+    local h = redis.call('HMGET', jk, 'state', 'attempts', 'max_attempts', 'cancel_requested',
+                         'seq', 'errors')
+    if h[1] == 'running' then
+      n = n + 1
+      if h[4] == '1' then
+        finish(q, jk, id, h[5], 'running', 'cancelled')
+        release_key(q, jk, id)
+      else
+        local attempts = tonumber(h[2]) or 0
+        append_error(jk, h[6], '{"attempt":' .. attempts .. ',"type":"LeaseExpired","message":'
+                     .. message .. ',"traceback":"","at":' .. num(NOW) .. '}')
+        if attempts >= (tonumber(h[3]) or 1) then
+          finish(q, jk, id, h[5], 'running', 'failed')
+        else
+          redis.call('HDEL', jk, 'worker', 'lease')
+          to_ready(q, jk, id, 'running')
+          woke = woke + 1
+        end
+      end
+    end
+  end
+  wake(q, woke)
+end
+return n
+"""
+)
+
+# ARGV[4] max per (queue, state), [5] number of states, then the states, then the queues.
+# Deletes finished jobs whose retention ended; returns their ids.
+PURGE = _script(
+    """
+local max, ns = tonumber(ARGV[4]), tonumber(ARGV[5])
+local out = {}
+for a = 6 + ns, #ARGV do
+  local q = ARGV[a]
+  for s = 6, 5 + ns do
+    local st = ARGV[s]
+    local exp = qkey(q, 'expires:' .. st)
+    for _, id in ipairs(redis.call('ZRANGEBYSCORE', exp, '-inf', num(NOW), 'LIMIT', 0, max)) do
+      local jk = jkey(q, id)
+      if redis.call('HGET', jk, 'state') == st then
+        release_key(q, jk, id)
+        redis.call('DEL', jk)
+        out[#out + 1] = id
+      end
+      redis.call('ZREM', exp, id)
+      redis.call('ZREM', qkey(q, 'state:' .. st), id)
+    end
+  end
+end
+return out
+"""
+)
+
+# ARGV[4] before, [5] state, [6] queue, [7..] candidate ids (from the state index).
+# Deletes those that finished before `before`; returns their ids.
+PURGE_BEFORE = _script(
+    """
+local before, st, q = tonumber(ARGV[4]), ARGV[5], ARGV[6]
+local out = {}
+for a = 7, #ARGV do
+  local id = ARGV[a]
+  local jk = jkey(q, id)
+  local h = redis.call('HMGET', jk, 'state', 'finished_at')
+  if h[1] == st and (tonumber(h[2]) or before) < before then
+    release_key(q, jk, id)
+    redis.call('DEL', jk)
+    redis.call('ZREM', qkey(q, 'expires:' .. st), id)
+    redis.call('ZREM', qkey(q, 'state:' .. st), id)
+    out[#out + 1] = id
+  end
+end
+return out
+"""
+)
+
+# ARGV[4] queue, [5] id, [6] reason. Returns the state afterwards, or false if unknown.
+CANCEL = _script(
+    """
+local q, id = ARGV[4], ARGV[5]
+local jk = jkey(q, id)
+local h = redis.call('HMGET', jk, 'state', 'seq', 'rk')
+local st = h[1]
+if not st then return false end
+if st == 'scheduled' or st == 'queued' then
+  redis.call('ZREM', qkey(q, 'scheduled'), id)
+  if h[3] then redis.call('ZREM', qkey(q, 'ready'), h[3]) end
+  redis.call('HSET', jk, 'cancel_reason', ARGV[6])
+  finish(q, jk, id, h[2], st, 'cancelled')
+  release_key(q, jk, id)
+  return 'cancelled'
+end
+if st == 'running' then
+  redis.call('HSET', jk, 'cancel_requested', 1, 'cancel_reason', ARGV[6])
+end
+return st
+"""
+)
+
+# ARGV[4] queue, [5] id. Failed or cancelled → queued with fresh attempts. Returns 1 or 0.
+REQUEUE = _script(
+    """
+local q, id = ARGV[4], ARGV[5]
+local jk = jkey(q, id)
+local h = redis.call('HMGET', jk, 'state', 'key')
+local st = h[1]
+if st ~= 'failed' and st ~= 'cancelled' then return 0 end
+if h[2] then
+  local holder = holder_of(q, h[2])
+  if holder and holder ~= id then return 0 end
+  redis.call('HSET', slot(q) .. ':uniq', h[2], id)
+end
+redis.call('ZREM', qkey(q, 'expires:' .. st), id)
+redis.call('HSET', jk, 'run_at', num(NOW), 'attempts', 0)
+redis.call('HDEL', jk, 'finished_at', 'result', 'cancel_requested')
+to_ready(q, jk, id, st)
+wake(q, 1)
+return 1
+"""
+)
+
+# ARGV[4..] queues. Returns "0" if work is ready now; else clears stale wake-up tokens and
+# returns the seconds until the next scheduled job (or false if none).
+WAIT = _script(
+    """
+local best = nil
+for a = 4, #ARGV do
+  local q = ARGV[a]
+  if redis.call('ZCARD', qkey(q, 'ready')) > 0 then return '0' end
+  local s = redis.call('ZRANGE', qkey(q, 'scheduled'), 0, 0, 'WITHSCORES')
+  if s[2] then
+    local d = tonumber(s[2]) - NOW
+    if not best or d < best then best = d end
+  end
+end
+if best and best <= 0 then return '0' end
+-- Nothing is ready, so every token still in the wake lists is stale.
+for a = 4, #ARGV do redis.call('DEL', qkey(ARGV[a], 'wake')) end
+if best then return num(best) end
+return false
+"""
+)
+
+# KEYS[1] the counter; ARGV[1] amount, ARGV[2] ttl in ms. A fixed window counter.
+INCR = """
+local v = redis.call('INCRBY', KEYS[1], ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2], 'NX')
+return v
+"""
