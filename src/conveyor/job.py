@@ -34,6 +34,7 @@ __all__ = [
     "Outcome",
     "Retrying",
     "new_job_id",
+    "new_job_ids",
 ]
 
 
@@ -168,5 +169,12 @@ def new_job_id(now: float | None = None) -> str:
     Ids sort by creation time (so B-tree inserts append), and collide with negligible odds
     across processes.
     """
+    return new_job_ids(1, now)[0]
+
+
+def new_job_ids(n: int, now: float | None = None) -> list[str]:
+    """`n` new job ids (see `new_job_id`), with one call for all the randomness."""
     ms = int((time.time() if now is None else now) * 1000) & 0xFFFF_FFFF_FFFF
-    return f"{ms:012x}{os.urandom(10).hex()}"
+    prefix = f"{ms:012x}"
+    rand = os.urandom(10 * n).hex()
+    return [prefix + rand[i : i + 20] for i in range(0, 20 * n, 20)]

@@ -18,7 +18,7 @@ from typing import Self, TypedDict
 from conveyor.backends.base import Backend
 from conveyor.clock import Clock
 from conveyor.errors import InvalidOption
-from conveyor.job import Job, new_job_id
+from conveyor.job import Job, new_job_ids
 from conveyor.names import check_key, check_queue
 from conveyor.primitives import Batcher
 
@@ -174,7 +174,8 @@ def build_jobs(task: str, payloads: Sequence[bytes], opts: JobOptions, now: floa
     fields_ = resolve(opts, now)
     if len(payloads) > 1 and fields_["key"] is not None:
         raise InvalidOption("a unique key can't be shared by several jobs of one enqueue_many")
-    return [Job(id=new_job_id(now), task=task, payload=p, **fields_) for p in payloads]  # type: ignore[arg-type]
+    ids = new_job_ids(len(payloads), now)
+    return [Job(id=i, task=task, payload=p, **fields_) for i, p in zip(ids, payloads, strict=True)]  # type: ignore[arg-type]
 
 
 class Producer:

@@ -9,8 +9,8 @@ import os
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-import redis
 
+import redis
 from conveyor.testing.redis_server import RedisServer
 
 
@@ -34,10 +34,10 @@ def flush(url: str) -> None:
 
 
 @pytest.fixture
-def redis_url(redis_server: RedisServer) -> Iterator[str]:
+def redis_url(redis_server: RedisServer) -> str:
     """The session server's URL, with an empty database for this test."""
     flush(redis_server.url)
-    yield redis_server.url
+    return redis_server.url
 
 
 @pytest.fixture

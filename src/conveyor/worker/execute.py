@@ -54,6 +54,22 @@ def retry_or_fail(
     return Retrying(now + task.retry.delay(job.attempts), error)
 
 
+class _NoTimeout:
+    """Stands in for `asyncio.timeout(None)` without its per-job cost."""
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    def expired(self) -> bool:
+        return False
+
+
+_NO_TIMEOUT = _NoTimeout()
+
+
 def precheck(registry: Registry, lease: Lease, clock: Clock) -> Outcome | None:
     """The outcome of a job that must not run at all (unknown task, deadline passed), else
     `None`."""
@@ -96,7 +112,7 @@ async def execute(
         arguments = task.codec.decode(job.payload)
     except ConveyorError as exc3:
         return Failed(attempt_error(lease, exc3, now, "PoisonPayload"))
-    deadline = asyncio.timeout(job.timeout)
+    deadline = asyncio.timeout(job.timeout) if job.timeout is not None else _NO_TIMEOUT
     try:
         async with deadline:
             if task.is_async:

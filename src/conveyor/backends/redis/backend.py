@@ -73,9 +73,7 @@ class RedisBackend(Backend):
         settings = parse_url(url, prefix)
         self.settings = settings
         self.clock = clock or SystemClock()
-        self.server_time = (
-            type(self.clock) is SystemClock if server_time is None else server_time
-        )
+        self.server_time = type(self.clock) is SystemClock if server_time is None else server_time
         self.keys = Keys(settings.prefix, settings.cluster)
         self._clients = Clients(settings)
         self._checked = False
@@ -138,13 +136,13 @@ class RedisBackend(Backend):
         return [[q] for q in qs] if self.keys.cluster else [qs]
 
     async def _queues(self, conn: Conn) -> list[str]:
-        members = await conn.client.smembers(self.keys.queues)  # type: ignore[misc]
-        return sorted(m.decode() for m in members)
+        members = await conn.client.smembers(self.keys.queues)
+        return sorted(_text(m) for m in members)
 
     async def _register(self, conn: Conn, queues: set[str]) -> None:
         new = queues - self._known_queues
         if new:
-            await conn.client.sadd(self.keys.queues, *sorted(new))  # type: ignore[misc]
+            await conn.client.sadd(self.keys.queues, *sorted(new))
             self._known_queues |= new
 
     # -- producing -------------------------------------------------------------------------
@@ -157,7 +155,7 @@ class RedisBackend(Backend):
         with self._errors("enqueue"):
             await self._register(conn, {j.queue for j in jobs})
             if self.keys.cluster:
-                await conn.client.hset(self.keys.idx, mapping={j.id: j.queue for j in jobs})  # type: ignore[misc]
+                await conn.client.hset(self.keys.idx, mapping={j.id: j.queue for j in jobs})
                 groups: dict[str, list[int]] = {}
                 for i, job in enumerate(jobs):
                     groups.setdefault(job.queue, []).append(i)
@@ -174,7 +172,9 @@ class RedisBackend(Backend):
                     for i, ok in zip(part, res, strict=True):
                         out[i] = bool(ok)
             if self.keys.cluster and not all(out):
-                await conn.client.hdel(self.keys.idx, *(j.id for j, ok in zip(jobs, out) if not ok))  # type: ignore[misc]
+                await conn.client.hdel(
+                    self.keys.idx, *(j.id for j, ok in zip(jobs, out, strict=True) if not ok)
+                )
         return out
 
     # -- running ---------------------------------------------------------------------------
@@ -289,7 +289,7 @@ class RedisBackend(Backend):
                         deleted += await self._purge_before(conn, queue, state, before)
             if self.keys.cluster and deleted:
                 for s in range(0, len(deleted), _SWEEP):
-                    await conn.client.hdel(self.keys.idx, *deleted[s : s + _SWEEP])  # type: ignore[misc]
+                    await conn.client.hdel(self.keys.idx, *deleted[s : s + _SWEEP])
         return len(deleted)
 
     async def _purge_before(self, conn: Conn, queue: str, state: str, before: float) -> list[bytes]:
@@ -298,14 +298,14 @@ class RedisBackend(Backend):
         low: str = "-inf"
         deleted: list[bytes] = []
         while True:
-            rows = await conn.client.zrangebyscore(
+            rows: list[Any] = await conn.client.zrangebyscore(
                 index, low, "+inf", start=0, num=_CHUNK, withscores=True
             )
             if not rows:
                 return deleted
             deleted += await conn.purge_before(
                 [self.keys.route(queue)],
-                [*self._args(), repr(float(before)), state, queue, *(m for m, _ in rows)],
+                [*self._args(), repr(float(before)), state, queue, *(_text(m) for m, _ in rows)],
             )
             low = f"({int(rows[-1][1])}"
 
@@ -313,10 +313,10 @@ class RedisBackend(Backend):
 
     async def _queue_of(self, conn: Conn, job_id: str) -> str | None:
         if self.keys.cluster:
-            q = await conn.client.hget(self.keys.idx, job_id)  # type: ignore[misc]
+            q = await conn.client.hget(self.keys.idx, job_id)
         else:
-            q = await conn.client.hget(self.keys.job("", job_id), "queue")  # type: ignore[misc]
-        return None if q is None else bytes(q).decode()
+            q = await conn.client.hget(self.keys.job("", job_id), "queue")
+        return None if q is None else _text(q)
 
     async def cancel(self, job_id: str, reason: str = "cancelled") -> JobState | None:
         conn = await self._conn()
@@ -351,10 +351,10 @@ class RedisBackend(Backend):
         for s in range(0, len(ids), _SWEEP):
             chunk = ids[s : s + _SWEEP]
             if self.keys.cluster:
-                queues = await conn.client.hmget(self.keys.idx, chunk)  # type: ignore[misc]
+                queues = await conn.client.hmget(self.keys.idx, chunk)
             else:
                 queues = [b""] * len(chunk)
-            found = [(i, q.decode()) for i, q in enumerate(queues) if q is not None]
+            found = [(i, _text(q)) for i, q in enumerate(queues) if q is not None]
             if not found:
                 continue
             async with conn.client.pipeline(transaction=False) as pipe:
@@ -378,7 +378,7 @@ class RedisBackend(Backend):
                 sizes = await pipe.execute()
         out: dict[str, dict[JobState, int]] = {}
         for n, q in enumerate(queues):
-            per = {s: int(c) for s, c in zip(_STATES, sizes[n * 6 : n * 6 + 6]) if c}
+            per = {s: int(c) for s, c in zip(_STATES, sizes[n * 6 : n * 6 + 6], strict=True) if c}
             if per:
                 out[q] = per
         return out
@@ -466,7 +466,7 @@ class RedisBackend(Backend):
             timeout = min(timeout, self.settings.socket_timeout / 2)
             if timeout < 0.001:
                 return
-            await conn.client.blpop([self.keys.q(q, "wake") for q in groups[0]], timeout)  # type: ignore[misc]
+            await conn.client.blpop([self.keys.q(q, "wake") for q in groups[0]], timeout)
 
     async def incr(self, key: str, amount: int, ttl: float) -> int:
         """The `Counters` capability: add `amount` to a fixed-window counter; the window
@@ -510,6 +510,10 @@ def _cursor(after: str | None) -> tuple[int, str]:
     return (int(seq), queue) if seq.isdigit() else (0, "")
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def _first(reply: Any, name: str) -> Any:
     """`name` from an INFO/CONFIG reply (a dict; in cluster mode, maybe one per node)."""
     if not isinstance(reply, dict):
@@ -520,4 +524,3 @@ def _first(reply: Any, name: str) -> Any:
         if isinstance(value, dict) and name in value:
             return value[name]
     return None
-

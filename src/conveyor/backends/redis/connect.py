@@ -186,7 +186,10 @@ def _abandon(client: Client) -> None:
         else [client.connection_pool]
     )
     for pool in pools:
-        conns = [*getattr(pool, "_available_connections", ()), *getattr(pool, "_in_use_connections", ())]
+        conns = [
+            *getattr(pool, "_available_connections", ()),
+            *getattr(pool, "_in_use_connections", ()),
+        ]
         for conn in conns:
             writer = getattr(conn, "_writer", None)
             if writer is None:
@@ -197,6 +200,7 @@ def _abandon(client: Client) -> None:
                 with contextlib.suppress(OSError):
                     sock.close()
                 transport._sock = None
+            transport._closing = True  # what is_closing() reports to StreamWriter.__del__
             conn._writer = conn._reader = None
 
 
@@ -206,7 +210,10 @@ def wrap_errors(settings: Settings, what: str) -> Iterator[None]:
     try:
         yield
     except (
-        rexc.ConnectionError, rexc.TimeoutError, rexc.BusyLoadingError, rexc.ClusterDownError
+        rexc.ConnectionError,
+        rexc.TimeoutError,
+        rexc.BusyLoadingError,
+        rexc.ClusterDownError,
     ) as exc:
         raise StoreUnavailable(
             f"Redis at {settings.safe_url} is unavailable ({what}): {exc}. Check that the "

@@ -284,7 +284,8 @@ for i = 4, #ARGV, 6 do
   if h[1] == 'running' and h[2] == token then
     redis.call('ZREM', qkey(q, 'running'), id)
     if kind == 'c' or kind == 'n' then
-      if kind == 'c' then redis.call('HSET', jk, 'result', a) else redis.call('HDEL', jk, 'result') end
+      if kind == 'c' then redis.call('HSET', jk, 'result', a)
+      else redis.call('HDEL', jk, 'result') end
       finish(q, jk, id, h[3], 'running', 'completed')
     elseif kind == 'r' then
       append_error(jk, h[4], b)

@@ -188,18 +188,44 @@ _FENCE = "WHERE id = ? AND state = 'running' AND token = ?"
 _DONE = "finished_at = ?, expires_at = ? + keep_for, worker = NULL, lease_expires = NULL"
 
 
+_COMPLETE_CHUNK = 400  # rows per statement: 3 parameters each, well under SQLite's limit
+
+
+def _complete_many(
+    conn: sqlite3.Connection, done: Sequence[tuple[Lease, Completed]], now: float
+) -> set[tuple[str, int]]:
+    """Complete many jobs in one statement per chunk, fenced per row; the (id, token) pairs
+    that took."""
+    took: set[tuple[str, int]] = set()
+    for start in range(0, len(done), _COMPLETE_CHUNK):
+        chunk = done[start : start + _COMPLETE_CHUNK]
+        values = ",".join("(?, ?, ?)" for _ in chunk)
+        args: list[object] = []
+        for lease, outcome in chunk:
+            args += (lease.id, lease.token, outcome.result)
+        rows = conn.execute(
+            f"UPDATE jobs SET state = 'completed', result = v.column3, finished_at = ?, "
+            f"expires_at = ? + keep_for, worker = NULL, lease_expires = NULL "
+            f"FROM (VALUES {values}) AS v WHERE jobs.id = v.column1 "
+            f"AND jobs.token = v.column2 AND jobs.state = 'running' RETURNING jobs.id, jobs.token",
+            (now, now, *args),
+        ).fetchall()
+        took.update((r[0], r[1]) for r in rows)
+    return took
+
+
 def settle(
     conn: sqlite3.Connection, outcomes: Sequence[tuple[Lease, Outcome]], now: float
 ) -> list[bool]:
+    done = [(lease, o) for lease, o in outcomes if isinstance(o, Completed)]
+    completed = _complete_many(conn, done, now) if done else set()
     out: list[bool] = []
     for lease, outcome in outcomes:
         fence = (lease.id, lease.token)
         if isinstance(outcome, Completed):
-            cur = conn.execute(
-                f"UPDATE jobs SET state = 'completed', result = ?, {_DONE} {_FENCE}",
-                (outcome.result, now, now, *fence),
-            )
-        elif isinstance(outcome, Retrying):
+            out.append((lease.id, lease.token) in completed)
+            continue
+        if isinstance(outcome, Retrying):
             state = rules.state_for_run_at(outcome.run_at, now).value
             cur = conn.execute(
                 "UPDATE jobs SET state = ?, run_at = ?, worker = NULL, lease_expires = NULL, "
