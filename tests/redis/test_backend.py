@@ -187,30 +187,32 @@ async def test_garbage_in_a_job_hash_fails_the_job_with_a_reason(
     async def ok(n: int) -> int:
         return n
 
-    good = await ok.enqueue(1)
-    bad = await ok.enqueue(2)
-    key = f"{{conveyor}}:job:{bad.id}"
-    await raw.hset(
-        key,
-        mapping={
-            "state": "zombie",
-            "payload": b"\x00{not json",
-            "attempts": "many",
-            "max_attempts": "x",
-            "meta": "{{{",
-            "errors": "[oops",
-        },
-    )
-    (snapshot,) = await app.backend.get([bad.id])
-    assert snapshot is not None and snapshot.state is JobState.FAILED  # unknown state, flagged
-    assert snapshot.meta["invalid_state"] == "zombie"
-    stats = await drain(app)
-    assert stats.completed == 1 and stats.failed == 1
-    (job,) = await app.backend.get([bad.id])
-    assert job is not None and job.state is JobState.FAILED
-    assert job.errors and job.errors[-1].type == "PoisonPayload" and job.errors[-1].message
-    assert await good.result(timeout=1) == 1
-    await app.aclose()
+    try:
+        good = await ok.enqueue(1)
+        bad = await ok.enqueue(2)
+        key = f"{{conveyor}}:job:{bad.id}"
+        await raw.hset(
+            key,
+            mapping={
+                "state": "zombie",
+                "payload": b"\x00{not json",
+                "attempts": "many",
+                "max_attempts": "x",
+                "meta": "{{{",
+                "errors": "[oops",
+            },
+        )
+        (snapshot,) = await app.backend.get([bad.id])
+        assert snapshot is not None and snapshot.state is JobState.FAILED  # unknown state, flagged
+        assert snapshot.meta["invalid_state"] == "zombie"
+        stats = await drain(app)
+        assert stats.completed == 1 and stats.failed == 1
+        (job,) = await app.backend.get([bad.id])
+        assert job is not None and job.state is JobState.FAILED
+        assert job.errors and job.errors[-1].type == "PoisonPayload" and job.errors[-1].message
+        assert await good.result(timeout=1) == 1
+    finally:
+        await app.aclose()
 
 
 async def test_racing_rescuers_on_separate_connections_requeue_each_job_once(

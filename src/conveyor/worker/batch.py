@@ -12,7 +12,7 @@ from concurrent.futures import Executor
 from conveyor.clock import Clock
 from conveyor.errors import Cancel, ConveyorError, Fail
 from conveyor.job import Cancelled, Completed, Failed, Lease, Outcome
-from conveyor.primitives import Batcher
+from conveyor.primitives import Batcher, CapacityLimiter
 from conveyor.serde import encode_result
 from conveyor.task import BatchTask
 from conveyor.worker.execute import attempt_error, retry_or_fail
@@ -33,6 +33,9 @@ class BatchRunner:
         self.threads = threads
         spec = task.batch
         assert spec is not None
+        self.batcher_size = spec.max_size
+        # One limit for handler calls from full groups and from the batcher alike.
+        self._calls = CapacityLimiter(spec.max_concurrency)
         self.batcher: Batcher[Lease, Outcome] = Batcher(
             self._flush,
             max_size=spec.max_size,
@@ -48,14 +51,30 @@ class BatchRunner:
         return await self.batcher.submit(lease)
 
     async def run_many(self, leases: Sequence[Lease]) -> list[Outcome]:
-        """The outcomes of several claimed jobs, in order (one submit for all of them)."""
-        results = await self.batcher.submit_many(leases)
-        return [
-            r if not isinstance(r, BaseException) else self._fault(lease, r)
-            for lease, r in zip(leases, results, strict=True)
-        ]
+        """The outcomes of several claimed jobs, in order.
+
+        Full batches run at once, without the batcher's per-item bookkeeping; the remainder
+        joins the batcher to gather with jobs from other claims.
+        """
+        size = self.batcher_size
+        full = len(leases) - len(leases) % size
+        out: list[Outcome] = []
+        for start in range(0, full, size):
+            out.extend(await self._flush(leases[start : start + size]))  # type: ignore[arg-type]
+        if full < len(leases):
+            rest = leases[full:]
+            results = await self.batcher.submit_many(rest)
+            out.extend(
+                r if not isinstance(r, BaseException) else self._fault(lease, r)
+                for lease, r in zip(rest, results, strict=True)
+            )
+        return out
 
     async def _flush(self, leases: Sequence[Lease]) -> list[Outcome | BaseException]:
+        async with self._calls:
+            return await self._flush_now(leases)
+
+    async def _flush_now(self, leases: Sequence[Lease]) -> list[Outcome | BaseException]:
         outcomes: list[Outcome | BaseException | None] = [None] * len(leases)
         items: list[object] = []
         slots: list[int] = []

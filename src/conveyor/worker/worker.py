@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from conveyor.backends.base import Backend
@@ -77,7 +78,7 @@ class Worker:
         self._threads: ThreadPoolExecutor | None = None
         self._outage_since: float | None = None
         self._backoff = _BACKOFF_MIN
-        self._settler: Batcher[tuple[Lease, Outcome], bool] | None = None
+        self._settler: Batcher[list[tuple[Lease, Outcome]], list[bool]] | None = None
         self._batches: dict[str, BatchRunner] = {}
 
     # -- control ---------------------------------------------------------------------------
@@ -110,9 +111,11 @@ class Worker:
         """Run until stopped (or idle, in burst mode). Returns the counters."""
         cfg = self.config
         self._threads = ThreadPoolExecutor(cfg.threads or cfg.concurrency, "conveyor-job")
-        settler: Batcher[tuple[Lease, Outcome], bool] = Batcher(
-            self.backend.settle,
-            max_size=500,
+        # Items are groups of outcomes (one job, or a batch task's group), so a group costs
+        # one future; the flush settles every group in one backend call.
+        settler: Batcher[list[tuple[Lease, Outcome]], list[bool]] = Batcher(
+            self._settle_groups,
+            max_size=64,
             max_wait=0.0,
             capacity=cfg.concurrency * 4,
             name="settle",
@@ -353,42 +356,51 @@ class Worker:
         msg = f"{type(exc).__name__}: {exc}"
         return Failed(AttemptError(lease.job.attempts, "InternalError", msg, "", now))
 
+    async def _settle_groups(
+        self, groups: Sequence[list[tuple[Lease, Outcome]]]
+    ) -> list[list[bool] | BaseException]:
+        """The settle batcher's handler: every group's outcomes in one backend call."""
+        try:
+            results = await self.backend.settle([pair for group in groups for pair in group])
+        except BackendError as exc:
+            return [exc] * len(groups)
+        out: list[list[bool] | BaseException] = []
+        start = 0
+        for group in groups:
+            out.append(results[start : start + len(group)])
+            start += len(group)
+        return out
+
     async def _settle(self, pairs: list[tuple[_Running, Outcome]]) -> None:
-        """Record outcomes through the settle batcher (one submit for all), then count and
-        log them. While the store is down, retry until the leases would have expired anyway
-        (then the jobs are rescued and run again: at-least-once)."""
+        """Record outcomes through the settle batcher, then count and log them. While the
+        store is down, retry until the leases would have expired anyway (then the jobs are
+        rescued and run again: at-least-once)."""
         assert self._settler is not None
         if not pairs:
             return
         for entry, _ in pairs:
             entry.settling = True
-        todo = list(range(len(pairs)))
-        done: dict[int, bool] = {}
+        items = [(entry.lease, outcome) for entry, outcome in pairs]
         give_up = self.clock.monotonic() + 3 * self.config.lease_for
         pause = _BACKOFF_MIN
-        while todo:
-            items = [(pairs[i][0].lease, pairs[i][1]) for i in todo]
-            results = await asyncio.shield(self._settler.submit_many(items))
-            failed: list[int] = []
-            for i, result in zip(todo, results, strict=True):
-                if isinstance(result, BackendError) and self.clock.monotonic() < give_up:
-                    failed.append(i)
-                elif isinstance(result, BaseException):
+        while True:
+            try:
+                settled = await asyncio.shield(self._settler.submit(items))
+                break
+            except BackendError as exc:
+                if self.clock.monotonic() >= give_up:
                     log.error(
-                        "job %s: could not record its outcome (%s); it will run again",
-                        pairs[i][0].lease.id,
-                        result,
+                        "%d job(s) could not record their outcome (%s); they will run again",
+                        len(items),
+                        exc,
                     )
-                    done[i] = False
-                else:
-                    done[i] = bool(result)
-            todo = failed
-            if todo:
+                    settled = [False] * len(items)
+                    break
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, _BACKOFF_MAX)
         now = self.clock.monotonic()
-        for i, (entry, outcome) in enumerate(pairs):
-            record(self.stats, entry.lease.job, outcome, done[i], now - entry.started, self.clock)
+        for (entry, outcome), ok in zip(pairs, settled, strict=True):
+            record(self.stats, entry.lease.job, outcome, ok, now - entry.started, self.clock)
 
     # -- heartbeat -------------------------------------------------------------------------
 

@@ -115,7 +115,9 @@ local function finish(q, jk, id, seq, from, state)
 end
 
 local function append_error(jk, errors, e)
-  if not errors or errors == '' or errors == '[]' then
+  -- A history that is not a JSON array (written by hand) is replaced, not extended.
+  if not errors or errors == '' or errors == '[]' or string.sub(errors, 1, 1) ~= '['
+     or not pcall(cjson.decode, errors) then
     redis.call('HSET', jk, 'errors', '[' .. e .. ']')
   else
     redis.call('HSET', jk, 'errors', string.sub(errors, 1, -2) .. ',' .. e .. ']')

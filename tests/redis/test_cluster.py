@@ -1,0 +1,136 @@
+"""`redis+cluster://` against a real three-master Redis Cluster started in a temp dir."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from redis.crc import key_slot
+
+import redis
+from conveyor.backends.base import JobFilter
+from conveyor.backends.redis import RedisBackend
+from conveyor.clock import FakeClock
+from conveyor.job import Completed, JobState
+from conveyor.testing.contract import BackendContract, make_job
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["redis-cli", *args], capture_output=True, text=True, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def cluster_url(redis_server: object) -> Iterator[str]:
+    if shutil.which("redis-cli") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("redis-cli is not installed, and CI=true")
+        pytest.skip("redis-cli is not installed")
+    root = Path(tempfile.mkdtemp(prefix="conveyor-cluster-"))
+    ports = _free_ports(3)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for port in ports:
+            d = root / str(port)
+            d.mkdir()
+            log = open(d / "redis.log", "wb")  # noqa: SIM115 - closed with the process
+            argv = [
+                "redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                "--appendonly", "no", "--save", "", "--dir", str(d),
+            ]  # fmt: skip
+            procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT))
+            log.close()
+        for port in ports:
+            _wait(lambda p=port: _cli("-p", str(p), "ping").stdout.strip() == "PONG", 10)
+        made = _cli(
+            "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
+            "--cluster-replicas", "0", "--cluster-yes",
+        )  # fmt: skip
+        assert made.returncode == 0, made.stdout + made.stderr
+        for port in ports:
+            _wait(
+                lambda p=port: "cluster_state:ok" in _cli("-p", str(p), "cluster", "info").stdout,
+                20,
+            )
+        yield f"redis+cluster://127.0.0.1:{ports[0]}"
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _wait(pred: object, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError("the Redis Cluster did not come up")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def clean_cluster(cluster_url: str) -> str:
+    client = redis.RedisCluster.from_url(cluster_url.replace("redis+cluster", "redis"))
+    try:
+        client.flushall(target_nodes=redis.RedisCluster.PRIMARIES)
+    finally:
+        client.close()
+    return cluster_url
+
+
+class TestRedisClusterBackend(BackendContract):
+    @pytest.fixture
+    async def backend(self, clock: FakeClock, clean_cluster: str) -> AsyncIterator[RedisBackend]:
+        async with RedisBackend(clean_cluster, clock=clock) as b:
+            yield b
+
+
+async def test_queues_land_on_different_nodes_and_work_end_to_end(clean_cluster: str) -> None:
+    clock = FakeClock()
+    queues = [f"q{i}" for i in range(12)]
+    async with RedisBackend(clean_cluster, clock=clock) as b:
+        slots = {key_slot(b.keys.route(q).encode()) // 5462 for q in queues}
+        assert len(slots) == 3  # the queues really are spread over the three masters
+        jobs = [make_job(clock, queue=q) for q in queues for _ in range(5)]
+        assert all(await b.enqueue(jobs))
+        leases = await b.claim(queues, 100, 10, "w")
+        assert len(leases) == 60
+        assert [lease.job.queue for lease in leases] == [j.queue for j in jobs]
+        done, lost = leases[:30], leases[30:]
+        assert all(await b.settle([(lease, Completed(b"1")) for lease in done]))
+        clock.advance(11)
+        assert await b.rescue() == 30
+        again = await b.claim(queues, 100, 10, "w")
+        assert sorted(x.id for x in again) == sorted(x.id for x in lost)
+        assert all(x.job.errors[-1].type == "LeaseExpired" for x in again)
+        counts = await b.counts()
+        assert sum(c.get(JobState.RUNNING, 0) for c in counts.values()) == 30
+        page = await b.query(JobFilter(state=JobState.COMPLETED), limit=1000)
+        assert len(page.jobs) == 30
+        fetched = await b.get([j.id for j in jobs])
+        assert [j.id for j in fetched if j is not None] == [j.id for j in jobs]
