@@ -78,8 +78,9 @@ async def test_poison_item_fails_alone_and_sync_handlers_work(app: conveyor.App)
 
     hs = [await double.enqueue(i) for i in range(3)]
     now = app.clock.now()
-    poison = Job(id=new_job_id(), task="double", payload=b'{"item":"NaN?"}', run_at=now,
-                 enqueued_at=now)
+    poison = Job(
+        id=new_job_id(), task="double", payload=b'{"item":"NaN?"}', run_at=now, enqueued_at=now
+    )
     await app.backend.enqueue([poison])
     await drain(app, concurrency=8)
     assert [await h.result(timeout=1) for h in hs] == [0, 2, 4]
@@ -91,8 +92,10 @@ async def test_poison_item_fails_alone_and_sync_handlers_work(app: conveyor.App)
 async def test_task_signals_per_item(app: conveyor.App) -> None:
     @app.task(batch=conveyor.Batch(max_size=8, max_wait=0.01))
     async def route(items: list[str]) -> list[object]:
-        return [conveyor.Cancel("skip") if i == "skip" else conveyor.Fail("no") if i == "no"
-                else i for i in items]
+        return [
+            conveyor.Cancel("skip") if i == "skip" else conveyor.Fail("no") if i == "no" else i
+            for i in items
+        ]
 
     ok, skip, no = [await route.enqueue(x) for x in ("ok", "skip", "no")]
     await drain(app, concurrency=8)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-APP = '''
+APP = """
 import conveyor
 app = conveyor.App("sqlite:///{db}")
 
@@ -20,7 +20,7 @@ async def add(a: int, b: int) -> int:
 @app.task(retry=conveyor.RetryPolicy(max_attempts=1))
 async def broken() -> None:
     raise ValueError("kaput")
-'''
+"""
 
 
 @pytest.fixture
@@ -33,7 +33,11 @@ def run(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "CONVEYOR_APP": "myapp:app", "COLUMNS": "200"}
     return subprocess.run(
         [sys.executable, "-m", "conveyor", *args],
-        cwd=project, env=env, capture_output=True, text=True, timeout=60,
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 

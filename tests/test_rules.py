@@ -13,11 +13,10 @@ from conveyor.job import new_job_id
 
 
 def test_public_namespace_is_locked() -> None:
-    assert sorted(conveyor.__all__) == [
-        "App", "Batch", "BatchTask", "Cancel", "Clock", "ConveyorError", "Fail", "FakeClock", "Job", "JobCancelled",
-        "JobFailed", "JobHandle", "JobOptions", "JobState", "NonRetryable", "Retry",
-        "RetryPolicy", "SystemClock", "Task", "WorkerConfig",
-    ]  # fmt: skip
+    expected = """App Batch BatchTask Cancel Clock ConveyorError Fail FakeClock Job JobCancelled
+        JobFailed JobHandle JobOptions JobState NonRetryable Retry RetryPolicy SystemClock Task
+        WorkerConfig""".split()
+    assert sorted(conveyor.__all__) == expected
     for name in conveyor.__all__:
         assert getattr(conveyor, name).__doc__, name
 

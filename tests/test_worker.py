@@ -120,9 +120,7 @@ async def test_task_signals(fapp: conveyor.App) -> None:
     async def later() -> None:
         raise conveyor.Retry(delay=42)
 
-    hc, hf, hi, hk, hl = [
-        await t.enqueue() for t in (cancel_me, fail_me, invalid, keyerror, later)
-    ]
+    hc, hf, hi, hk, hl = [await t.enqueue() for t in (cancel_me, fail_me, invalid, keyerror, later)]
     await drain(fapp)
     with pytest.raises(JobCancelled, match="not needed anymore"):
         await hc.result(timeout=1)
@@ -184,7 +182,9 @@ async def test_unknown_task_and_poison_payload_fail_alone(app: conveyor.App) -> 
     def raw(task: str, payload: bytes) -> Job:
         return Job(id=new_job_id(), task=task, payload=payload, run_at=now, enqueued_at=now)
 
-    ghost, garbage, wrong = raw("ghost", b"{}"), raw("good", b"\xff{not json"), raw("typed", b'{"n":"x"}')
+    ghost = raw("ghost", b"{}")
+    garbage = raw("good", b"\xff{not json")
+    wrong = raw("typed", b'{"n":"x"}')
     await app.backend.enqueue([ghost, garbage, wrong])
     ok = await good.enqueue(7)
     stats = await drain(app)

@@ -81,7 +81,7 @@ class ArgsCodec:
         """Bind call arguments to parameter names, or raise `InvalidArguments`."""
         if self._plain and len(args) <= len(self._names):
             # Fast path for plain signatures; anything unusual goes to inspect for its message.
-            bound = dict(zip(self._names, args))
+            bound = dict(zip(self._names, args, strict=False))  # fewer args than names is fine
             ok = True
             for k, v in kwargs.items():
                 if k in bound or k not in self._names:
