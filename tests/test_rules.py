@@ -13,9 +13,28 @@ from conveyor.job import new_job_id
 
 
 def test_public_namespace_is_locked() -> None:
-    expected = """App Batch BatchTask Cancel Clock ConveyorError Fail FakeClock Job JobCancelled
-        JobFailed JobHandle JobOptions JobState NonRetryable Retry RetryPolicy SystemClock Task
-        WorkerConfig""".split()
+    expected = [
+        "App",
+        "Batch",
+        "BatchTask",
+        "Cancel",
+        "Clock",
+        "ConveyorError",
+        "Fail",
+        "FakeClock",
+        "Job",
+        "JobCancelled",
+        "JobFailed",
+        "JobHandle",
+        "JobOptions",
+        "JobState",
+        "NonRetryable",
+        "Retry",
+        "RetryPolicy",
+        "SystemClock",
+        "Task",
+        "WorkerConfig",
+    ]
     assert sorted(conveyor.__all__) == expected
     for name in conveyor.__all__:
         assert getattr(conveyor, name).__doc__, name
