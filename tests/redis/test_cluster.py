@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -25,14 +26,22 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+    """`n` ports P whose cluster bus ports (P + 10000) are free too (so P < 55536)."""
+    ports: list[int] = []
+    while len(ports) < n:
+        port = random.randrange(20_000, 30_000)
+        if port not in ports and _free(port) and _free(port + 10_000):
+            ports.append(port)
+    return ports
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -92,9 +92,15 @@ def worker_cmd(
     if processes < 1:
         raise click.BadParameter("must be >= 1", param_hint="--processes")
     if processes > 1:
-        argv = list(sys.argv[sys.argv.index("worker") + 1 :])
-        argv = _without_processes(argv)
-        ctx.exit(supervise(argv, processes))
+        group = ctx.parent.params if ctx.parent is not None else {}
+        head = ["-v"] * int(group.get("verbose") or 0)
+        for flag, key in (("--app", "app_spec"), ("--url", "url")):
+            if group.get(key):
+                head += [flag, str(group[key])]
+        child = [app_spec, "--queues", queues, "--concurrency", str(concurrency),
+                 "--grace", str(grace), "--lease", str(lease_for)]  # fmt: skip
+        child += ["--strict"] * strict + ["--burst"] * burst + (["--name", name] if name else [])
+        ctx.exit(supervise(head, child, processes))
     app = load_app(app_spec)
     options: dict[str, object] = {
         "concurrency": concurrency,
@@ -105,22 +111,6 @@ def worker_cmd(
         "name": name,
     }
     run_worker(app, options=options, queues=queues)
-
-
-def _without_processes(argv: list[str]) -> list[str]:
-    out: list[str] = []
-    skip = False
-    for arg in argv:
-        if skip:
-            skip = False
-            continue
-        if arg in ("-p", "--processes"):
-            skip = True
-            continue
-        if arg.startswith("--processes=") or (arg.startswith("-p") and arg[2:].isdigit()):
-            continue
-        out.append(arg)
-    return out
 
 
 @cli.command("enqueue")

@@ -60,13 +60,24 @@ async def _orphan_watch(parent: int, stop: Callable[[], None]) -> None:
     stop()
 
 
-def supervise(argv: Sequence[str], processes: int, *, restart_delay: float = 0.5) -> int:
-    """Run `processes` copies of ``conveyor worker`` with `argv`; restart any that dies.
+def supervise(
+    head: Sequence[str],
+    argv: Sequence[str],
+    processes: int,
+    *,
+    restart_delay: float = 0.5,
+    max_restart_delay: float = 30.0,
+) -> int:
+    """Run `processes` copies of ``conveyor [head] worker [argv]``; restart any that dies.
 
-    Returns 0 when every child exited cleanly after a stop signal.
+    A child that keeps dying soon after it starts is restarted with growing delays (up to
+    `max_restart_delay`), so a broken deployment does not spin. Returns 0 when every child
+    exited cleanly after a stop signal.
     """
-    cmd = [sys.executable, "-m", "conveyor", "worker", *argv, "--processes", "1"]
+    cmd = [sys.executable, "-m", "conveyor", *head, "worker", *argv, "--processes", "1"]
     children: dict[int, subprocess.Popen[bytes]] = {}
+    started: dict[int, float] = {}
+    delays: dict[int, float] = {}
     stopping = 0
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -76,12 +87,16 @@ def supervise(argv: Sequence[str], processes: int, *, restart_delay: float = 0.5
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
 
+    def spawn(slot: int) -> None:
+        children[slot] = _spawn(cmd, env)
+        started[slot] = time.monotonic()
+
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     env = {**os.environ, "CONVEYOR_SUPERVISED": "1"}
     failures = 0
     try:
         for slot in range(processes):
-            children[slot] = _spawn(cmd, env)
+            spawn(slot)
         while children:
             time.sleep(0.1)
             for slot, child in list(children.items()):
@@ -89,15 +104,32 @@ def supervise(argv: Sequence[str], processes: int, *, restart_delay: float = 0.5
                 if code is None:
                     continue
                 if stopping:
-                    failures += code != 0
+                    # A child told to stop before it could handle signals dies of SIGTERM:
+                    # that is a clean stop too.
+                    failures += code not in (0, -signal.SIGTERM)
                     del children[slot]
                     continue
-                log.warning("worker process %d exited with %s; restarting it", child.pid, code)
-                time.sleep(restart_delay)
-                if not stopping:
-                    children[slot] = _spawn(cmd, env)
-                else:
+                lived = time.monotonic() - started[slot]
+                delay = (
+                    restart_delay
+                    if lived > 10
+                    else min(max_restart_delay, delays.get(slot, restart_delay / 2) * 2)
+                )
+                delays[slot] = delay
+                log.warning(
+                    "worker process %d exited with %s after %.1fs; restarting it in %.1fs",
+                    child.pid,
+                    code,
+                    lived,
+                    delay,
+                )
+                end = time.monotonic() + delay
+                while time.monotonic() < end and not stopping:
+                    time.sleep(0.05)
+                if stopping:
                     del children[slot]
+                else:
+                    spawn(slot)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)

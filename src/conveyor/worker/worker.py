@@ -14,7 +14,6 @@ import logging
 import os
 import socket
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from conveyor.backends.base import Backend
@@ -28,6 +27,7 @@ from conveyor.worker.batch import BatchRunner
 from conveyor.worker.config import QueueSelector, WorkerConfig
 from conveyor.worker.execute import execute, precheck
 from conveyor.worker.stats import WorkerStats, record
+from conveyor.worker.threads import DaemonThreadPool
 
 __all__ = ["Worker", "WorkerStats"]
 
@@ -75,7 +75,7 @@ class Worker:
         self._stopping = asyncio.Event()
         self._hurry = asyncio.Event()  # second stop: cancel running jobs now
         self._started = asyncio.Event()
-        self._threads: ThreadPoolExecutor | None = None
+        self._threads: DaemonThreadPool | None = None
         self._outage_since: float | None = None
         self._backoff = _BACKOFF_MIN
         self._settler: Batcher[list[tuple[Lease, Outcome]], list[bool]] | None = None
@@ -110,7 +110,7 @@ class Worker:
     async def run(self) -> WorkerStats:
         """Run until stopped (or idle, in burst mode). Returns the counters."""
         cfg = self.config
-        self._threads = ThreadPoolExecutor(cfg.threads or cfg.concurrency, "conveyor-job")
+        self._threads = DaemonThreadPool(cfg.threads or cfg.concurrency, "conveyor-job")
         # Items are groups of outcomes (one job, or a batch task's group), so a group costs
         # one future; the flush settles every group in one backend call.
         settler: Batcher[list[tuple[Lease, Outcome]], list[bool]] = Batcher(
