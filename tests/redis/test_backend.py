@@ -251,6 +251,10 @@ async def test_query_pages_across_queues_and_batches(redis_url: str) -> None:
                 break
             after = page.next
         assert seen == [j.id for j in jobs if j.task == "t.a"]
+        # One call that needs several merge rounds (200 rows per source per round).
+        rare = await b.query(JobFilter(task="t.b"), limit=150)
+        assert [j.id for j in rare.jobs] == [j.id for j in jobs if j.task == "t.b"]
+        assert rare.next is None
         running = await b.query(JobFilter(state=JobState.RUNNING, queue="q1"), limit=100)
         assert len(running.jobs) == 50 and running.next is None
         counts = await b.counts()

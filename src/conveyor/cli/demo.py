@@ -27,9 +27,12 @@ __all__ = ["run_demo"]
 console = Console()
 
 
-def _plan(n: int, rng: random.Random) -> list[tuple[str, tuple[object, ...], dict[str, object]]]:
+Call = tuple[str, tuple[object, ...], dict[str, object]]
+
+
+def _plan(n: int, rng: random.Random) -> list[Call]:
     """The mixed workload: (task, args, options)."""
-    out: list[tuple[str, tuple[object, ...], dict[str, object]]] = []
+    out: list[Call] = []
     for i in range(n):
         r = rng.random()
         if r < 0.40:
@@ -78,26 +81,24 @@ def _pct(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, int(p / 100 * len(values)))]
 
 
-async def _produce(
-    app: App, plan: list[tuple[str, tuple[object, ...], dict[str, object]]], seconds: float
-) -> None:
-    """Enqueue a third at once, then the rest as a steady stream over `seconds`."""
-    first = len(plan) // 3
+async def _produce(app: App, plan: list[Call], rate: float) -> None:
+    """Phase 1: a backlog (60 %) enqueued at once, one `enqueue_many` per task. Phase 2: the
+    rest as a steady stream of `rate` jobs/s, tagged so the summary can measure pickup
+    latency under load rather than time spent in the backlog."""
+    cut = len(plan) * 6 // 10
     by_task: dict[str, list[tuple[object, ...]]] = {}
-    for name, args, opts in plan[:first]:
+    for name, args, opts in plan[:cut]:
         if opts:
             await app.registry.get(name).options(**opts).enqueue(*args)  # type: ignore[arg-type]
         else:
             by_task.setdefault(name, []).append(args)
     for name, calls in by_task.items():
         await app.registry.get(name).enqueue_many(calls)
-    rest = plan[first:]
-    step = seconds / max(1, len(rest))
     start = time.monotonic()
-    for i, (name, args, opts) in enumerate(rest):
-        task = app.registry.get(name)
-        await (task.options(**opts) if opts else task).enqueue(*args)  # type: ignore[arg-type]
-        lag = start + i * step - time.monotonic()
+    for i, (name, args, opts) in enumerate(plan[cut:]):
+        task = app.registry.get(name).options(**opts, meta={"phase": "stream"})  # type: ignore[arg-type]
+        await task.enqueue(*args)
+        lag = start + i / rate - time.monotonic()
         if lag > 0:
             await asyncio.sleep(lag)
 
@@ -123,6 +124,7 @@ def run_demo(*, jobs: int, processes: int, concurrency: int, db: str) -> None:
         sys.executable,
         "-m",
         "conveyor",
+        "-v",  # the workers' "starting" lines tell the demo they are ready
         "worker",
         "conveyor.cli.demo_app:app",
         "-q",
@@ -135,9 +137,22 @@ def run_demo(*, jobs: int, processes: int, concurrency: int, db: str) -> None:
     with open(log_path, "wb") as log:
         workers = subprocess.Popen(cmd, env={**os.environ}, stdout=log, stderr=log)
         try:
+            _wait_ready(log_path, processes, workers)
             asyncio.run(_main(app, plan, jobs, workers))
         finally:
             _stop(workers)
+
+
+def _wait_ready(log_path: Path, processes: int, workers: subprocess.Popen[bytes]) -> None:
+    """Wait until every worker process has logged that it started (or one failed)."""
+    end = time.monotonic() + 30
+    while time.monotonic() < end:
+        if workers.poll() is not None:
+            raise SystemExit(f"the workers exited early; see {log_path.name}")
+        if log_path.read_text(errors="replace").count("starting: queues=") >= processes:
+            return
+        time.sleep(0.05)
+    raise SystemExit(f"the workers did not start within 30 s; see {log_path.name}")
 
 
 def _stop(workers: subprocess.Popen[bytes]) -> None:
@@ -151,7 +166,7 @@ def _stop(workers: subprocess.Popen[bytes]) -> None:
 
 async def _main(
     app: App,
-    plan: list[tuple[str, tuple[object, ...], dict[str, object]]],
+    plan: list[Call],
     jobs: int,
     workers: subprocess.Popen[bytes],
 ) -> None:
@@ -173,7 +188,7 @@ async def _watch(
     bar = progress.add_task("finished", total=jobs, rate="")
     start = time.monotonic()
     async with asyncio.TaskGroup() as tg:
-        producer = tg.create_task(_produce(app, plan, seconds=4.0))
+        producer = tg.create_task(_produce(app, plan, rate=500.0))
         with Live(console=console, refresh_per_second=8) as live:
             while True:
                 rows = await app.inspector.stats()
@@ -193,25 +208,37 @@ async def _summary(app: App, elapsed: float) -> None:
     done = [j for j in jobs if j.state is JobState.COMPLETED]
     dead = [j for j in jobs if j.state is JobState.FAILED]
     retried = [j for j in done if j.attempts > 1]
-    pickup = [max(0.0, (j.started_at or 0) - j.run_at) * 1000 for j in done]
-    e2e = [((j.finished_at or 0) - j.run_at) * 1000 for j in done if j.attempts == 1]
+    backlog = [
+        j for j in done if "phase" not in j.meta and j.attempts == 1 and j.enqueued_at >= j.run_at
+    ]
+    stream = [j for j in done if j.meta.get("phase") == "stream" and j.attempts == 1]
+    drain_span = (
+        (max((j.finished_at or 0) for j in backlog) - min((j.started_at or 0) for j in backlog))
+        if backlog
+        else 0.0
+    )
+    pickup = [max(0.0, (j.started_at or 0) - j.run_at) * 1000 for j in stream]
+    run = [((j.finished_at or 0) - j.run_at) * 1000 for j in stream]
     reasons = Counter(f"{j.task}: {j.last_error.type}" for j in dead if j.last_error)
     table = Table(title="summary", show_header=False)
-    table.add_row("jobs", str(len(jobs)))
+    table.add_row("jobs", f"{len(jobs)} in {elapsed:.1f} s")
     table.add_row("completed", f"[green]{len(done)}[/] ({len(retried)} after a retry)")
     table.add_row("dead-lettered", f"[red]{len(dead)}[/]")
-    table.add_row("attempts that failed and retried", str(sum(j.attempts - 1 for j in done)))
-    table.add_row("throughput", f"{len(jobs) / elapsed:,.0f} jobs/s over {elapsed:.1f} s")
+    table.add_row("failed attempts that were retried", str(sum(j.attempts - 1 for j in done)))
+    if drain_span > 0:
+        table.add_row(
+            "backlog drain rate", f"{len(backlog) / drain_span:,.0f} jobs/s ({len(backlog)} jobs)"
+        )
     table.add_row(
-        "pickup latency (due → started)",
+        "pickup latency under load (due → started)",
         f"p50 {_pct(pickup, 50):.1f} ms, p99 {_pct(pickup, 99):.1f} ms",
     )
     table.add_row(
-        "run latency (due → finished, 1st try)",
-        f"p50 {_pct(e2e, 50):.1f} ms, p99 {_pct(e2e, 99):.1f} ms",
+        "run latency under load (due → finished)",
+        f"p50 {_pct(run, 50):.1f} ms, p99 {_pct(run, 99):.1f} ms",
     )
     if pickup:
-        table.add_row("mean pickup", f"{statistics.fmean(pickup):.1f} ms")
+        table.add_row("mean pickup under load", f"{statistics.fmean(pickup):.1f} ms")
     console.print(table)
     for reason, n in reasons.most_common():
         console.print(f"  dead letter: {n} x {reason}")

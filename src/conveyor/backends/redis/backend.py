@@ -424,7 +424,7 @@ class RedisBackend(Backend):
                 sources = [
                     src
                     for src, rows in zip(sources, fetched, strict=True)
-                    if rows and (int(rows[-1][1]), src[0]) > horizon
+                    if len(rows) == batch or (rows and (int(rows[-1][1]), src[0]) > horizon)
                 ]
             jobs = await self._get_in(conn, [(pos[1], member) for pos, member in entries])
             for (pos, _), job in zip(entries, jobs, strict=True):
