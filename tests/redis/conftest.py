@@ -9,8 +9,8 @@ import os
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-
 import redis
+
 from conveyor.testing.redis_server import RedisServer
 
 

@@ -13,9 +13,9 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from redis.crc import key_slot
 
-import redis
 from conveyor.backends.base import JobFilter
 from conveyor.backends.redis import RedisBackend
 from conveyor.clock import FakeClock
