@@ -27,6 +27,7 @@ from conveyor.job import AttemptError, Job, JobState
 
 __all__ = ["Keys", "decode", "enqueue_args"]
 
+_msgpack = msgspec.msgpack.Encoder()
 _json = msgspec.json.Encoder()
 _errors = msgspec.json.Decoder(tuple[AttemptError, ...])
 _meta = msgspec.json.Decoder(dict[str, object])
@@ -64,15 +65,21 @@ def _opt(value: float | None) -> str:
     return "" if value is None else repr(float(value))
 
 
-def enqueue_args(jobs: Sequence[Job]) -> list[bytes | str | int]:
-    """The enqueue script's per-job arguments (`scripts.ENQUEUE_WIDTH` each)."""
-    out: list[bytes | str | int] = []
+def enqueue_args(jobs: Sequence[Job]) -> list[bytes]:
+    """The enqueue script's arguments, two per job: a msgpack array of its
+    `scripts.ENQUEUE_WIDTH` fields (the payload's slot empty) and the payload itself. Few
+    arguments keep the client's command packing cheap; numbers are sent as strings so Lua
+    never reformats (and rounds) them."""
+    pack = _msgpack.encode
+    out: list[bytes] = []
     for j in jobs:
-        out += (
-            j.id, j.task, j.payload, j.queue, j.priority, repr(j.run_at), repr(j.enqueued_at),
-            j.max_attempts, _opt(j.timeout), _opt(j.deadline), j.key or "", _opt(j.unique_until),
-            repr(j.keep_for), _json.encode(j.meta) if j.meta else b"",
-        )  # fmt: skip
+        out.append(pack((
+            j.id, j.task, "", j.queue, str(j.priority), repr(j.run_at),
+            repr(j.enqueued_at), str(j.max_attempts), _opt(j.timeout), _opt(j.deadline),
+            j.key or "", _opt(j.unique_until), repr(j.keep_for),
+            _json.encode(j.meta).decode() if j.meta else "",
+        )))  # fmt: skip
+        out.append(j.payload)
     return out
 
 

@@ -41,7 +41,7 @@ FIELDS = (
     "errors", "started_at", "finished_at", "worker", "cancel_requested", "cancel_reason",
 )  # fmt: skip
 
-# Fields per job in the enqueue script's ARGV (see `codec.enqueue_args`).
+# Fields in each job's msgpack array for the enqueue script (see `codec.enqueue_args`).
 ENQUEUE_WIDTH = 14
 
 # Width of the fixed-size prefix of a ready-set member: priority, run_at, seq (then the id).
@@ -165,42 +165,54 @@ def _script(body: str) -> str:
     return _PRELUDE + body
 
 
-# ARGV[4..]: ENQUEUE_WIDTH fields per job. Returns 1 (stored) or 0 (duplicate key) per job.
+# ARGV[4..]: two arguments per job: a msgpack array of its fields (see `codec.enqueue_args`;
+# numbers travel as strings so Lua never rounds them) and its payload, raw (Redis 7.0's
+# cmsgpack cannot unpack msgpack `bin`). Returns 1 (stored) or 0 (duplicate key) per job.
+# One INCRBY reserves the sequence numbers of the whole call.
 ENQUEUE = _script(
     """
 local out, woke = {}, {}
 local OPTIONAL = {[9] = 'timeout', [10] = 'deadline', [11] = 'key', [12] = 'unique_until',
                   [14] = 'meta'}
-local i = 4
-while i + 13 <= #ARGV do
-  local id, q, key = ARGV[i], ARGV[i + 3], ARGV[i + 10]
+local jobs = {}
+for a = 4, #ARGV - 1, 2 do
+  local j = cmsgpack.unpack(ARGV[a])
+  j[3] = ARGV[a + 1]
+  jobs[#jobs + 1] = j
+end
+if #jobs == 0 then return out end
+local last = redis.call('INCRBY', slot(jobs[1][4]) .. ':seq', #jobs)
+for k, j in ipairs(jobs) do
+  local id, q, key = j[1], j[4], j[11]
   local jk = jkey(q, id)
   if redis.call('EXISTS', jk) == 1 then
-    out[#out + 1] = 1  -- a retried call that already landed
+    out[k] = 1  -- a retried call that already landed
   elseif key ~= '' and holder_of(q, key) then
-    out[#out + 1] = 0
+    out[k] = 0
   else
     if key ~= '' then redis.call('HSET', slot(q) .. ':uniq', key, id) end
-    local seq = redis.call('INCR', slot(q) .. ':seq')
-    local f = {'id', id, 'task', ARGV[i + 1], 'payload', ARGV[i + 2], 'queue', q,
-               'priority', ARGV[i + 4], 'run_at', ARGV[i + 5], 'enqueued_at', ARGV[i + 6],
-               'attempts', 0, 'max_attempts', ARGV[i + 7], 'keep_for', ARGV[i + 12],
-               'seq', seq, 'token', 0}
+    local seq = last - #jobs + k
+    local run_at = tonumber(j[6]) or 0
+    local state = (run_at > NOW) and 'scheduled' or 'queued'
+    local f = {'id', id, 'task', j[2], 'payload', j[3], 'queue', q, 'priority', j[5],
+               'run_at', j[6], 'enqueued_at', j[7], 'attempts', '0', 'max_attempts', j[8],
+               'keep_for', j[13], 'seq', tostring(seq), 'token', '0', 'state', state}
     for off, name in pairs(OPTIONAL) do
-      local v = ARGV[i + off - 1]
+      local v = j[off]
       if v ~= '' then f[#f + 1] = name; f[#f + 1] = v end
     end
-    redis.call('HSET', jk, unpack(f))
-    local run_at = tonumber(ARGV[i + 5]) or 0
-    if run_at > NOW then
-      to_scheduled(q, jk, id, seq, nil, ARGV[i + 5])
-    else
-      to_ready(q, jk, id, nil)
+    if state == 'queued' then
+      local rk = rank(j[5], j[6], seq, id)
+      f[#f + 1] = 'rk'; f[#f + 1] = rk
+      redis.call('ZADD', qkey(q, 'ready'), 0, rk)
       woke[q] = (woke[q] or 0) + 1
+    else
+      redis.call('ZADD', qkey(q, 'scheduled'), j[6], id)
     end
-    out[#out + 1] = 1
+    redis.call('HSET', jk, unpack(f))
+    index(q, id, seq, nil, state)
+    out[k] = 1
   end
-  i = i + 14
 end
 for q, n in pairs(woke) do wake(q, n) end
 return out
