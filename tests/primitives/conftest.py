@@ -2,25 +2,12 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
 
 from conveyor.testing.redis_server import RedisServer
-
-
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    """One redis-server for the session; skipped locally without one, a failure in CI."""
-    if not RedisServer.available():
-        message = "redis-server is not on PATH (apt-get install redis-server)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{message}; CI must run the Redis tests")
-        pytest.skip(message)
-    with RedisServer() as server:
-        yield server
 
 
 @pytest.fixture

@@ -5,23 +5,12 @@ Without a redis-server binary the tests skip locally and fail when ``CI=true``.
 
 from __future__ import annotations
 
-import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 import redis
 
 from conveyor.testing.redis_server import RedisServer
-
-
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    if not RedisServer.available():
-        if os.environ.get("CI") == "true":
-            pytest.fail("redis-server is not installed, and CI=true: Redis tests must run in CI")
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    with RedisServer() as server:
-        yield server
 
 
 def flush(url: str) -> None:

@@ -1,0 +1,58 @@
+"""The interface every peer module implements (``Adapter``), and helpers.
+
+Each peer module (``<system>_app.py``) is both the *app module* its worker CLI imports and
+the adapter the bench drives. It reads its Redis URL from ``BENCH_REDIS_URL`` at import time
+(the bench sets it to that system's own database before importing, and passes it to the
+worker processes), defines two tasks:
+
+- ``noop``: calls ``probe.hit(start)`` and nothing else;
+- ``stamp(sent)``: calls ``probe.latency(sent)`` first thing;
+
+and an ``Adapter`` subclass. Sync libraries (Celery, Dramatiq, RQ) are called directly
+from the adapter's ``async`` methods: the bench does one thing at a time, so blocking the
+bench's loop costs nothing.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+__all__ = ["Adapter", "script"]
+
+
+def script(name: str) -> str:
+    """A console script of the interpreter running the bench (the peers' venv)."""
+    return str(Path(sys.executable).parent / name)
+
+
+class Adapter:
+    name = ""
+    app_module = ""
+    bulk_api = ""  # which API `enqueue_bulk` uses, for the table
+    single_api = ""
+    defaults = ""  # the worker's documented defaults, and what we pass
+    drain_jobs: int | None = None  # fewer jobs for the drain (RQ: one fork per job)
+    env: dict[str, str] = {}  # extra environment for worker processes
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    async def open(self) -> None:
+        """Connect (the first connection is not timed)."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+    async def enqueue_one(self) -> None:
+        raise NotImplementedError
+
+    async def enqueue_bulk(self, n: int) -> None:
+        raise NotImplementedError
+
+    async def enqueue_stamp(self, sent: float) -> None:
+        raise NotImplementedError
+
+    def worker_cmd(self, processes: int) -> list[list[str]]:
+        """argv of the worker processes to start for `processes` worker processes."""
+        raise NotImplementedError
