@@ -14,6 +14,7 @@ from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
 
 from bench.peers_redis import probe
+from bench.peers_redis._gather import WIDTH, gather_n
 from bench.peers_redis.base import Adapter as _Base
 from bench.peers_redis.base import script
 
@@ -37,7 +38,7 @@ class Adapter(_Base):
     name = "arq"
     app_module = f"{__name__}.WorkerSettings"
     single_api = "await pool.enqueue_job('noop')"
-    bulk_api = "no bulk API (loop of enqueue_job)"
+    bulk_api = f"no bulk API: gather of enqueue_job, {WIDTH} at a time"
     defaults = "max_jobs=10, poll_delay=0.5 s (defaults); 2p: two `arq` processes"
     pool: ArqRedis
 
@@ -52,9 +53,7 @@ class Adapter(_Base):
         await self.pool.enqueue_job("noop")
 
     async def enqueue_bulk(self, n: int) -> None:
-        enqueue = self.pool.enqueue_job
-        for _ in range(n):
-            await enqueue("noop")
+        await gather_n(n, lambda: self.pool.enqueue_job("noop"))
 
     async def enqueue_stamp(self, sent: float) -> None:
         await self.pool.enqueue_job("stamp", sent)

@@ -44,6 +44,9 @@ class Adapter:
     async def close(self) -> None:
         """Release connections."""
 
+    async def reset(self) -> None:
+        """Called after the bench flushed this system's database, before enqueueing."""
+
     async def enqueue_one(self) -> None:
         raise NotImplementedError
 

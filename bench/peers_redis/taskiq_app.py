@@ -44,6 +44,11 @@ class Adapter(_Base):
     async def close(self) -> None:
         await broker.shutdown()
 
+    async def reset(self) -> None:
+        # The consumer group reads from "$" (new messages only): declare it again after a
+        # flush, before the backlog is enqueued, as a client's broker.startup() would.
+        await broker._declare_consumer_group()
+
     async def enqueue_one(self) -> None:
         await noop.kiq()
 

@@ -18,10 +18,10 @@ from typing import Any
 import msgspec
 
 from conveyor.backends import rules
-from conveyor.backends.base import Backend, JobFilter, Page
-from conveyor.backends.redis.codec import Keys, decode, enqueue_args
+from conveyor.backends.base import Backend
+from conveyor.backends.redis.codec import Keys, decode, enqueue_args, text
 from conveyor.backends.redis.connect import Clients, Conn, parse_url, wrap_errors
-from conveyor.backends.redis.scripts import FIELDS
+from conveyor.backends.redis.reads import SWEEP, Reads
 from conveyor.clock import Clock, SystemClock
 from conveyor.errors import ClosedError, ConfigError
 from conveyor.job import (
@@ -42,12 +42,10 @@ log = logging.getLogger("conveyor.backends.redis")
 
 _json = msgspec.json.Encoder()
 _CHUNK = 500  # jobs per script call: bounds how long one call holds the server
-_SWEEP = 1000  # jobs per queue per promote/rescue/purge call
-_STATES = tuple(JobState)
 _LEASE_EXPIRED = rules.lease_expired_error(0, 0.0).message
 
 
-class RedisBackend(Backend):
+class RedisBackend(Reads, Backend):
     """Jobs in Redis. `App("redis://localhost:6379/0?prefix=myapp")` uses it.
 
     Args:
@@ -137,7 +135,7 @@ class RedisBackend(Backend):
 
     async def _queues(self, conn: Conn) -> list[str]:
         members = await conn.client.smembers(self.keys.queues)
-        return sorted(_text(m) for m in members)
+        return sorted(text(m) for m in members)
 
     async def _register(self, conn: Conn, queues: set[str]) -> None:
         new = queues - self._known_queues
@@ -255,15 +253,15 @@ class RedisBackend(Backend):
                         )
                     )
                     total += n
-                    if n < _SWEEP:
+                    if n < SWEEP:
                         break
         return total
 
     async def promote(self) -> int:
-        return await self._sweep("promote", "promote", [_SWEEP])
+        return await self._sweep("promote", "promote", [SWEEP])
 
     async def rescue(self) -> int:
-        return await self._sweep("rescue", "rescue", [_LEASE_EXPIRED, _SWEEP])
+        return await self._sweep("rescue", "rescue", [_LEASE_EXPIRED, SWEEP])
 
     async def purge(self, states: Iterable[JobState], before: float | None = None) -> int:
         wanted = sorted(s.value for s in set(states) & TERMINAL)
@@ -278,18 +276,18 @@ class RedisBackend(Backend):
                     while True:
                         ids = await conn.purge(
                             [self.keys.route(group[0])],
-                            [*self._args(), _SWEEP, len(wanted), *wanted, *group],
+                            [*self._args(), SWEEP, len(wanted), *wanted, *group],
                         )
                         deleted += ids
-                        if len(ids) < _SWEEP:
+                        if len(ids) < SWEEP:
                             break
             else:
                 for queue in queues:
                     for state in wanted:
                         deleted += await self._purge_before(conn, queue, state, before)
             if self.keys.cluster and deleted:
-                for s in range(0, len(deleted), _SWEEP):
-                    await conn.client.hdel(self.keys.idx, *deleted[s : s + _SWEEP])
+                for s in range(0, len(deleted), SWEEP):
+                    await conn.client.hdel(self.keys.idx, *deleted[s : s + SWEEP])
         return len(deleted)
 
     async def _purge_before(self, conn: Conn, queue: str, state: str, before: float) -> list[bytes]:
@@ -305,7 +303,7 @@ class RedisBackend(Backend):
                 return deleted
             deleted += await conn.purge_before(
                 [self.keys.route(queue)],
-                [*self._args(), repr(float(before)), state, queue, *(_text(m) for m, _ in rows)],
+                [*self._args(), repr(float(before)), state, queue, *(text(m) for m, _ in rows)],
             )
             low = f"({int(rows[-1][1])}"
 
@@ -316,7 +314,7 @@ class RedisBackend(Backend):
             q = await conn.client.hget(self.keys.idx, job_id)
         else:
             q = await conn.client.hget(self.keys.job("", job_id), "queue")
-        return None if q is None else _text(q)
+        return None if q is None else text(q)
 
     async def cancel(self, job_id: str, reason: str = "cancelled") -> JobState | None:
         conn = await self._conn()
@@ -338,113 +336,6 @@ class RedisBackend(Backend):
             return bool(
                 await conn.requeue([self.keys.route(queue)], [*self._args(), queue, job_id])
             )
-
-    async def get(self, ids: Sequence[str]) -> list[Job | None]:
-        if not ids:
-            return []
-        conn = await self._conn()
-        with self._errors("get"):
-            return await self._get(conn, list(ids))
-
-    async def _get(self, conn: Conn, ids: list[str]) -> list[Job | None]:
-        out: list[Job | None] = [None] * len(ids)
-        for s in range(0, len(ids), _SWEEP):
-            chunk = ids[s : s + _SWEEP]
-            if self.keys.cluster:
-                queues = await conn.client.hmget(self.keys.idx, chunk)
-            else:
-                queues = [b""] * len(chunk)
-            found = [(i, _text(q)) for i, q in enumerate(queues) if q is not None]
-            if not found:
-                continue
-            async with conn.client.pipeline(transaction=False) as pipe:
-                for i, q in found:
-                    pipe.hmget(self.keys.job(q, chunk[i]), FIELDS)
-                rows = await pipe.execute()
-            for (i, _), row in zip(found, rows, strict=True):
-                out[s + i] = decode(row)
-        return out
-
-    async def counts(self, queue: str | None = None) -> dict[str, dict[JobState, int]]:
-        conn = await self._conn()
-        with self._errors("counts"):
-            queues = [queue] if queue is not None else await self._queues(conn)
-            if not queues:
-                return {}
-            async with conn.client.pipeline(transaction=False) as pipe:
-                for q in queues:
-                    for state in _STATES:
-                        pipe.zcard(self.keys.q(q, f"state:{state.value}"))
-                sizes = await pipe.execute()
-        out: dict[str, dict[JobState, int]] = {}
-        for n, q in enumerate(queues):
-            per = {s: int(c) for s, c in zip(_STATES, sizes[n * 6 : n * 6 + 6], strict=True) if c}
-            if per:
-                out[q] = per
-        return out
-
-    async def query(self, filter: JobFilter, after: str | None = None, limit: int = 100) -> Page:
-        conn = await self._conn()
-        with self._errors("query"):
-            queues = [filter.queue] if filter.queue else await self._queues(conn)
-            states = [filter.state] if filter.state else list(_STATES)
-            sources = [(q, self.keys.q(q, f"state:{s.value}")) for q in queues for s in states]
-            return await self._query(conn, filter, sources, _cursor(after), max(1, limit))
-
-    async def _query(
-        self,
-        conn: Conn,
-        filter: JobFilter,
-        sources: list[tuple[str, str]],
-        cursor: tuple[int, str],
-        limit: int,
-    ) -> Page:
-        """Merge the (queue, state) indexes in (seq, queue) order, filtering as we go."""
-        batch = min(max(limit + 1, 200), 2000)
-        matches: list[tuple[tuple[int, str], Job]] = []
-        while sources and len(matches) <= limit:
-            async with conn.client.pipeline(transaction=False) as pipe:
-                for _, key in sources:
-                    pipe.zrangebyscore(key, cursor[0], "+inf", start=0, num=batch, withscores=True)
-                fetched = await pipe.execute()
-            horizon: tuple[int, str] | None = None
-            entries: list[tuple[tuple[int, str], str]] = []
-            for (q, _), rows in zip(sources, fetched, strict=True):
-                for member, score in rows:
-                    pos = (int(score), q)
-                    if pos > cursor:
-                        entries.append((pos, member.decode()))
-                if len(rows) == batch:  # truncated: only positions up to its last are safe
-                    last = (int(rows[-1][1]), q)
-                    horizon = last if horizon is None else min(horizon, last)
-            entries.sort()
-            if horizon is not None:
-                entries = [e for e in entries if e[0] <= horizon]
-                # Keep the sources that may hold more past the horizon.
-                sources = [
-                    src
-                    for src, rows in zip(sources, fetched, strict=True)
-                    if len(rows) == batch or (rows and (int(rows[-1][1]), src[0]) > horizon)
-                ]
-            jobs = await self._get_in(conn, [(pos[1], member) for pos, member in entries])
-            for (pos, _), job in zip(entries, jobs, strict=True):
-                if job is not None and _matches(job, filter):
-                    matches.append((pos, job))
-            if horizon is None:
-                break
-            cursor = horizon
-        page = matches[:limit]
-        nxt = f"{page[-1][0][0]}/{page[-1][0][1]}" if len(matches) > limit else None
-        return Page([job for _, job in page], nxt)
-
-    async def _get_in(self, conn: Conn, where: list[tuple[str, str]]) -> list[Job | None]:
-        if not where:
-            return []
-        async with conn.client.pipeline(transaction=False) as pipe:
-            for q, job_id in where:
-                pipe.hmget(self.keys.job(q, job_id), FIELDS)
-            rows = await pipe.execute()
-        return [decode(row) for row in rows]
 
     async def wait(self, queues: Sequence[str], timeout: float) -> None:
         if timeout <= 0 or not queues:
@@ -493,25 +384,6 @@ def _outcome_args(outcome: Outcome) -> tuple[Any, Any, Any]:
         return ("f", "", _json.encode(outcome.error))
     assert isinstance(outcome, Cancelled)
     return ("x", outcome.reason, "")
-
-
-def _matches(job: Job, f: JobFilter) -> bool:
-    return (
-        (f.state is None or job.state is f.state)
-        and (f.task is None or job.task == f.task)
-        and (f.key is None or job.key == f.key)
-    )
-
-
-def _cursor(after: str | None) -> tuple[int, str]:
-    if not after:
-        return (0, "")
-    seq, _, queue = after.partition("/")
-    return (int(seq), queue) if seq.isdigit() else (0, "")
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _first(reply: Any, name: str) -> Any:

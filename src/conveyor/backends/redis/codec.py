@@ -25,7 +25,7 @@ import msgspec
 from conveyor.backends.redis.scripts import FIELDS
 from conveyor.job import AttemptError, Job, JobState
 
-__all__ = ["Keys", "decode", "enqueue_args"]
+__all__ = ["Keys", "decode", "enqueue_args", "text"]
 
 _msgpack = msgspec.msgpack.Encoder()
 _json = msgspec.json.Encoder()
@@ -161,3 +161,8 @@ def decode(row: Sequence[bytes | None]) -> Job | None:
         worker=_str(worker),
         cancel_requested=cancel_requested == b"1",
     )
+
+
+def text(value: bytes | str) -> str:
+    """A reply value as `str`."""
+    return value.decode() if isinstance(value, bytes) else value

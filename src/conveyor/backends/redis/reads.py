@@ -1,0 +1,159 @@
+"""The Redis backend's reads: jobs by id, counts per queue and state, filtered paging.
+
+Counts are `ZCARD`s of the per-(queue, state) index sets, and queries merge those indexes in
+enqueue order, so neither scans the keyspace however many jobs are stored.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+from collections.abc import Sequence
+
+from conveyor.backends.base import JobFilter, Page
+from conveyor.backends.redis.codec import Keys, decode, text
+from conveyor.backends.redis.connect import Conn
+from conveyor.backends.redis.scripts import FIELDS
+from conveyor.job import Job, JobState
+
+__all__ = ["SWEEP", "Reads"]
+
+SWEEP = 1000  # ids per round trip, and jobs per queue per promote/rescue/purge call
+_STATES = tuple(JobState)
+
+
+class Reads(abc.ABC):
+    """`get`, `counts` and `query` for `RedisBackend`, which supplies the connection."""
+
+    keys: Keys
+
+    @abc.abstractmethod
+    async def _conn(self) -> Conn: ...
+
+    @abc.abstractmethod
+    def _errors(self, what: str) -> contextlib.AbstractContextManager[None]: ...
+
+    @abc.abstractmethod
+    async def _queues(self, conn: Conn) -> list[str]: ...
+
+    async def get(self, ids: Sequence[str]) -> list[Job | None]:
+        if not ids:
+            return []
+        conn = await self._conn()
+        with self._errors("get"):
+            return await self._get(conn, list(ids))
+
+    async def _get(self, conn: Conn, ids: list[str]) -> list[Job | None]:
+        out: list[Job | None] = [None] * len(ids)
+        for s in range(0, len(ids), SWEEP):
+            chunk = ids[s : s + SWEEP]
+            if self.keys.cluster:
+                queues = await conn.client.hmget(self.keys.idx, chunk)
+            else:
+                queues = [b""] * len(chunk)
+            found = [(i, text(q)) for i, q in enumerate(queues) if q is not None]
+            if not found:
+                continue
+            async with conn.client.pipeline(transaction=False) as pipe:
+                for i, q in found:
+                    pipe.hmget(self.keys.job(q, chunk[i]), FIELDS)
+                rows = await pipe.execute()
+            for (i, _), row in zip(found, rows, strict=True):
+                out[s + i] = decode(row)
+        return out
+
+    async def counts(self, queue: str | None = None) -> dict[str, dict[JobState, int]]:
+        conn = await self._conn()
+        with self._errors("counts"):
+            queues = [queue] if queue is not None else await self._queues(conn)
+            if not queues:
+                return {}
+            async with conn.client.pipeline(transaction=False) as pipe:
+                for q in queues:
+                    for state in _STATES:
+                        pipe.zcard(self.keys.q(q, f"state:{state.value}"))
+                sizes = await pipe.execute()
+        out: dict[str, dict[JobState, int]] = {}
+        for n, q in enumerate(queues):
+            per = {s: int(c) for s, c in zip(_STATES, sizes[n * 6 : n * 6 + 6], strict=True) if c}
+            if per:
+                out[q] = per
+        return out
+
+    async def query(self, filter: JobFilter, after: str | None = None, limit: int = 100) -> Page:
+        conn = await self._conn()
+        with self._errors("query"):
+            queues = [filter.queue] if filter.queue else await self._queues(conn)
+            states = [filter.state] if filter.state else list(_STATES)
+            sources = [(q, self.keys.q(q, f"state:{s.value}")) for q in queues for s in states]
+            return await self._query(conn, filter, sources, _cursor(after), max(1, limit))
+
+    async def _query(
+        self,
+        conn: Conn,
+        filter: JobFilter,
+        sources: list[tuple[str, str]],
+        cursor: tuple[int, str],
+        limit: int,
+    ) -> Page:
+        """Merge the (queue, state) indexes in (seq, queue) order, filtering as we go."""
+        batch = min(max(limit + 1, 200), 2000)
+        matches: list[tuple[tuple[int, str], Job]] = []
+        while sources and len(matches) <= limit:
+            async with conn.client.pipeline(transaction=False) as pipe:
+                for _, key in sources:
+                    pipe.zrangebyscore(key, cursor[0], "+inf", start=0, num=batch, withscores=True)
+                fetched = await pipe.execute()
+            horizon: tuple[int, str] | None = None
+            entries: list[tuple[tuple[int, str], str]] = []
+            for (q, _), rows in zip(sources, fetched, strict=True):
+                for member, score in rows:
+                    pos = (int(score), q)
+                    if pos > cursor:
+                        entries.append((pos, member.decode()))
+                if len(rows) == batch:  # truncated: only positions up to its last are safe
+                    last = (int(rows[-1][1]), q)
+                    horizon = last if horizon is None else min(horizon, last)
+            entries.sort()
+            if horizon is not None:
+                entries = [e for e in entries if e[0] <= horizon]
+                # Keep the sources that may hold more past the horizon.
+                sources = [
+                    src
+                    for src, rows in zip(sources, fetched, strict=True)
+                    if len(rows) == batch or (rows and (int(rows[-1][1]), src[0]) > horizon)
+                ]
+            jobs = await self._get_in(conn, [(pos[1], member) for pos, member in entries])
+            for (pos, _), job in zip(entries, jobs, strict=True):
+                if job is not None and _matches(job, filter):
+                    matches.append((pos, job))
+            if horizon is None:
+                break
+            cursor = horizon
+        page = matches[:limit]
+        nxt = f"{page[-1][0][0]}/{page[-1][0][1]}" if len(matches) > limit else None
+        return Page([job for _, job in page], nxt)
+
+    async def _get_in(self, conn: Conn, where: list[tuple[str, str]]) -> list[Job | None]:
+        if not where:
+            return []
+        async with conn.client.pipeline(transaction=False) as pipe:
+            for q, job_id in where:
+                pipe.hmget(self.keys.job(q, job_id), FIELDS)
+            rows = await pipe.execute()
+        return [decode(row) for row in rows]
+
+
+def _matches(job: Job, f: JobFilter) -> bool:
+    return (
+        (f.state is None or job.state is f.state)
+        and (f.task is None or job.task == f.task)
+        and (f.key is None or job.key == f.key)
+    )
+
+
+def _cursor(after: str | None) -> tuple[int, str]:
+    if not after:
+        return (0, "")
+    seq, _, queue = after.partition("/")
+    return (int(seq), queue) if seq.isdigit() else (0, "")
