@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 
-from celery import Celery, group
+from celery import Celery
 
 from bench.peers_redis import probe
 from bench.peers_redis.base import Adapter as _Base
@@ -33,7 +33,9 @@ class Adapter(_Base):
     name = "celery"
     app_module = __name__
     single_api = "noop.delay()"
-    bulk_api = "group(noop.s() × n).apply_async()"
+    # group(noop.s() × n).apply_async() measured ~15% slower here than a loop sharing one
+    # producer (connection + channel), so the loop is Celery's best bulk path.
+    bulk_api = "no bulk API: loop of apply_async on one producer (faster than group())"
     defaults = (
         "prefork pool (default), prefetch multiplier 4 (default); -c 1 for 1p, -c 2 for 2p "
         f"(default = CPU count = {os.cpu_count()})"
@@ -46,7 +48,9 @@ class Adapter(_Base):
         noop.delay()
 
     async def enqueue_bulk(self, n: int) -> None:
-        group(noop.s() for _ in range(n)).apply_async()
+        with app.producer_or_acquire() as producer:
+            for _ in range(n):
+                noop.apply_async(producer=producer)
 
     async def enqueue_stamp(self, sent: float) -> None:
         stamp.delay(sent)

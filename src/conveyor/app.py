@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from types import TracebackType
 from typing import Any, ParamSpec, Protocol, Self, TypeVar, overload
 
@@ -43,8 +43,10 @@ class App:
     """A Conveyor application: where jobs are stored and which tasks exist.
 
     Args:
-        url: the store. ``sqlite:///jobs.db`` (default ``sqlite:///conveyor.db``),
-            ``memory://`` for tests.
+        url: the store. ``sqlite:///jobs.db`` (default ``sqlite:///conveyor.db``; four
+            slashes for an absolute path), ``redis://host:6379/0?prefix=myapp`` (also
+            ``rediss://``, ``redis+cluster://``; needs ``conveyor[redis]``), ``memory://``
+            for tests.
         clock: the time source (`FakeClock` in tests).
         max_payload: largest encoded arguments accepted per job, in bytes (default 1 MiB).
         backend: an already built backend, instead of `url`.
@@ -199,7 +201,3 @@ class App:
             asyncio.run(self.aclose())
             return
         raise RuntimeError("App.close() called inside an event loop; use await app.aclose()")
-
-    def get_meta(self) -> Mapping[str, object]:
-        """A summary for logs and the CLI: URL and registered task names."""
-        return {"url": self.url, "tasks": sorted(t.name for t in self.registry)}

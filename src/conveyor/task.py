@@ -8,6 +8,7 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, ParamSpec, TypeVar, Unpack
 
+from conveyor.backends.base import JobFilter
 from conveyor.errors import ConfigError, InvalidArguments
 from conveyor.handle import JobHandle
 from conveyor.job import Job
@@ -91,8 +92,6 @@ class Task(Generic[P, R]):
         return handles
 
     async def _holder(self, key: str) -> str | None:
-        from conveyor.backends.base import JobFilter
-
         backend = self.registry.producer.backend
         page = await backend.query(JobFilter(key=key, task=self.name), limit=1000)
         live = [j for j in page.jobs if not j.state.terminal] or page.jobs
