@@ -79,3 +79,31 @@ def test_errors_are_one_clear_line(project: Path, args: tuple[str, ...], message
     assert out.returncode != 0
     assert message in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_enqueue_wait_cancel_and_purge(project: Path) -> None:
+    delayed = run(project, "enqueue", "add", "--args", "[1, 2]", "--delay", "3600")
+    assert delayed.returncode == 0, delayed.stderr
+    job_id = delayed.stdout.strip()
+    cancelled = run(project, "inspect", "cancel", job_id, "--reason", "not needed")
+    assert f"{job_id}: cancelled" in cancelled.stdout
+    keyed = run(project, "enqueue", "add", "--args", "[2, 2]", "--key", "k-1")
+    again = run(project, "enqueue", "add", "--args", "[2, 2]", "--key", "k-1")
+    assert "(existing job with that key)" in again.stdout
+    assert again.stdout.split()[0] == keyed.stdout.strip()
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "conveyor", "worker", "myapp:app"],
+        cwd=project,
+        env={**os.environ, "CONVEYOR_APP": "myapp:app"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        waited = run(project, "enqueue", "add", "--args", "[20, 22]", "--wait", "20")
+        assert waited.returncode == 0, waited.stderr
+        assert waited.stdout.splitlines()[-1] == "42"
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+    purged = run(project, "inspect", "purge", "--state", "cancelled")
+    assert "purged 1 job(s)" in purged.stdout
