@@ -50,6 +50,7 @@ STARTUP_TIMEOUT = 60.0  # seconds for a worker to start its first job
 STALL_TIMEOUT = 30.0  # seconds without progress before a drain is called failed
 
 PROCS: list[subprocess.Popen[bytes]] = []  # every worker process we started and not stopped
+SERVER: list[RedisServer] = []  # stopped in main()'s finally too (idempotent)
 LOGDIR = Path(tempfile.mkdtemp(prefix="conveyor-peers-"))
 
 
@@ -213,8 +214,9 @@ class Bench:
                     raise RuntimeError(f"worker exited {dead[0].returncode}: {log_tail(dead)}")
                 if count == 0:
                     if now - t0 > STARTUP_TIMEOUT:
-                        raise TimeoutError(f"no job started in {STARTUP_TIMEOUT:.0f} s: "
-                                           f"{log_tail(procs)}")
+                        raise TimeoutError(
+                            f"no job started in {STARTUP_TIMEOUT:.0f} s: {log_tail(procs)}"
+                        )
                     continue
                 began = began or now
                 note = ""
@@ -249,7 +251,7 @@ class Bench:
                 await asyncio.sleep(0.2)
             await asyncio.sleep(1.0)  # warm-up probes drained; worker idle
             for _ in range(self.samples):
-                await asyncio.sleep(0.02)
+                await asyncio.sleep(ad.latency_gap)
                 await ad.enqueue_stamp(time.time())
             deadline = time.monotonic() + 15
             while True:
@@ -278,15 +280,17 @@ def print_table(results: list[Result], runs: int) -> None:
     head = ["system", "single/s", "bulk/s", "drain 1p/s", "drain 2p/s", "p50 ms", "p99 ms"]
     rows = []
     for r in results:
-        rows.append([
-            r.name,
-            fmt(med(r.single)),
-            fmt(med(r.bulk)),
-            fmt(med(r.drain1)),
-            fmt(med(r.drain2)),
-            fmt(med(r.p50), 2),
-            fmt(med(r.p99), 2),
-        ])
+        rows.append(
+            [
+                r.name,
+                fmt(med(r.single)),
+                fmt(med(r.bulk)),
+                fmt(med(r.drain1)),
+                fmt(med(r.drain2)),
+                fmt(med(r.p50), 2),
+                fmt(med(r.p99), 2),
+            ]
+        )
     what = "median of 3" if runs == 3 else f"median of {runs}" if runs > 1 else "1 run"
     print(f"\n## Results ({what} each; N = see header)\n")
     print("| " + " | ".join(head) + " |")
@@ -316,36 +320,81 @@ def verdicts(results: list[Result]) -> None:
     print("| column | Conveyor | best peer | ratio | target | verdict |")
     print("|---|---:|---:|---:|---|---|")
 
-    def line(col: str, mine: float | None, peer: tuple[float | None, str], ok: bool | None,
-             target: str, digits: int = 0, low: bool = False) -> None:
+    def line(
+        col: str,
+        mine: float | None,
+        peer: tuple[float | None, str],
+        ok: bool | None,
+        target: str,
+        digits: int = 0,
+        low: bool = False,
+    ) -> None:
         pv, pn = peer
         ratio = "—"
         if mine and pv:
             ratio = f"{(pv / mine) if low else (mine / pv):.2f}×"
         verdict = "n/a" if ok is None else "PASS" if ok else "MISS"
-        print(f"| {col} | {fmt(mine, digits)} | {fmt(pv, digits)} ({pn}) | {ratio} | {target} "
-              f"| {verdict} |")
+        print(
+            f"| {col} | {fmt(mine, digits)} | {fmt(pv, digits)} ({pn}) | {ratio} | {target} "
+            f"| {verdict} |"
+        )
 
     c1, c2 = med(conv.drain1), med(conv.drain2)
     b1 = best("drain1")
-    line("drain 1p/s", c1, b1, None if c1 is None or b1[0] is None else
-         c1 >= 3 * b1[0] and c1 >= 5000, "≥ 3× fastest peer and ≥ 5,000/s")
-    line("drain 2p/s", c2, best("drain2"), None if c1 is None or c2 is None else c2 >= 1.7 * c1,
-         f"≥ 1.7× Conveyor 1p ({fmt(None if c1 is None else 1.7 * c1)})")
+    line(
+        "drain 1p/s",
+        c1,
+        b1,
+        None if c1 is None or b1[0] is None else c1 >= 3 * b1[0] and c1 >= 5000,
+        "≥ 3× fastest peer and ≥ 5,000/s",
+    )
+    line(
+        "drain 2p/s",
+        c2,
+        best("drain2"),
+        None if c1 is None or c2 is None else c2 >= 1.7 * c1,
+        f"≥ 1.7× Conveyor 1p ({fmt(None if c1 is None else 1.7 * c1)})",
+    )
     cs, bs = med(conv.single), best("single")
-    line("single enqueue/s", cs, bs, None if cs is None or bs[0] is None else cs >= bs[0],
-         "≥ fastest peer")
+    line(
+        "single enqueue/s",
+        cs,
+        bs,
+        None if cs is None or bs[0] is None else cs >= bs[0],
+        "≥ fastest peer",
+    )
     cb, bb = med(conv.bulk), best("bulk")
-    line("bulk enqueue/s", cb, bb, None if cb is None or bb[0] is None else
-         cb >= 3 * bb[0] and cb >= 18000, "≥ 3× fastest peer and ≥ 18,000/s")
+    line(
+        "bulk enqueue/s",
+        cb,
+        bb,
+        None if cb is None or bb[0] is None else cb >= 3 * bb[0] and cb >= 18000,
+        "≥ 3× fastest peer and ≥ 18,000/s",
+    )
     c50, b50 = med(conv.p50), best("p50", low=True)
-    line("latency p50 ms", c50, b50, None if c50 is None or b50[0] is None else c50 < b50[0],
-         "below every peer", 2, low=True)
+    line(
+        "latency p50 ms",
+        c50,
+        b50,
+        None if c50 is None or b50[0] is None else c50 < b50[0],
+        "below every peer",
+        2,
+        low=True,
+    )
     c99, b99 = med(conv.p99), best("p99", low=True)
-    line("latency p99 ms", c99, b99, None if c99 is None or b99[0] is None else c99 < b99[0],
-         "below every peer", 2, low=True)
-    print("\n(ratio: Conveyor ÷ best peer for rates; best peer ÷ Conveyor for latencies, so > 1× "
-          "is Conveyor ahead in every row)")
+    line(
+        "latency p99 ms",
+        c99,
+        b99,
+        None if c99 is None or b99[0] is None else c99 < b99[0],
+        "below every peer",
+        2,
+        low=True,
+    )
+    print(
+        "\n(ratio: Conveyor ÷ best peer for rates; best peer ÷ Conveyor for latencies, so > 1× "
+        "is Conveyor ahead in every row)"
+    )
 
 
 # ---------------------------------------------------------------- main
@@ -357,7 +406,7 @@ async def run(args: argparse.Namespace) -> None:
     n = args.n or (2_000 if quick else 20_000)
     single_n = 500 if quick else 2_000
     samples = 50 if quick else 200
-    window = args.window or (4.0 if quick else 8.0)
+    window = args.window or (4.0 if quick else 6.0)
     names = [s.strip() for s in args.only.split(",")] if args.only else SYSTEMS
     unknown = set(names) - set(SYSTEMS)
     if unknown:
@@ -365,12 +414,18 @@ async def run(args: argparse.Namespace) -> None:
 
     t_start = time.monotonic()
     with RedisServer() as server:
+        SERVER.append(server)
         bench = Bench(server.url, n, single_n, samples, window)
-        print(f"redis-server {server.url}; python {sys.version.split()[0]} ({sys.executable}); "
-              f"{os.cpu_count()} CPUs; load {os.getloadavg()[0]:.2f}")
-        print(f"single N={single_n:,}, bulk N={n:,}, drain N={n:,} (rq: fewer, see notes) with "
-              f"a {window:.0f} s processing window, latency {samples} probes 20 ms apart; "
-              f"{runs} run(s); worker logs in {LOGDIR}")
+        print(
+            f"redis-server {server.url}; python {sys.version.split()[0]} ({sys.executable}); "
+            f"{os.cpu_count()} CPUs; load {os.getloadavg()[0]:.2f}"
+        )
+        print(
+            f"single N={single_n:,}, bulk N={n:,}, drain N={n:,} (rq: fewer, see notes) with "
+            f"a {window:.0f} s processing window, latency {samples} probes 20 ms apart "
+            "(rq: 100 ms); "
+            f"{runs} run(s); worker logs in {LOGDIR}"
+        )
 
         results: dict[str, Result] = {}
         adapters: dict[str, Any] = {}
@@ -382,7 +437,9 @@ async def run(args: argparse.Namespace) -> None:
                 mod = importlib.import_module(f"bench.peers_redis.{name}_app")
                 ad = mod.Adapter(bench.url(name))
                 res.bulk_api = ad.bulk_api
-                await asyncio.wait_for(ad.open(), 30)
+                # Not under wait_for: that runs it in another task, and streaQ's client
+                # context must be left in the context (task) it was entered in.
+                await ad.open()
                 await bench.flush(ad)
                 adapters[name] = ad
                 print(f"  {name}: worker defaults: {ad.defaults}", flush=True)
@@ -390,32 +447,48 @@ async def run(args: argparse.Namespace) -> None:
                 res.error = f"{type(exc).__name__}: {exc}"
                 res.fail("setup", exc)
 
-        for i in range(runs):
-            print(f"\n# run {i + 1}/{runs} (elapsed {time.monotonic() - t_start:.0f} s)",
-                  flush=True)
-            for name, ad in adapters.items():
-                res = results[name]
-                t0 = time.monotonic()
-                await measure(bench, ad, res, n)
-                print(f"  {name:<9} single {fmt(res.single[-1] if res.single else None):>7}  "
-                      f"bulk {fmt(res.bulk[-1] if res.bulk else None):>7}  "
-                      f"1p {fmt(res.drain1[-1] if res.drain1 else None):>7}  "
-                      f"2p {fmt(res.drain2[-1] if res.drain2 else None):>7}  "
-                      f"p50 {fmt(res.p50[-1] if res.p50 else None, 2):>6}  "
-                      f"p99 {fmt(res.p99[-1] if res.p99 else None, 2):>6} ms  "
-                      f"({time.monotonic() - t0:.0f} s)", flush=True)
-
-        for ad in adapters.values():
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(ad.close(), 10)
+        try:
+            await run_all(bench, adapters, results, runs, n, t_start)
+        finally:
+            for ad in adapters.values():
+                with contextlib.suppress(Exception):
+                    await ad.close()
         ordered = [results[name] for name in names]
         for r in ordered:
             if r.error:
                 r.notes.insert(0, f"FAILED: {r.error}")
         print_table(ordered, runs)
         verdicts(ordered)
-        print(f"\nload average at end {os.getloadavg()[0]:.2f}; "
-              f"total {time.monotonic() - t_start:.0f} s")
+        print(
+            f"\nload average at end {os.getloadavg()[0]:.2f}; "
+            f"total {time.monotonic() - t_start:.0f} s"
+        )
+
+
+async def run_all(
+    bench: Bench,
+    adapters: dict[str, Any],
+    results: dict[str, Result],
+    runs: int,
+    n: int,
+    t_start: float,
+) -> None:
+    for i in range(runs):
+        print(f"\n# run {i + 1}/{runs} (elapsed {time.monotonic() - t_start:.0f} s)", flush=True)
+        for name, ad in adapters.items():
+            res = results[name]
+            t0 = time.monotonic()
+            await measure(bench, ad, res, n)
+            print(
+                f"  {name:<9} single {fmt(res.single[-1] if res.single else None):>7}  "
+                f"bulk {fmt(res.bulk[-1] if res.bulk else None):>7}  "
+                f"1p {fmt(res.drain1[-1] if res.drain1 else None):>7}  "
+                f"2p {fmt(res.drain2[-1] if res.drain2 else None):>7}  "
+                f"p50 {fmt(res.p50[-1] if res.p50 else None, 2):>6}  "
+                f"p99 {fmt(res.p99[-1] if res.p99 else None, 2):>6} ms  "
+                f"({time.monotonic() - t0:.0f} s)",
+                flush=True,
+            )
 
 
 async def measure(bench: Bench, ad: Any, res: Result, n: int) -> None:
@@ -433,6 +506,8 @@ async def measure(bench: Bench, ad: Any, res: Result, n: int) -> None:
     if rate is not None:
         res.single.append(rate)
 
+    if ad.latency_gap != 0.02:
+        res.notes.append(f"latency probes {ad.latency_gap * 1000:.0f} ms apart")
     drain_n = ad.drain_jobs or n
     if ad.drain_jobs:
         res.notes.append(f"drain on {drain_n:,} jobs")
@@ -478,20 +553,30 @@ def main() -> None:
     parser.add_argument("--only", default="", help=f"comma-separated subset of {SYSTEMS}")
     parser.add_argument("--runs", type=int, default=0, help="runs (default 3, --quick 1)")
     parser.add_argument("--n", type=int, default=0, help="bulk/drain jobs (default 20,000)")
-    parser.add_argument("--window", type=float, default=0.0,
-                        help="drain processing window, seconds (default 8, --quick 4)")
+    parser.add_argument(
+        "--window",
+        type=float,
+        default=0.0,
+        help="drain processing window, seconds (default 6, --quick 4)",
+    )
     args = parser.parse_args()
 
-    def on_term(signum: int, frame: Any) -> None:
+    def on_signal(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, on_term)
+    # Our own handler for both, raising at once: asyncio.run's SIGINT handler only cancels
+    # the main task, and a cancel that lands while a sync client (Celery, Dramatiq, RQ)
+    # blocks the loop can be swallowed by wait_for (Python 3.11).
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
     try:
         asyncio.run(run(args))
     except KeyboardInterrupt:
         print("\ninterrupted; stopping workers", file=sys.stderr)
     finally:
         stop_all()
+        if SERVER:
+            SERVER[0].stop()
         if not os.environ.get("BENCH_KEEP_LOGS"):
             import shutil
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
@@ -30,7 +30,7 @@ async def stamp(ctx: dict[str, Any], sent: float) -> None:
 
 
 class WorkerSettings:
-    functions = [noop, stamp]
+    functions: ClassVar[list[Any]] = [noop, stamp]
     redis_settings = REDIS
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 __all__ = ["Adapter", "script"]
 
@@ -33,7 +34,8 @@ class Adapter:
     single_api = ""
     defaults = ""  # the worker's documented defaults, and what we pass
     drain_jobs: int | None = None  # fewer jobs for the drain (RQ: one fork per job)
-    env: dict[str, str] = {}  # extra environment for worker processes
+    env: ClassVar[dict[str, str]] = {}  # extra environment for worker processes
+    latency_gap = 0.02  # seconds between latency probes
 
     def __init__(self, url: str) -> None:
         self.url = url

@@ -35,7 +35,9 @@ class Adapter(_Base):
     app_module = __name__
     single_api = "noop.send()"
     bulk_api = "no bulk API: loop of broker.enqueue (what group().run() does)"
-    defaults = f"8 threads/process (default); -p 1 / -p 2 (default -p = CPU count = {os.cpu_count()})"
+    defaults = (
+        f"8 threads/process (default); -p 1 / -p 2 (default -p = CPU count = {os.cpu_count()})"
+    )
 
     async def open(self) -> None:
         noop.send()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import ClassVar
 
 from redis import Redis
 from rq import Queue
@@ -36,7 +37,10 @@ class Adapter(_Base):
     bulk_api = "Queue.enqueue_many (one pipeline)"
     defaults = "Worker (fork per job, default); 2p: two `rq worker` processes"
     drain_jobs = 500
-    env = {"BENCH_PROBE_DIRECT": "1"}  # the work horse exits after each job
+    env: ClassVar[dict[str, str]] = {"BENCH_PROBE_DIRECT": "1"}  # the horse exits per job
+    # A fork per job caps RQ near 30-60 jobs/s: probes 20 ms apart would queue behind each
+    # other and measure backlog, not idle latency. 100 ms apart the worker is idle again.
+    latency_gap = 0.1
 
     async def open(self) -> None:
         queue.enqueue(noop)
