@@ -15,6 +15,7 @@ bench's loop costs nothing.
 
 from __future__ import annotations
 
+import abc
 import sys
 from pathlib import Path
 from typing import ClassVar
@@ -27,7 +28,7 @@ def script(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
 
-class Adapter:
+class Adapter(abc.ABC):
     name = ""
     app_module = ""
     bulk_api = ""  # which API `enqueue_bulk` uses, for the table
@@ -49,15 +50,18 @@ class Adapter:
     async def reset(self) -> None:
         """Called after the bench flushed this system's database, before enqueueing."""
 
+    @abc.abstractmethod
     async def enqueue_one(self) -> None:
-        raise NotImplementedError
+        """Enqueue one no-op job."""
 
+    @abc.abstractmethod
     async def enqueue_bulk(self, n: int) -> None:
-        raise NotImplementedError
+        """Enqueue `n` no-op jobs with the system's best bulk API."""
 
+    @abc.abstractmethod
     async def enqueue_stamp(self, sent: float) -> None:
-        raise NotImplementedError
+        """Enqueue one latency probe carrying its send time."""
 
+    @abc.abstractmethod
     def worker_cmd(self, processes: int) -> list[list[str]]:
         """argv of the worker processes to start for `processes` worker processes."""
-        raise NotImplementedError

@@ -7,6 +7,7 @@ result, re-queues failures per the retry policy and drains everything on close.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import heapq
 import itertools
@@ -27,7 +28,7 @@ R = TypeVar("R")
 NEW, OPEN, CLOSING, CLOSED = "new", "open", "closing", "closed"
 
 
-class Engine(Generic[T, R]):
+class Engine(abc.ABC, Generic[T, R]):
     """Flush rules, handler calls and lifecycle; subclasses supply the waiting queue."""
 
     def __init__(
@@ -90,29 +91,29 @@ class Engine(Generic[T, R]):
 
     # -- the waiting queue: subclass hooks ---------------------------------------------
 
+    @abc.abstractmethod
     def _fresh_ready(self) -> int:
         """New items that may join the next batch now."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _fresh_since(self) -> float:
         """When the longest-waiting ready new item started waiting (one exists)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _take_fresh(self, k: int) -> list[Entry[T, R]]:
         """Remove and return up to `k` ready new items, in flush order."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _fresh_entries(self) -> list[Entry[T, R]]:
         """Every new item waiting, ready or not."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _clear_fresh(self) -> None:
         """Forget every new item waiting (their futures are failed by the caller)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _depth(self) -> int:
         """New items waiting, ready or not (bounded by `capacity`)."""
-        raise NotImplementedError
 
     def _make_ready(self, now: float) -> float | None:
         """Mark items whose not-before time passed ready; return the next such time."""
