@@ -41,13 +41,13 @@ class Adapter(abc.ABC):
     def __init__(self, url: str) -> None:
         self.url = url
 
-    async def open(self) -> None:
+    async def open(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Connect (the first connection is not timed)."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Release connections."""
 
-    async def reset(self) -> None:
+    async def reset(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Called after the bench flushed this system's database, before enqueueing."""
 
     @abc.abstractmethod
