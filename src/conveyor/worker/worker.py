@@ -14,7 +14,6 @@ import logging
 import os
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 from conveyor.backends.base import Backend
 from conveyor.clock import Clock
@@ -26,6 +25,7 @@ from conveyor.task import BatchTask
 from conveyor.worker.batch import BatchRunner
 from conveyor.worker.config import QueueSelector, WorkerConfig
 from conveyor.worker.execute import execute, precheck
+from conveyor.worker.lease import Running, heartbeat
 from conveyor.worker.stats import WorkerStats, record
 from conveyor.worker.threads import DaemonThreadPool
 
@@ -35,17 +35,6 @@ log = logging.getLogger("conveyor.worker")
 
 # Backoff while the store is unreachable, in seconds.
 _BACKOFF_MIN, _BACKOFF_MAX = 0.05, 2.0
-
-
-@dataclass(slots=True)
-class _Running:
-    lease: Lease
-    task: asyncio.Task[None] | None = None
-    lost: bool = False
-    interrupted: bool = False
-    settling: bool = False  # outcome handed to the settle batcher
-    grouped: bool = False  # runs inside a batch-task group (one task for many jobs)
-    started: float = field(default=0.0)
 
 
 class Worker:
@@ -70,7 +59,7 @@ class Worker:
         self.name = config.name or f"{socket.gethostname()}:{os.getpid()}"
         self.stats = WorkerStats()
         self._selector = QueueSelector(config.queues, config.strict)
-        self._running: dict[str, _Running] = {}
+        self._running: dict[str, Running] = {}
         self._slot_free = asyncio.Event()
         self._stopping = asyncio.Event()
         self._hurry = asyncio.Event()  # second stop: cancel running jobs now
@@ -140,10 +129,19 @@ class Worker:
                     await stack.enter_async_context(runner.batcher)
                 tg = await stack.enter_async_context(asyncio.TaskGroup())
                 self._settler, self._batches = settler, runners
-                heartbeat = tg.create_task(self._heartbeat_loop(), name="conveyor-heartbeat")
+                beat = heartbeat(
+                    self.backend,
+                    self._running,
+                    every=cfg.heartbeat,
+                    lease_for=cfg.lease_for,
+                    clock=self.clock,
+                    stats=self.stats,
+                    worker=self.name,
+                )
+                heartbeats = tg.create_task(beat, name="conveyor-heartbeat")
                 await self._fetch_loop(tg)
                 await self._drain()
-                heartbeat.cancel()
+                heartbeats.cancel()
         finally:
             self._settler, self._batches = None, {}
             self._threads.shutdown(wait=False, cancel_futures=True)
@@ -190,9 +188,9 @@ class Worker:
     def _spawn(self, tg: asyncio.TaskGroup, leases: list[Lease]) -> None:
         """One task per job; jobs of a batch task share one task per claimed group."""
         now = self.clock.monotonic()
-        groups: dict[str, list[_Running]] = {}
+        groups: dict[str, list[Running]] = {}
         for lease in leases:
-            entry = _Running(lease, started=now)
+            entry = Running(lease, started=now)
             self._running[lease.id] = entry
             if lease.job.task in self._batches:
                 groups.setdefault(lease.job.task, []).append(entry)
@@ -292,7 +290,7 @@ class Worker:
 
     # -- one job ---------------------------------------------------------------------------
 
-    async def _run_one(self, entry: _Running) -> None:
+    async def _run_one(self, entry: Running) -> None:
         lease = entry.lease
         try:
             assert self._threads is not None
@@ -316,11 +314,11 @@ class Worker:
             self._running.pop(lease.id, None)
             self._slot_free.set()
 
-    async def _run_group(self, name: str, entries: list[_Running]) -> None:
+    async def _run_group(self, name: str, entries: list[Running]) -> None:
         """Jobs of one batch task claimed together: one submit, one settle."""
         outcomes: dict[str, Outcome] = {}
         try:
-            ready: list[_Running] = []
+            ready: list[Running] = []
             for entry in entries:
                 pre = precheck(self.registry, entry.lease, self.clock)
                 if pre is None:
@@ -371,7 +369,7 @@ class Worker:
             start += len(group)
         return out
 
-    async def _settle(self, pairs: list[tuple[_Running, Outcome]]) -> None:
+    async def _settle(self, pairs: list[tuple[Running, Outcome]]) -> None:
         """Record outcomes through the settle batcher, then count and log them. While the
         store is down, retry until the leases would have expired anyway (then the jobs are
         rescued and run again: at-least-once)."""
@@ -401,35 +399,3 @@ class Worker:
         now = self.clock.monotonic()
         for (entry, outcome), ok in zip(pairs, settled, strict=True):
             record(self.stats, entry.lease.job, outcome, ok, now - entry.started, self.clock)
-
-    # -- heartbeat -------------------------------------------------------------------------
-
-    async def _heartbeat_loop(self) -> None:
-        cfg = self.config
-        while True:
-            await self.clock.sleep(cfg.heartbeat)
-            # Jobs whose outcome is on its way to the store need no heartbeat: their settle
-            # is fenced by the same token and lands well inside the lease.
-            entries = [e for e in self._running.values() if not (e.lost or e.settling)]
-            if not entries:
-                continue
-            try:
-                results = await self.backend.extend([e.lease for e in entries], cfg.lease_for)
-            except Exception:
-                log.exception("worker %s: heartbeat failed; will retry", self.name)
-                continue
-            for entry, new in zip(entries, results, strict=True):
-                if new is None and entry.settling:
-                    continue  # settled while the heartbeat was in flight: not lost
-                if new is None:
-                    entry.lost = True
-                    self.stats.lost += 1
-                    log.warning(
-                        "job %s (%s): lease lost or cancel requested; stopping it",
-                        entry.lease.id,
-                        entry.lease.job.task,
-                    )
-                    if entry.task is not None and not entry.grouped:
-                        entry.task.cancel()  # a grouped job finishes with its batch, unsettled
-                else:
-                    entry.lease = new
