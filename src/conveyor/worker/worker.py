@@ -253,7 +253,12 @@ class Worker:
             )
             for lease in leases
         ]
-        await self.backend.settle(outcomes)
+        try:
+            await self.backend.settle(outcomes)
+        except BackendError as exc:
+            # Not lost: their leases expire and maintenance puts them back.
+            log.warning("worker %s: could not hand back %d unstarted job(s) (%s); they return "
+                        "to the queue when their leases expire", self.name, len(leases), exc)  # fmt: skip
 
     async def _drain(self) -> None:
         """Phase two of shutdown: wait `grace` for running jobs, then cancel the rest."""
