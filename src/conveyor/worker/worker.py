@@ -257,8 +257,13 @@ class Worker:
             await self.backend.settle(outcomes)
         except BackendError as exc:
             # Not lost: their leases expire and maintenance puts them back.
-            log.warning("worker %s: could not hand back %d unstarted job(s) (%s); they return "
-                        "to the queue when their leases expire", self.name, len(leases), exc)  # fmt: skip
+            log.warning(
+                "worker %s: could not hand back %d unstarted job(s) (%s); they return to the "
+                "queue when their leases expire",
+                self.name,
+                len(leases),
+                exc,
+            )
 
     async def _drain(self) -> None:
         """Phase two of shutdown: wait `grace` for running jobs, then cancel the rest."""
