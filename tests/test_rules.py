@@ -95,6 +95,10 @@ async def test_fake_clock_wakes_sleepers_only_when_advanced() -> None:
     assert woke == [105, 110]
     with pytest.raises(ValueError, match="advance"):
         clock.advance(-1)
+    clock.set(200)
+    assert clock.now() == 200
+    clock.set(150)  # never backwards
+    assert clock.now() == 200
 
 
 def test_job_ids_sort_by_time_and_are_unique() -> None:

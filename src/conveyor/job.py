@@ -55,7 +55,6 @@ class JobState(enum.StrEnum):
 
 
 TERMINAL = frozenset({JobState.COMPLETED, JobState.FAILED, JobState.CANCELLED})
-LIVE = frozenset({JobState.SCHEDULED, JobState.QUEUED, JobState.RUNNING})
 
 
 class AttemptError(msgspec.Struct, frozen=True):

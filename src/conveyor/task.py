@@ -218,7 +218,11 @@ class BatchTask(Task[[T], R]):
 
         item.__annotations__ = {"item": item_type, "return": None}
         super().__init__(registry, item, name=name or fn.__name__, retry=retry, defaults=defaults)
+        # The codec was built from the item shape above; from here on `fn` is the user's
+        # handler (registry messages and introspection name it).
         self.handler = fn
+        self.fn = fn  # type: ignore[assignment]
+        self.__wrapped__ = fn  # type: ignore[assignment]
         self.__doc__ = fn.__doc__
 
     def __call__(self, items: list[T]) -> object:

@@ -106,8 +106,12 @@ async def execute(
     now = clock.now()
     task = registry.find(job.task)
     assert task is not None
-    if task.batch is not None and batches is not None:
-        return await batches[task.name].run(lease)
+    if task.batch is not None:
+        runner = (batches or {}).get(task.name)
+        if runner is None:
+            exc = ConveyorError(f"batch task {task.name!r} has no batch runner in this worker")
+            return Failed(attempt_error(lease, exc, now, "InternalError"))
+        return await runner.run(lease)
     try:
         arguments = task.codec.decode(job.payload)
     except ConveyorError as exc3:

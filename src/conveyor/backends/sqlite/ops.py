@@ -32,7 +32,6 @@ _json = msgspec.json.Encoder()
 _errors_type = msgspec.json.Decoder(tuple[AttemptError, ...])
 _meta_type: msgspec.json.Decoder[Mapping[str, object]] = msgspec.json.Decoder(dict[str, object])
 _STATES = {s.value: s for s in JobState}
-_LIVE = ("scheduled", "queued", "running")
 
 
 def row_to_job(row: tuple[object, ...]) -> Job:
