@@ -21,7 +21,7 @@ from conveyor.backends import rules
 from conveyor.backends.base import Backend
 from conveyor.backends.redis.codec import Keys, decode, enqueue_args, text
 from conveyor.backends.redis.connect import Clients, Conn, parse_url, wrap_errors
-from conveyor.backends.redis.reads import SWEEP, Reads
+from conveyor.backends.redis.reads import SWEEP, Reads, pairs
 from conveyor.clock import Clock, SystemClock
 from conveyor.errors import ClosedError, ConfigError
 from conveyor.job import (
@@ -134,13 +134,13 @@ class RedisBackend(Reads, Backend):
         return [[q] for q in qs] if self.keys.cluster else [qs]
 
     async def _queues(self, conn: Conn) -> list[str]:
-        members = await conn.client.smembers(self.keys.queues)
+        members = await conn.call("SMEMBERS", self.keys.queues)
         return sorted(text(m) for m in members)
 
     async def _register(self, conn: Conn, queues: set[str]) -> None:
         new = queues - self._known_queues
         if new:
-            await conn.client.sadd(self.keys.queues, *sorted(new))
+            await conn.call("SADD", self.keys.queues, *sorted(new))
             self._known_queues |= new
 
     # -- producing -------------------------------------------------------------------------
@@ -153,7 +153,7 @@ class RedisBackend(Reads, Backend):
         with self._errors("enqueue"):
             await self._register(conn, {j.queue for j in jobs})
             if self.keys.cluster:
-                await conn.client.hset(self.keys.idx, mapping={j.id: j.queue for j in jobs})
+                await conn.call("HSET", self.keys.idx, *(x for j in jobs for x in (j.id, j.queue)))
                 groups: dict[str, list[int]] = {}
                 for i, job in enumerate(jobs):
                     groups.setdefault(job.queue, []).append(i)
@@ -170,8 +170,10 @@ class RedisBackend(Reads, Backend):
                     for i, ok in zip(part, res, strict=True):
                         out[i] = bool(ok)
             if self.keys.cluster and not all(out):
-                await conn.client.hdel(
-                    self.keys.idx, *(j.id for j, ok in zip(jobs, out, strict=True) if not ok)
+                await conn.call(
+                    "HDEL",
+                    self.keys.idx,
+                    *(j.id for j, ok in zip(jobs, out, strict=True) if not ok),
                 )
         return out
 
@@ -287,7 +289,7 @@ class RedisBackend(Reads, Backend):
                         deleted += await self._purge_before(conn, queue, state, before)
             if self.keys.cluster and deleted:
                 for s in range(0, len(deleted), SWEEP):
-                    await conn.client.hdel(self.keys.idx, *deleted[s : s + SWEEP])
+                    await conn.call("HDEL", self.keys.idx, *deleted[s : s + SWEEP])
         return len(deleted)
 
     async def _purge_before(self, conn: Conn, queue: str, state: str, before: float) -> list[bytes]:
@@ -296,8 +298,10 @@ class RedisBackend(Reads, Backend):
         low: str = "-inf"
         deleted: list[bytes] = []
         while True:
-            rows: list[Any] = await conn.client.zrangebyscore(
-                index, low, "+inf", start=0, num=_CHUNK, withscores=True
+            rows = pairs(
+                await conn.call(
+                    "ZRANGEBYSCORE", index, low, "+inf", "WITHSCORES", "LIMIT", 0, _CHUNK
+                )
             )
             if not rows:
                 return deleted
@@ -311,9 +315,9 @@ class RedisBackend(Reads, Backend):
 
     async def _queue_of(self, conn: Conn, job_id: str) -> str | None:
         if self.keys.cluster:
-            q = await conn.client.hget(self.keys.idx, job_id)
+            q = await conn.call("HGET", self.keys.idx, job_id)
         else:
-            q = await conn.client.hget(self.keys.job("", job_id), "queue")
+            q = await conn.call("HGET", self.keys.job("", job_id), "queue")
         return None if q is None else text(q)
 
     async def cancel(self, job_id: str, reason: str = "cancelled") -> JobState | None:
@@ -357,7 +361,7 @@ class RedisBackend(Reads, Backend):
             timeout = min(timeout, self.settings.socket_timeout / 2)
             if timeout < 0.001:
                 return
-            await conn.client.blpop([self.keys.q(q, "wake") for q in groups[0]], timeout)
+            await conn.blpop([self.keys.q(q, "wake") for q in groups[0]], timeout)
 
     async def incr(self, key: str, amount: int, ttl: float) -> int:
         """The `Counters` capability: add `amount` to a fixed-window counter; the window

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -21,10 +21,10 @@ import redis.asyncio as aioredis
 import redis.exceptions as rexc
 from redis.asyncio.cluster import RedisCluster
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.commands.core import AsyncScript
 from redis.retry import Retry
 
 from conveyor.backends.redis import scripts
+from conveyor.backends.redis.pipe import Endpoint, Pipe
 from conveyor.errors import BackendError, ConfigError, StoreUnavailable
 
 __all__ = ["Clients", "Conn", "Settings", "parse_url", "wrap_errors"]
@@ -90,23 +90,74 @@ def parse_url(url: str, prefix: str | None = None) -> Settings:
     return Settings(plain, prefix, cluster, timeout, query)
 
 
+Script = Callable[[Sequence[Any], Sequence[Any]], Awaitable[Any]]
+
+
 @dataclass(slots=True)
 class Conn:
-    """One loop's client and its registered scripts (EVALSHA, reloaded on NOSCRIPT)."""
+    """One loop's connections and its scripts (EVALSHA, reloaded on NOSCRIPT).
+
+    On a single Redis the scripts and blocking waits go through `Pipe`s (see `pipe`); redis-py's
+    `client` serves everything else. In cluster mode redis-py does it all (it routes by slot).
+    """
 
     client: Client
-    enqueue: AsyncScript
-    claim: AsyncScript
-    extend: AsyncScript
-    settle: AsyncScript
-    promote: AsyncScript
-    rescue: AsyncScript
-    purge: AsyncScript
-    purge_before: AsyncScript
-    cancel: AsyncScript
-    requeue: AsyncScript
-    wait: AsyncScript
-    incr: AsyncScript
+    enqueue: Script
+    claim: Script
+    extend: Script
+    settle: Script
+    promote: Script
+    rescue: Script
+    purge: Script
+    purge_before: Script
+    cancel: Script
+    requeue: Script
+    wait: Script
+    incr: Script
+    pipe: Pipe | None = None
+    blockers: list[Pipe] = field(default_factory=list)
+
+    async def call(self, *args: Any) -> Any:
+        """One command; the reply as the server sent it (bytes, ints, lists)."""
+        if self.pipe is None:
+            return await self.client.execute_command(*args)
+        return await self.pipe.call(*args)
+
+    async def many(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        """Read-only commands pipelined in one round trip; replies as the server sent them."""
+        if self.pipe is not None:
+            return await self.pipe.many(commands)
+        async with self.client.pipeline(transaction=False) as pipe:
+            for command in commands:
+                pipe.execute_command(*command)
+            return list(await pipe.execute())
+
+    async def blpop(self, keys: Sequence[str], timeout: float) -> Any:
+        """`BLPOP keys timeout`, on a connection of its own (it blocks the socket)."""
+        if self.pipe is None:
+            return await self.client.blpop(list(keys), timeout)
+        blocker = self.blockers.pop() if self.blockers else Pipe(self.pipe.endpoint)
+        try:
+            reply = await blocker.call("BLPOP", *keys, repr(float(timeout)), block=timeout)
+        except BaseException:
+            await blocker.aclose()  # it may still hold the blocked command: never reuse it
+            raise
+        self.blockers.append(blocker)
+        return reply
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+        for p in self._pipes():
+            await p.aclose()
+
+    def abandon(self) -> None:
+        _abandon(self.client)
+        for p in self._pipes():
+            p.abandon()
+
+    def _pipes(self) -> list[Pipe]:
+        pipes, self.blockers = self.blockers, []
+        return pipes if self.pipe is None else [self.pipe, *pipes]
 
 
 def _open(settings: Settings) -> Conn:
@@ -120,23 +171,28 @@ def _open(settings: Settings) -> Conn:
     client: Client
     if settings.cluster:
         client = RedisCluster.from_url(settings.url, **common)
-    else:
-        client = aioredis.Redis.from_url(settings.url, health_check_interval=30, **common)
-    reg = client.register_script
+        return _with_scripts(client, client.register_script)
+    client = aioredis.Redis.from_url(settings.url, health_check_interval=30, **common)
+    pipe = Pipe(Endpoint.from_url(settings.url, settings.socket_timeout))
+    return _with_scripts(client, pipe.script, pipe)
+
+
+def _with_scripts(client: Client, load: Callable[[str], Script], pipe: Pipe | None = None) -> Conn:
     return Conn(
         client,
-        reg(scripts.ENQUEUE),
-        reg(scripts.CLAIM),
-        reg(scripts.EXTEND),
-        reg(scripts.SETTLE),
-        reg(scripts.PROMOTE),
-        reg(scripts.RESCUE),
-        reg(scripts.PURGE),
-        reg(scripts.PURGE_BEFORE),
-        reg(scripts.CANCEL),
-        reg(scripts.REQUEUE),
-        reg(scripts.WAIT),
-        reg(scripts.INCR),
+        enqueue=load(scripts.ENQUEUE),
+        claim=load(scripts.CLAIM),
+        extend=load(scripts.EXTEND),
+        settle=load(scripts.SETTLE),
+        promote=load(scripts.PROMOTE),
+        rescue=load(scripts.RESCUE),
+        purge=load(scripts.PURGE),
+        purge_before=load(scripts.PURGE_BEFORE),
+        cancel=load(scripts.CANCEL),
+        requeue=load(scripts.REQUEUE),
+        wait=load(scripts.WAIT),
+        incr=load(scripts.INCR),
+        pipe=pipe,
     )
 
 
@@ -164,13 +220,13 @@ class Clients:
         here = asyncio.get_running_loop()
         for loop, conn in conns.items():
             if loop is here:
-                await conn.client.aclose()
+                await conn.aclose()
             elif loop.is_running() and not loop.is_closed():
-                fut = asyncio.run_coroutine_threadsafe(conn.client.aclose(), loop)
+                fut = asyncio.run_coroutine_threadsafe(conn.aclose(), loop)
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(asyncio.wrap_future(fut), 5)
             else:
-                _abandon(conn.client)
+                conn.abandon()
 
 
 def _abandon(client: Client) -> None:

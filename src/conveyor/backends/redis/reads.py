@@ -9,6 +9,7 @@ from __future__ import annotations
 import abc
 import contextlib
 from collections.abc import Sequence
+from typing import Any
 
 from conveyor.backends.base import JobFilter, Page
 from conveyor.backends.redis.codec import Keys, decode, text
@@ -16,7 +17,7 @@ from conveyor.backends.redis.connect import Conn
 from conveyor.backends.redis.scripts import FIELDS
 from conveyor.job import Job, JobState
 
-__all__ = ["SWEEP", "Reads"]
+__all__ = ["SWEEP", "Reads", "pairs"]
 
 SWEEP = 1000  # ids per round trip, and jobs per queue per promote/rescue/purge call
 _STATES = tuple(JobState)
@@ -48,16 +49,15 @@ class Reads(abc.ABC):
         for s in range(0, len(ids), SWEEP):
             chunk = ids[s : s + SWEEP]
             if self.keys.cluster:
-                queues = await conn.client.hmget(self.keys.idx, chunk)
+                queues = await conn.call("HMGET", self.keys.idx, *chunk)
             else:
                 queues = [b""] * len(chunk)
             found = [(i, text(q)) for i, q in enumerate(queues) if q is not None]
             if not found:
                 continue
-            async with conn.client.pipeline(transaction=False) as pipe:
-                for i, q in found:
-                    pipe.hmget(self.keys.job(q, chunk[i]), FIELDS)
-                rows = await pipe.execute()
+            rows = await conn.many(
+                [("HMGET", self.keys.job(q, chunk[i]), *FIELDS) for i, q in found]
+            )
             for (i, _), row in zip(found, rows, strict=True):
                 out[s + i] = decode(row)
         return out
@@ -68,11 +68,9 @@ class Reads(abc.ABC):
             queues = [queue] if queue is not None else await self._queues(conn)
             if not queues:
                 return {}
-            async with conn.client.pipeline(transaction=False) as pipe:
-                for q in queues:
-                    for state in _STATES:
-                        pipe.zcard(self.keys.q(q, f"state:{state.value}"))
-                sizes = await pipe.execute()
+            sizes = await conn.many(
+                [("ZCARD", self.keys.q(q, f"state:{s.value}")) for q in queues for s in _STATES]
+            )
         out: dict[str, dict[JobState, int]] = {}
         for n, q in enumerate(queues):
             per = {s: int(c) for s, c in zip(_STATES, sizes[n * 6 : n * 6 + 6], strict=True) if c}
@@ -100,10 +98,15 @@ class Reads(abc.ABC):
         batch = min(max(limit + 1, 200), 2000)
         matches: list[tuple[tuple[int, str], Job]] = []
         while sources and len(matches) <= limit:
-            async with conn.client.pipeline(transaction=False) as pipe:
-                for _, key in sources:
-                    pipe.zrangebyscore(key, cursor[0], "+inf", start=0, num=batch, withscores=True)
-                fetched = await pipe.execute()
+            fetched = [
+                pairs(flat)
+                for flat in await conn.many(
+                    [
+                        ("ZRANGEBYSCORE", key, cursor[0], "+inf", "WITHSCORES", "LIMIT", 0, batch)
+                        for _, key in sources
+                    ]
+                )
+            ]
             horizon: tuple[int, str] | None = None
             entries: list[tuple[tuple[int, str], str]] = []
             for (q, _), rows in zip(sources, fetched, strict=True):
@@ -137,10 +140,9 @@ class Reads(abc.ABC):
     async def _get_in(self, conn: Conn, where: list[tuple[str, str]]) -> list[Job | None]:
         if not where:
             return []
-        async with conn.client.pipeline(transaction=False) as pipe:
-            for q, job_id in where:
-                pipe.hmget(self.keys.job(q, job_id), FIELDS)
-            rows = await pipe.execute()
+        rows = await conn.many(
+            [("HMGET", self.keys.job(q, job_id), *FIELDS) for q, job_id in where]
+        )
         return [decode(row) for row in rows]
 
 
@@ -150,6 +152,14 @@ def _matches(job: Job, f: JobFilter) -> bool:
         and (f.task is None or job.task == f.task)
         and (f.key is None or job.key == f.key)
     )
+
+
+def pairs(reply: Any) -> list[tuple[bytes, float]]:
+    """A `WITHSCORES` reply as (member, score) pairs (flat from the server, paired by
+    redis-py's cluster client)."""
+    if reply and isinstance(reply[0], (tuple, list)):
+        return [(m, float(sc)) for m, sc in reply]
+    return [(reply[i], float(reply[i + 1])) for i in range(0, len(reply), 2)]
 
 
 def _cursor(after: str | None) -> tuple[int, str]:
