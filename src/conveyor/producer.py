@@ -184,13 +184,14 @@ class Producer:
     Args:
         backend: the store.
         clock: the time source for `run_at` and ids.
-        max_batch: the most jobs one coalesced backend call carries.
+        max_batch: the most jobs one coalesced backend call carries (default: the
+            backend's `enqueue_batch`; it also says how many calls may be in flight).
     """
 
-    def __init__(self, backend: Backend, clock: Clock, *, max_batch: int = 1000) -> None:
+    def __init__(self, backend: Backend, clock: Clock, *, max_batch: int | None = None) -> None:
         self.backend = backend
         self.clock = clock
-        self._max_batch = max_batch
+        self._max_batch = max_batch or backend.enqueue_batch
         self._batcher: Batcher[Job, bool] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -199,7 +200,8 @@ class Producer:
             self._flush,
             max_size=self._max_batch,
             max_wait=0.0,
-            capacity=self._max_batch * 10,
+            capacity=max(self._max_batch * 10, 10_000),
+            max_concurrency=self.backend.enqueue_concurrency,
             name="enqueue",
         )
         await batcher.__aenter__()

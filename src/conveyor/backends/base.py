@@ -56,6 +56,13 @@ class Backend(abc.ABC):
 
     clock: Clock
 
+    #: How the producer coalesces concurrent single enqueues for this store: at most
+    #: `enqueue_batch` jobs per call, `enqueue_concurrency` calls in flight. An in-process
+    #: store wants one large call; a networked one wants several smaller calls in flight,
+    #: so the server works on one batch while the callers of the last one build the next.
+    enqueue_batch: int = 1000
+    enqueue_concurrency: int = 1
+
     # -- producing -------------------------------------------------------------------------
 
     @abc.abstractmethod

