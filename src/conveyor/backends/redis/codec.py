@@ -3,7 +3,7 @@
 Key layout (``P`` is the prefix; ``T`` the hash tag: ``{P}`` on a single Redis, ``{P:queue}``
 in cluster mode, so every key of one queue shares a slot)::
 
-    T:job:<id>                 HASH   one job (fields: scripts.FIELDS + seq, token, rk, lease)
+    T:job:<id>                 HASH   one job (fields: scripts.FIELDS + seq, token, lease)
     T:q:<queue>:ready          ZSET   queued jobs; members sort by priority, run_at, seq
     T:q:<queue>:scheduled      ZSET   scheduled jobs by run_at
     T:q:<queue>:running        ZSET   running jobs by lease expiry

@@ -24,7 +24,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
 from conveyor.backends.redis import scripts
-from conveyor.backends.redis.pipe import Endpoint, Pipe
+from conveyor.backends.redis.pipe import Endpoint, Pipe, drop_transport
 from conveyor.errors import BackendError, ConfigError, StoreUnavailable
 
 __all__ = ["Clients", "Conn", "Settings", "parse_url", "wrap_errors"]
@@ -250,13 +250,7 @@ def _abandon(client: Client) -> None:
             writer = getattr(conn, "_writer", None)
             if writer is None:
                 continue
-            transport = writer.transport
-            sock = getattr(transport, "_sock", None)
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.close()
-                transport._sock = None
-            transport._closing = True  # what is_closing() reports to StreamWriter.__del__
+            drop_transport(writer.transport)
             conn._writer = conn._reader = None
 
 

@@ -35,7 +35,7 @@ from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection
 from redis.asyncio.connection import parse_url as redis_parse_url
 from redis.backoff import ExponentialWithJitterBackoff
 
-__all__ = ["Endpoint", "Pipe", "PipeScript"]
+__all__ = ["Endpoint", "Pipe", "PipeScript", "drop_transport"]
 
 _RETRIES = 3
 _BACKOFF = ExponentialWithJitterBackoff(cap=0.5, base=0.02)
@@ -97,6 +97,25 @@ def _tls_context(kw: dict[str, Any]) -> ssl.SSLContext:
     if kw.get("ssl_certfile"):
         ctx.load_cert_chain(kw["ssl_certfile"], kw.get("ssl_keyfile"), kw.get("ssl_password"))
     return ctx
+
+
+def drop_transport(transport: asyncio.BaseTransport) -> None:
+    """Close a transport's socket without its event loop (which may have stopped), and mark
+    it closed so it does not warn when collected. Handles TLS transports, whose socket sits
+    on the plain transport underneath."""
+    inner = getattr(getattr(transport, "_ssl_protocol", None), "_transport", None)
+    t: Any
+    for t in (transport, inner):
+        if t is None:
+            continue
+        sock = getattr(t, "_sock", None)  # the real socket (the extra is a wrapper)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
+            t._sock = None
+        t._closing = True  # what _SelectorTransport.__del__ checks
+        if hasattr(t, "_closed"):
+            t._closed = True  # what _SSLProtocolTransport.__del__ checks
 
 
 def _server_error(reply: hiredis.ReplyError) -> rexc.RedisError:
@@ -194,14 +213,8 @@ class _Wire(asyncio.Protocol):
     def abandon(self) -> None:
         """Close the socket without the event loop (which may already be stopped)."""
         transport, self._transport = self._transport, None
-        if transport is None:
-            return
-        sock = getattr(transport, "_sock", None)  # the real socket (the extra is a wrapper)
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.close()
-            transport._sock = None  # type: ignore[attr-defined]
-        transport._closing = True  # type: ignore[attr-defined]  # what __del__ checks
+        if transport is not None:
+            drop_transport(transport)
 
     def _arm(self) -> None:
         limit = self._timeout + self._block
@@ -261,7 +274,7 @@ class Pipe:
             try:
                 return await wire.send(payload, block)
             except (rexc.ConnectionError, rexc.TimeoutError):
-                pass  # fall through: reconnect and retry
+                return await self._retrying(payload, block, failures=1)
         return await self._retrying(payload, block)
 
     async def many(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
@@ -270,10 +283,13 @@ class Pipe:
         if not commands:
             return []
         payload = b"".join([hiredis.pack_command(tuple(c)) for c in commands])
-        return list(await self._retrying(payload, 0.0, len(commands)))
+        return list(await self._retrying(payload, 0.0, count=len(commands)))
 
-    async def _retrying(self, payload: bytes, block: float, count: int = 0) -> Any:
-        failures = 0
+    async def _retrying(
+        self, payload: bytes, block: float, *, count: int = 0, failures: int = 0
+    ) -> Any:
+        if failures:
+            await asyncio.sleep(_BACKOFF.compute(failures))
         while True:
             try:
                 wire = await self._connected()
@@ -300,7 +316,12 @@ class Pipe:
             try:
                 wire = await self._open(loop)
             except BaseException as exc:
-                self._connecting.set_exception(exc)
+                # Callers sharing this connect see a connection error (and retry), never
+                # the cancellation of the one caller that happened to open it.
+                shared = (
+                    exc if isinstance(exc, Exception) else rexc.ConnectionError("connect cancelled")
+                )
+                self._connecting.set_exception(shared)
                 self._connecting.exception()  # retrieved: callers see it via `await`
                 self._connecting = None
                 raise

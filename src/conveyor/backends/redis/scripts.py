@@ -59,6 +59,9 @@ local F = {'"""
     + "','".join(FIELDS)
     + """'}
 
+local KNOWN = {scheduled = true, queued = true, running = true, completed = true, failed = true,
+               cancelled = true}
+
 local function num(x) return string.format('%.17g', x) end
 
 -- The hash tag every key of queue q shares: one slot per queue in cluster mode, one slot
@@ -71,6 +74,8 @@ local function qkey(q, name) return slot(q) .. ':q:' .. q .. ':' .. name end
 local function jkey(q, id) return slot(q) .. ':job:' .. id end
 
 -- Ready-set members sort (lexicographically, all scores 0) by priority desc, run_at, seq.
+-- Not stored in the job hash (recomputed where needed): a field that long (> 64 bytes)
+-- would make Redis store every job hash as a hashtable, 3.5x the memory of a listpack.
 local function rank(pri, run_at, seq, id)
   local p = math.max(-999999999999, math.min(999999999999, tonumber(pri) or 0))
   local r = math.max(0, math.min(99999999999999999, math.floor((tonumber(run_at) or 0) * 1000000)))
@@ -96,7 +101,7 @@ local function to_ready(q, jk, id, from)
   local h = redis.call('HMGET', jk, 'priority', 'run_at', 'seq')
   local rk = rank(h[1], h[2], h[3], id)
   redis.call('ZADD', qkey(q, 'ready'), 0, rk)
-  redis.call('HSET', jk, 'state', 'queued', 'rk', rk)
+  redis.call('HSET', jk, 'state', 'queued')
   index(q, id, h[3], from, 'queued')
 end
 
@@ -109,7 +114,7 @@ end
 local function finish(q, jk, id, seq, from, state)
   local keep = tonumber(redis.call('HGET', jk, 'keep_for')) or 86400
   redis.call('HSET', jk, 'state', state, 'finished_at', num(NOW))
-  redis.call('HDEL', jk, 'worker', 'lease', 'rk')
+  redis.call('HDEL', jk, 'worker', 'lease')
   redis.call('ZADD', qkey(q, 'expires:' .. state), NOW + keep, id)
   index(q, id, seq, from, state)
 end
@@ -202,9 +207,7 @@ for k, j in ipairs(jobs) do
       if v ~= '' then f[#f + 1] = name; f[#f + 1] = v end
     end
     if state == 'queued' then
-      local rk = rank(j[5], j[6], seq, id)
-      f[#f + 1] = 'rk'; f[#f + 1] = rk
-      redis.call('ZADD', qkey(q, 'ready'), 0, rk)
+      redis.call('ZADD', qkey(q, 'ready'), 0, rank(j[5], j[6], seq, id))
       woke[q] = (woke[q] or 0) + 1
     else
       redis.call('ZADD', qkey(q, 'scheduled'), j[6], id)
@@ -238,12 +241,13 @@ for a = 7, #ARGV do
     + str(RANK_WIDTH + 1)
     + """)
     local jk = jkey(q, id)
-    if redis.call('EXISTS', jk) == 1 then
-      local h = redis.call('HMGET', jk, 'attempts', 'seq')
+    local h = redis.call('HMGET', jk, 'attempts', 'seq', 'state')
+    -- A member whose job is gone or in another known state is stray: dropped. A state that
+    -- is garbage is claimed, so the worker fails the job with the reason.
+    if h[3] == 'queued' or (h[3] and not KNOWN[h[3]]) then
       local token = redis.call('HINCRBY', jk, 'token', 1)
       redis.call('HSET', jk, 'state', 'running', 'attempts', (tonumber(h[1]) or 0) + 1,
                  'worker', worker, 'started_at', num(NOW), 'lease', num(expires))
-      redis.call('HDEL', jk, 'rk')
       redis.call('ZADD', qkey(q, 'running'), expires, id)
       index(q, id, h[2], 'queued', 'running')
       out[#out + 1] = token
@@ -436,12 +440,12 @@ CANCEL = _script(
     """
 local q, id = ARGV[4], ARGV[5]
 local jk = jkey(q, id)
-local h = redis.call('HMGET', jk, 'state', 'seq', 'rk')
+local h = redis.call('HMGET', jk, 'state', 'seq', 'priority', 'run_at')
 local st = h[1]
 if not st then return false end
 if st == 'scheduled' or st == 'queued' then
   redis.call('ZREM', qkey(q, 'scheduled'), id)
-  if h[3] then redis.call('ZREM', qkey(q, 'ready'), h[3]) end
+  redis.call('ZREM', qkey(q, 'ready'), rank(h[3], h[4], h[2], id))
   redis.call('HSET', jk, 'cancel_reason', ARGV[6])
   finish(q, jk, id, h[2], st, 'cancelled')
   release_key(q, jk, id)
