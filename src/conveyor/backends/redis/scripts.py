@@ -58,11 +58,20 @@ end
 local F = {'"""
     + "','".join(FIELDS)
     + """'}
+local F_CLAIM = {unpack(F)}
+F_CLAIM[#F + 1], F_CLAIM[#F + 2] = 'seq', 'token'
+local I_SEQ, I_TOKEN = #F + 1, #F + 2
+"""
+    + "".join(f"local I_{n.upper()} = {FIELDS.index(f) + 1}\n" for n, f in
+              [("state", "state"), ("attempts", "attempts"), ("started", "started_at"),
+               ("worker", "worker")])
+    + """
 
 local KNOWN = {scheduled = true, queued = true, running = true, completed = true, failed = true,
                cancelled = true}
 
 local function num(x) return string.format('%.17g', x) end
+local NOW_S = num(NOW)
 
 -- The hash tag every key of queue q shares: one slot per queue in cluster mode, one slot
 -- for the whole prefix otherwise (so unique keys and queries span queues).
@@ -82,10 +91,32 @@ local function rank(pri, run_at, seq, id)
   return string.format('%013d%017d%016d', 1000000000000 - p, r, tonumber(seq) or 0) .. id
 end
 
+-- Sorted-set writes that only scripts' callers read (indexes, `running`, `expires:*`) are
+-- collected per key and sent as one ZREM / ZADD per key when the script ends (`_script`
+-- calls `flush_later`): each redis.call costs a few µs of its own, so this is most of a
+-- batch's time saved. All removals go before all additions, so a script must not add a
+-- member to a key and then remove it from that key.
+local ZREMS, ZADDS = {}, {}
+local function zrem_later(key, member)
+  local t = ZREMS[key]
+  if not t then t = {}; ZREMS[key] = t end
+  t[#t + 1] = member
+end
+local function zadd_later(key, score, member)
+  local t = ZADDS[key]
+  if not t then t = {}; ZADDS[key] = t end
+  t[#t + 1] = score
+  t[#t + 1] = member
+end
+local function flush_later()
+  for key, t in pairs(ZREMS) do redis.call('ZREM', key, unpack(t)) end
+  for key, t in pairs(ZADDS) do redis.call('ZADD', key, unpack(t)) end
+end
+
 -- Per-state index, scored by seq: counts (ZCARD) and queries (enqueue order).
 local function index(q, id, seq, from, to)
-  if from then redis.call('ZREM', qkey(q, 'state:' .. from), id) end
-  if to then redis.call('ZADD', qkey(q, 'state:' .. to), tonumber(seq) or 0, id) end
+  if from then zrem_later(qkey(q, 'state:' .. from), id) end
+  if to then zadd_later(qkey(q, 'state:' .. to), tonumber(seq) or 0, id) end
 end
 
 local function wake(q, n)
@@ -111,11 +142,13 @@ local function to_scheduled(q, jk, id, seq, from, run_at)
   index(q, id, seq, from, 'scheduled')
 end
 
-local function finish(q, jk, id, seq, from, state)
-  local keep = tonumber(redis.call('HGET', jk, 'keep_for')) or 86400
-  redis.call('HSET', jk, 'state', state, 'finished_at', num(NOW))
-  redis.call('HDEL', jk, 'worker', 'lease')
-  redis.call('ZADD', qkey(q, 'expires:' .. state), NOW + keep, id)
+-- `keep` is the job's keep_for if the caller read it already; `also` one more field to drop.
+local function finish(q, jk, id, seq, from, state, keep, also)
+  keep = tonumber(keep or redis.call('HGET', jk, 'keep_for')) or 86400
+  redis.call('HSET', jk, 'state', state, 'finished_at', NOW_S)
+  if also then redis.call('HDEL', jk, 'worker', 'lease', also)
+  else redis.call('HDEL', jk, 'worker', 'lease') end
+  zadd_later(qkey(q, 'expires:' .. state), NOW + keep, id)
   index(q, id, seq, from, state)
 end
 
@@ -154,7 +187,7 @@ end
 
 local function promote_due(q, max)
   local s = qkey(q, 'scheduled')
-  local due = redis.call('ZRANGEBYSCORE', s, '-inf', num(NOW), 'LIMIT', 0, max)
+  local due = redis.call('ZRANGEBYSCORE', s, '-inf', NOW_S, 'LIMIT', 0, max)
   for _, id in ipairs(due) do
     redis.call('ZREM', s, id)
     local jk = jkey(q, id)
@@ -167,7 +200,9 @@ end
 
 
 def _script(body: str) -> str:
-    return _PRELUDE + body
+    """The prelude, then `body` as a function whose result is returned after the deferred
+    sorted-set writes are flushed."""
+    return _PRELUDE + "local function main()\n" + body + "\nend\nlocal result = main()\nflush_later()\nreturn result\n"
 
 
 # ARGV[4..]: two arguments per job: a msgpack array of its fields (see `codec.enqueue_args`;
@@ -228,30 +263,38 @@ CLAIM = _script(
     """
 local limit, worker = tonumber(ARGV[4]), ARGV[6]
 local expires = NOW + tonumber(ARGV[5])
-local out = {num(expires)}
+local expires_s = num(expires)
+local out = {expires_s}
 local n = 0
 for a = 7, #ARGV do
   if n >= limit then break end
   local q = ARGV[a]
   promote_due(q, 1000)
-  local ready = qkey(q, 'ready')
-  for _, m in ipairs(redis.call('ZRANGE', ready, 0, limit - n - 1)) do
-    redis.call('ZREM', ready, m)
-    local id = string.sub(m, """
+  local running, queued_ix, running_ix = qkey(q, 'running'), qkey(q, 'state:queued'),
+                                         qkey(q, 'state:running')
+  -- All scores are 0, so ZPOPMIN pops in member (rank) order.
+  local popped = redis.call('ZPOPMIN', qkey(q, 'ready'), limit - n)
+  for p = 1, #popped, 2 do
+    local id = string.sub(popped[p], """
     + str(RANK_WIDTH + 1)
     + """)
     local jk = jkey(q, id)
-    local h = redis.call('HMGET', jk, 'attempts', 'seq', 'state')
-    -- A member whose job is gone or in another known state is stray: dropped. A state that
-    -- is garbage is claimed, so the worker fails the job with the reason.
-    if h[3] == 'queued' or (h[3] and not KNOWN[h[3]]) then
-      local token = redis.call('HINCRBY', jk, 'token', 1)
-      redis.call('HSET', jk, 'state', 'running', 'attempts', (tonumber(h[1]) or 0) + 1,
-                 'worker', worker, 'started_at', num(NOW), 'lease', num(expires))
-      redis.call('ZADD', qkey(q, 'running'), expires, id)
-      index(q, id, h[2], 'queued', 'running')
+    -- The reply's fields plus seq and token, in one read; patched below to what is written.
+    local h = redis.call('HMGET', jk, unpack(F_CLAIM))
+    local st = h[I_STATE]
+    if st == 'queued' or (st and not KNOWN[st]) then
+      local token = (tonumber(h[I_TOKEN]) or 0) + 1
+      local attempts = (tonumber(h[I_ATTEMPTS]) or 0) + 1
+      redis.call('HSET', jk, 'state', 'running', 'attempts', attempts, 'token', token,
+                 'worker', worker, 'started_at', NOW_S, 'lease', expires_s)
+      zadd_later(running, expires, id)
+      zrem_later(queued_ix, id)
+      zadd_later(running_ix, tonumber(h[I_SEQ]) or 0, id)
+      h[I_STATE], h[I_ATTEMPTS], h[I_STARTED], h[I_WORKER] = 'running', tostring(attempts),
+                                                            NOW_S, worker
+      h[I_TOKEN], h[I_SEQ] = nil, nil
       out[#out + 1] = token
-      out[#out + 1] = redis.call('HMGET', jk, unpack(F))
+      out[#out + 1] = h
       n = n + 1
     end
   end
@@ -273,12 +316,12 @@ for i = 5, #ARGV, 3 do
   if h[1] == 'running' and h[2] == token then
     if h[3] == '1' then
       -- A requested cancel lands here, fenced like any other transition.
-      redis.call('ZREM', qkey(q, 'running'), id)
+      zrem_later(qkey(q, 'running'), id)
       finish(q, jk, id, h[4], 'running', 'cancelled')
       release_key(q, jk, id)
     else
       redis.call('HSET', jk, 'lease', num(expires))
-      redis.call('ZADD', qkey(q, 'running'), expires, id)
+      zadd_later(qkey(q, 'running'), expires, id)
       r = num(expires)
     end
   end
@@ -298,13 +341,14 @@ for i = 4, #ARGV, 6 do
   local q, id, token, kind, a, b = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3],
                                    ARGV[i + 4], ARGV[i + 5]
   local jk = jkey(q, id)
-  local h = redis.call('HMGET', jk, 'state', 'token', 'seq', 'errors')
+  local h = redis.call('HMGET', jk, 'state', 'token', 'seq', 'errors', 'keep_for')
   if h[1] == 'running' and h[2] == token then
-    redis.call('ZREM', qkey(q, 'running'), id)
-    if kind == 'c' or kind == 'n' then
-      if kind == 'c' then redis.call('HSET', jk, 'result', a)
-      else redis.call('HDEL', jk, 'result') end
-      finish(q, jk, id, h[3], 'running', 'completed')
+    zrem_later(qkey(q, 'running'), id)
+    if kind == 'c' then
+      redis.call('HSET', jk, 'result', a)
+      finish(q, jk, id, h[3], 'running', 'completed', h[5])
+    elseif kind == 'n' then
+      finish(q, jk, id, h[3], 'running', 'completed', h[5], 'result')
     elseif kind == 'r' then
       append_error(jk, h[4], b)
       redis.call('HSET', jk, 'run_at', a)
@@ -317,10 +361,10 @@ for i = 4, #ARGV, 6 do
       end
     elseif kind == 'f' then
       append_error(jk, h[4], b)
-      finish(q, jk, id, h[3], 'running', 'failed')
+      finish(q, jk, id, h[3], 'running', 'failed', h[5])
     else
       redis.call('HSET', jk, 'cancel_reason', a)
-      finish(q, jk, id, h[3], 'running', 'cancelled')
+      finish(q, jk, id, h[3], 'running', 'cancelled', h[5])
       release_key(q, jk, id)
     end
     out[#out + 1] = 1
@@ -355,9 +399,9 @@ for a = 6, #ARGV do
   local q = ARGV[a]
   local running = qkey(q, 'running')
   local woke = 0
-  for _, id in ipairs(redis.call('ZRANGEBYSCORE', running, '-inf', num(NOW), 'LIMIT', 0,
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', running, '-inf', NOW_S, 'LIMIT', 0,
                                  tonumber(ARGV[5]))) do
-    redis.call('ZREM', running, id)
+    zrem_later(running, id)
     local jk = jkey(q, id)
     local h = redis.call('HMGET', jk, 'state', 'attempts', 'max_attempts', 'cancel_requested',
                          'seq', 'errors')
@@ -369,7 +413,7 @@ for a = 6, #ARGV do
       else
         local attempts = tonumber(h[2]) or 0
         append_error(jk, h[6], '{"attempt":' .. attempts .. ',"type":"LeaseExpired","message":'
-                     .. message .. ',"traceback":"","at":' .. num(NOW) .. '}')
+                     .. message .. ',"traceback":"","at":' .. NOW_S .. '}')
         if attempts >= (tonumber(h[3]) or 1) then
           finish(q, jk, id, h[5], 'running', 'failed')
         else
@@ -397,7 +441,7 @@ for a = 6 + ns, #ARGV do
   for s = 6, 5 + ns do
     local st = ARGV[s]
     local exp = qkey(q, 'expires:' .. st)
-    for _, id in ipairs(redis.call('ZRANGEBYSCORE', exp, '-inf', num(NOW), 'LIMIT', 0, max)) do
+    for _, id in ipairs(redis.call('ZRANGEBYSCORE', exp, '-inf', NOW_S, 'LIMIT', 0, max)) do
       local jk = jkey(q, id)
       if redis.call('HGET', jk, 'state') == st then
         release_key(q, jk, id)
@@ -472,7 +516,7 @@ if h[2] then
   redis.call('HSET', slot(q) .. ':uniq', h[2], id)
 end
 redis.call('ZREM', qkey(q, 'expires:' .. st), id)
-redis.call('HSET', jk, 'run_at', num(NOW), 'attempts', 0)
+redis.call('HSET', jk, 'run_at', NOW_S, 'attempts', 0)
 redis.call('HDEL', jk, 'finished_at', 'result', 'cancel_requested')
 to_ready(q, jk, id, st)
 wake(q, 1)
