@@ -20,6 +20,7 @@ import msgspec
 import pytest
 
 import conveyor
+from conveyor.backends.redis import RedisBackend
 from conveyor.errors import BackendError
 from conveyor.testing.redis_server import RedisServer
 from tests.faults.apps.ledger import build
@@ -174,6 +175,67 @@ async def test_frozen_worker_cannot_settle_or_extend(
     for w in (a, b):
         assert rcluster.wait_exit(w, 10) == 0, w.stderr()
     assert "lost=1" in a.stderr(), a.stderr()
+
+
+async def _registered(rapp: conveyor.App, name: str, for_at_least: float) -> bool:
+    """Whether worker `name` is registered as a waiter on "default" for `for_at_least` s more."""
+    backend = rapp.backend
+    assert isinstance(backend, RedisBackend)
+    conn = await backend._conn()
+    score = await conn.call("ZSCORE", backend.keys.q("default", "waiters"), name)
+    sec, usec = await conn.call("TIME")
+    return score is not None and float(score) > int(sec) + int(usec) / 1e6 + for_at_least
+
+
+@pytest.mark.timeout(60)
+async def test_a_job_handed_to_a_waiter_that_was_sigkilled_still_runs(
+    rcluster: RedisCluster, rapp: conveyor.App
+) -> None:
+    """The handoff's failure case: the waiting worker dies between registering and reading
+    its inbox. The job was leased to the dead worker, so it reruns when the lease expires."""
+    a = rcluster.worker("-c", "4", "--lease", "2", "--name", "doomed", name="A")
+    await ready(a)
+    deadline = time.monotonic() + 10
+    while not await _registered(rapp, "doomed", 0.3):
+        assert time.monotonic() < deadline, a.stderr()
+        await asyncio.sleep(0.02)
+    rcluster.kill(a)
+    (handle,) = await rapp.registry.get("record").enqueue_many([(1,)])
+    (job,) = await rapp.backend.get([handle.id])
+    assert job is not None and job.state is conveyor.JobState.RUNNING and job.worker == "doomed"
+    b = rcluster.worker("-c", "4", "--lease", "2", name="B")
+    await ready(b)
+    deadline = time.monotonic() + 20
+    while (job := (await rapp.backend.get([handle.id]))[0]) is None or not job.state.terminal:
+        assert time.monotonic() < deadline, rcluster.logs()
+        await asyncio.sleep(0.1)
+    assert job.state is conveyor.JobState.COMPLETED and msgspec.json.decode(job.result) == b.pid
+    assert [e.type for e in job.errors] == ["LeaseExpired"]
+    b.send(signal.SIGTERM)
+    assert rcluster.wait_exit(b, 10) == 0, b.stderr()
+
+
+@pytest.mark.timeout(60)
+async def test_a_waiter_stopped_with_sigterm_leaves_new_jobs_to_others_at_once(
+    rcluster: RedisCluster, rapp: conveyor.App
+) -> None:
+    """A worker that stops while waiting ends its registration: the next job is queued, not
+    handed to it, and another worker runs it without waiting for any lease to expire."""
+    a = rcluster.worker("-c", "4", "--lease", "30", "--name", "leaving", name="A")
+    await ready(a)
+    deadline = time.monotonic() + 10
+    while not await _registered(rapp, "leaving", 0.0):
+        assert time.monotonic() < deadline, a.stderr()
+        await asyncio.sleep(0.02)
+    a.send(signal.SIGTERM)
+    assert rcluster.wait_exit(a, 10) == 0, a.stderr()
+    (handle,) = await rapp.registry.get("record").enqueue_many([(1,)])
+    (job,) = await rapp.backend.get([handle.id])
+    assert job is not None and job.state is conveyor.JobState.QUEUED
+    b = rcluster.worker("-c", "4", "--lease", "30", name="B")
+    assert await handle.result(timeout=15) == b.pid  # far sooner than A's 30 s lease
+    b.send(signal.SIGTERM)
+    assert rcluster.wait_exit(b, 10) == 0, b.stderr()
 
 
 class AofRedis:

@@ -141,6 +141,16 @@ class Backend(abc.ABC):
         """Return when work may be ready in `queues`, or after `timeout` seconds. A hint only:
         callers must claim to find out."""
 
+    async def wait_for_lease(
+        self, queues: Sequence[str], timeout: float, worker: str, lease_for: float
+    ) -> list[Lease]:
+        """`wait`, for `worker` with a free slot. A store may hand it a job enqueued while it
+        waits, already leased to it for `lease_for` seconds, which saves the claim round trip;
+        the caller must then run (or settle) what it gets. Nothing returned means the same as
+        `wait` returning: claim to find out. The default does just that."""
+        await self.wait(queues, timeout)
+        return []
+
     @abc.abstractmethod
     async def aclose(self) -> None:
         """Release connections and threads. Idempotent."""

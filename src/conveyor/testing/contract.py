@@ -461,6 +461,27 @@ class BackendContract:
         assert loop.time() - start < 2.0
         assert len(await backend.claim(["default"], 1, 30, W)) == 1
 
+    async def test_wait_for_lease_wakes_on_enqueue_and_any_lease_is_live(
+        self, backend: Backend, clock: FakeClock
+    ) -> None:
+        """Either the job is handed over (running, leased to the waiter, settleable) or
+        nothing is and a claim finds it: never both, never neither."""
+        job = make_job(clock)
+
+        async def later() -> None:
+            await asyncio.sleep(0.05)
+            await backend.enqueue([job])
+
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(later())
+            async with asyncio.timeout(2.0):
+                handed = await backend.wait_for_lease(["default"], 5.0, W, 30)
+        claimed = await backend.claim(["default"], 10, 30, W)
+        (lease,) = [*handed, *claimed]
+        assert lease.id == job.id and lease.job.state is JobState.RUNNING
+        assert lease.job.attempts == 1
+        assert await backend.settle([(lease, Completed(None))]) == [True]
+
     async def test_wait_times_out(self, backend: Backend) -> None:
         loop = asyncio.get_running_loop()
         start = loop.time()

@@ -183,7 +183,14 @@ class Worker:
                 continue
             if cfg.burst and not self._running:
                 break
-            await self._idle(cfg.poll)
+            handed = await self._idle(cfg.poll)
+            if handed:  # a job enqueued while we waited, leased to us on the way
+                if self._stopping.is_set():
+                    await self._release(handed)
+                    break
+                self._spawn(tg, handed)
+                self.stats.claimed += len(handed)
+                await asyncio.sleep(0)  # let it start before the next claim's round trip
 
     def _spawn(self, tg: asyncio.TaskGroup, leases: list[Lease]) -> None:
         """One task per job; jobs of a batch task share one task per claimed group."""
@@ -217,11 +224,14 @@ class Worker:
         except TimeoutError:
             pass
 
-    async def _idle(self, timeout: float) -> None:
-        """Wait for work (the backend's hint) or a stop; in burst mode also for a job to end,
-        since the last one ending is when a burst is over."""
+    async def _idle(self, timeout: float) -> list[Lease]:
+        """Wait for work (the backend's hint, or a job it hands over) or a stop; in burst
+        mode also for a job to end, since the last one ending is when a burst is over."""
+        cfg = self.config
         # These futures live only inside this call: each is cancelled and awaited below.
-        waiter = asyncio.ensure_future(self.backend.wait(self.config.queue_names, timeout))
+        waiter = asyncio.ensure_future(
+            self.backend.wait_for_lease(cfg.queue_names, timeout, self.name, cfg.lease_for)
+        )
         others = [asyncio.ensure_future(self._stopping.wait())]
         if self.config.burst:
             self._slot_free.clear()
@@ -234,6 +244,7 @@ class Worker:
             results = await asyncio.gather(waiter, *others, return_exceptions=True)
         if isinstance(results[0], BackendError):
             await self._outage(results[0])
+        return results[0] if isinstance(results[0], list) else []
 
     async def _release(self, leases: list[Lease]) -> None:
         now = self.clock.now()

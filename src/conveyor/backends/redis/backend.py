@@ -10,6 +10,7 @@ is off by *d* shifts its delays by *d*.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Iterable, Sequence
@@ -19,7 +20,7 @@ import msgspec
 
 from conveyor.backends import rules
 from conveyor.backends.base import Backend
-from conveyor.backends.redis.codec import Keys, decode, enqueue_args, text
+from conveyor.backends.redis.codec import Keys, decode, enqueue_args, text, unpack_lease
 from conveyor.backends.redis.connect import Clients, Conn, parse_url, wrap_errors
 from conveyor.backends.redis.reads import SWEEP, Reads, pairs
 from conveyor.clock import Clock, SystemClock
@@ -201,8 +202,12 @@ class RedisBackend(Reads, Backend):
                     [self.keys.route(group[0])],
                     [*self._args(), want, repr(float(lease_for)), worker, *group],
                 )
-                expires = float(res[0])
-                for k in range(1, len(res), 2):
+                expires, handed = float(res[0]), int(res[1])
+                for entry in res[2 : 2 + handed]:  # handed to this worker while it waited
+                    lease = _handed(entry)
+                    if lease is not None:
+                        leases.append(lease)
+                for k in range(2 + handed, len(res), 2):
                     job = decode(res[k + 1])
                     if job is not None:
                         leases.append(Lease(job, int(res[k]), expires))
@@ -347,6 +352,50 @@ class RedisBackend(Reads, Backend):
                 await conn.requeue([self.keys.route(queue)], [*self._args(), queue, job_id])
             )
 
+    async def wait_for_lease(
+        self, queues: Sequence[str], timeout: float, worker: str, lease_for: float
+    ) -> list[Lease]:
+        """`wait`, registered as a waiter: an enqueue meanwhile leases its job to `worker`
+        and hands it over through the worker's inbox (see `scripts.handoff`), so the job
+        starts one round trip after it was stored instead of two. Single Redis only."""
+        if self.keys.cluster or timeout <= 0 or not queues:
+            await self.wait(queues, timeout)
+            return []
+        conn = await self._conn()
+        qs = list(dict.fromkeys(queues))
+        try:
+            with self._errors("wait"):
+                return await self._wait_for_lease(conn, qs, timeout, worker, lease_for)
+        except BaseException:
+            # Stopped waiting (the worker stops or got busy, or the store failed): give back
+            # what may have been handed over meanwhile, so it doesn't wait out its lease.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(conn.unwait([self.keys.route(qs[0])], [*self._args(), worker]))
+            raise
+
+    async def _wait_for_lease(
+        self, conn: Conn, qs: list[str], timeout: float, worker: str, lease_for: float
+    ) -> list[Lease]:
+        block = min(timeout, self.settings.socket_timeout / 2)
+        due = await conn.wait(
+            [self.keys.route(qs[0])],
+            [*self._args(), worker, repr(float(lease_for)), repr(max(0.0, block - 0.05)), *qs],
+        )
+        if due == b"inbox":
+            return await self.claim(qs, 1, lease_for, worker)
+        if due == b"0":
+            return []
+        if due is not None:
+            block = min(block, float(due))
+        if block < 0.001:
+            return []
+        inbox = self.keys.inbox(worker)
+        reply = await conn.blpop([inbox, *(self.keys.q(q, "wake") for q in qs)], block)
+        if reply is None or text(reply[0]) != inbox:
+            return []
+        lease = _handed(reply[1])
+        return [] if lease is None else [lease]
+
     async def wait(self, queues: Sequence[str], timeout: float) -> None:
         if timeout <= 0 or not queues:
             return
@@ -354,7 +403,9 @@ class RedisBackend(Reads, Backend):
         groups = self._by_queue(queues)
         with self._errors("wait"):
             for group in groups:
-                due = await conn.wait([self.keys.route(group[0])], [*self._args(), *group])
+                due = await conn.wait(
+                    [self.keys.route(group[0])], [*self._args(), "", "0", "0", *group]
+                )
                 if due == b"0":
                     return
                 if due is not None:
@@ -383,6 +434,18 @@ class RedisBackend(Reads, Backend):
             return
         self._closed = True
         await self._clients.aclose()
+
+
+def _handed(entry: bytes) -> Lease | None:
+    """A lease from a worker's inbox; `None` (logged) if unreadable: it then expires and
+    maintenance puts the job back."""
+    try:
+        token, until, row = unpack_lease(entry)
+    except ValueError as exc:
+        log.error("unreadable lease in a worker inbox (%s): %r", exc, entry[:200])
+        return None
+    job = decode(row)
+    return None if job is None else Lease(job, token, until)
 
 
 def _outcome_args(outcome: Outcome) -> tuple[Any, Any, Any]:

@@ -25,7 +25,7 @@ import msgspec
 from conveyor.backends.redis.scripts import FIELDS
 from conveyor.job import AttemptError, Job, JobState
 
-__all__ = ["Keys", "decode", "enqueue_args", "text"]
+__all__ = ["Keys", "decode", "enqueue_args", "text", "unpack_lease"]
 
 _msgpack = msgspec.msgpack.Encoder()
 _json = msgspec.json.Encoder()
@@ -52,6 +52,10 @@ class Keys:
 
     def job(self, queue: str, job_id: str) -> str:
         return f"{self.slot(queue)}:job:{job_id}"
+
+    def inbox(self, worker: str) -> str:
+        """The list a waiting worker is handed leases in (single Redis only)."""
+        return f"{self.slot('')}:inbox:{worker}"
 
     def route(self, queue: str) -> str:
         """A key in `queue`'s slot, passed as KEYS[1] so a cluster client routes the call."""
@@ -166,3 +170,23 @@ def decode(row: Sequence[bytes | None]) -> Job | None:
 def text(value: bytes | str) -> str:
     """A reply value as `str`."""
     return value.decode() if isinstance(value, bytes) else value
+
+
+def unpack_lease(entry: bytes) -> tuple[int, float, list[bytes | None]]:
+    """A lease handed to a waiting worker (the scripts' ``pack_lease``): its token, its expiry
+    and the job's `FIELDS` row. Each element is ``<length>:<bytes>``, or ``-`` for none."""
+    out: list[bytes | None] = []
+    pos, end = 0, len(entry)
+    while pos < end:
+        if entry[pos] == 45:  # "-"
+            out.append(None)
+            pos += 1
+            continue
+        colon = entry.index(b":", pos)
+        start = colon + 1
+        stop = start + int(entry[pos:colon])
+        out.append(entry[start:stop])
+        pos = stop
+    if len(out) != 2 + len(FIELDS) or out[0] is None or out[1] is None:
+        raise ValueError(f"malformed lease entry ({len(out)} elements)")
+    return int(out[0]), float(out[1]), out[2:]

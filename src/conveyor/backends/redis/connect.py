@@ -113,6 +113,7 @@ class Conn:
     cancel: Script
     requeue: Script
     wait: Script
+    unwait: Script
     incr: Script
     pipe: Pipe | None = None
     blockers: list[Pipe] = field(default_factory=list)
@@ -191,6 +192,7 @@ def _with_scripts(client: Client, load: Callable[[str], Script], pipe: Pipe | No
         cancel=load(scripts.CANCEL),
         requeue=load(scripts.REQUEUE),
         wait=load(scripts.WAIT),
+        unwait=load(scripts.UNWAIT),
         incr=load(scripts.INCR),
         pipe=pipe,
     )

@@ -31,6 +31,7 @@ __all__ = [
     "REQUEUE",
     "RESCUE",
     "SETTLE",
+    "UNWAIT",
     "WAIT",
 ]
 
@@ -61,10 +62,19 @@ local F = {'"""
 local F_CLAIM = {unpack(F)}
 F_CLAIM[#F + 1], F_CLAIM[#F + 2] = 'seq', 'token'
 local I_SEQ, I_TOKEN = #F + 1, #F + 2
+local RANK_WIDTH = """
+    + str(RANK_WIDTH)
+    + """
 """
-    + "".join(f"local I_{n.upper()} = {FIELDS.index(f) + 1}\n" for n, f in
-              [("state", "state"), ("attempts", "attempts"), ("started", "started_at"),
-               ("worker", "worker")])
+    + "".join(
+        f"local I_{n.upper()} = {FIELDS.index(f) + 1}\n"
+        for n, f in [
+            ("state", "state"),
+            ("attempts", "attempts"),
+            ("started", "started_at"),
+            ("worker", "worker"),
+        ]
+    )
     + """
 
 local KNOWN = {scheduled = true, queued = true, running = true, completed = true, failed = true,
@@ -126,6 +136,82 @@ local function wake(q, n)
   local w = qkey(q, 'wake')
   redis.call('LPUSH', w, unpack(tokens))
   redis.call('LTRIM', w, 0, 63)
+end
+
+-- Lease job `id` (its hash read as F_CLAIM into `h`) to `worker` until `expires`; `h` is
+-- patched into the reply row (FIELDS only). Returns the new token, or nil for a stray
+-- member (the job is gone or in another known state). A garbage state is leased, so the
+-- worker fails the job with the reason.
+local function lease_job(q, id, h, worker, expires, expires_s)
+  local st = h[I_STATE]
+  if not (st == 'queued' or (st and not KNOWN[st])) then return nil end
+  local token = (tonumber(h[I_TOKEN]) or 0) + 1
+  local attempts = (tonumber(h[I_ATTEMPTS]) or 0) + 1
+  redis.call('HSET', jkey(q, id), 'state', 'running', 'attempts', attempts, 'token', token,
+             'worker', worker, 'started_at', NOW_S, 'lease', expires_s)
+  zadd_later(qkey(q, 'running'), expires, id)
+  zrem_later(qkey(q, 'state:queued'), id)
+  zadd_later(qkey(q, 'state:running'), tonumber(h[I_SEQ]) or 0, id)
+  h[I_STATE], h[I_ATTEMPTS], h[I_STARTED], h[I_WORKER] = 'running', tostring(attempts),
+                                                        NOW_S, worker
+  h[I_TOKEN], h[I_SEQ] = nil, nil
+  return token
+end
+
+-- Direct handoff. An idle worker registers as a waiter on its queues (WAIT) and blocks on
+-- its inbox; an enqueue that finds a waiter leases the best ready job to it and pushes the
+-- lease into the inbox, so the job starts one round trip after it was stored. A waiter's
+-- registration ends when it is handed a job, when it claims, or at its deadline.
+local function waiting_key(w) return slot('') .. ':waiting:' .. w end
+local function inbox_key(w) return slot('') .. ':inbox:' .. w end
+
+local function unregister(w)
+  local reg = waiting_key(w)
+  local qs = redis.call('HGET', reg, 'queues')
+  if not qs then return nil end
+  for q in string.gmatch(qs, '[^,]+') do redis.call('ZREM', qkey(q, 'waiters'), w) end
+  local lease_for = redis.call('HGET', reg, 'lease_for')
+  redis.call('DEL', reg)
+  return lease_for
+end
+
+-- An inbox entry: token, expires, then the FIELDS, each as <length>:<bytes> or '-' for none.
+local function pack_lease(token, expires_s, h)
+  local parts = {#tostring(token) .. ':' .. token, #expires_s .. ':' .. expires_s}
+  for i = 1, #F do
+    local v = h[i]
+    if v then parts[#parts + 1] = #v .. ':' .. v else parts[#parts + 1] = '-' end
+  end
+  return table.concat(parts)
+end
+
+-- Hand up to n of q's ready jobs to live waiters; returns how many were handed.
+local function handoff(q, n)
+  local wkey = qkey(q, 'waiters')
+  if CLUSTER or redis.call('EXISTS', wkey) == 0 then return 0 end
+  redis.call('ZREMRANGEBYSCORE', wkey, '-inf', NOW_S)
+  local handed = 0
+  while handed < n do
+    local w = redis.call('ZRANGE', wkey, 0, 0)[1]
+    if not w then break end
+    local lease_for = tonumber(unregister(w))
+    if lease_for then
+      local popped = redis.call('ZPOPMIN', qkey(q, 'ready'), 1)
+      if not popped[1] then break end
+      local id = string.sub(popped[1], RANK_WIDTH + 1)
+      local h = redis.call('HMGET', jkey(q, id), unpack(F_CLAIM))
+      local expires = NOW + lease_for
+      local expires_s = num(expires)
+      local token = lease_job(q, id, h, w, expires, expires_s)
+      if token then
+        redis.call('RPUSH', inbox_key(w), pack_lease(token, expires_s, h))
+        handed = handed + 1
+      end
+    else
+      redis.call('ZREM', wkey, w)  -- a registration without its record
+    end
+  end
+  return handed
 end
 
 local function to_ready(q, jk, id, from)
@@ -202,7 +288,12 @@ end
 def _script(body: str) -> str:
     """The prelude, then `body` as a function whose result is returned after the deferred
     sorted-set writes are flushed."""
-    return _PRELUDE + "local function main()\n" + body + "\nend\nlocal result = main()\nflush_later()\nreturn result\n"
+    return (
+        _PRELUDE
+        + "local function main()\n"
+        + body
+        + "\nend\nlocal result = main()\nflush_later()\nreturn result\n"
+    )
 
 
 # ARGV[4..]: two arguments per job: a msgpack array of its fields (see `codec.enqueue_args`;
@@ -252,47 +343,39 @@ for k, j in ipairs(jobs) do
     out[k] = 1
   end
 end
-for q, n in pairs(woke) do wake(q, n) end
+for q, n in pairs(woke) do wake(q, n - handoff(q, n)) end
 return out
 """
 )
 
 # ARGV[4] limit, [5] lease_for, [6] worker, [7..] queues in order.
-# Returns {expires, token1, fields1, token2, fields2, ...}.
+# Returns {expires, n, inbox_1..inbox_n, token1, fields1, token2, fields2, ...}: first the
+# leases handed to this worker while it waited (packed, see `pack_lease`), then new ones.
 CLAIM = _script(
     """
 local limit, worker = tonumber(ARGV[4]), ARGV[6]
 local expires = NOW + tonumber(ARGV[5])
 local expires_s = num(expires)
-local out = {expires_s}
-local n = 0
+local handed = {}
+if not CLUSTER then  -- (no handoff in cluster mode: the inbox would be in another slot)
+  unregister(worker)
+  handed = redis.call('LPOP', inbox_key(worker), limit) or {}
+end
+local out = {expires_s, #handed}
+for _, entry in ipairs(handed) do out[#out + 1] = entry end
+local n = #handed
 for a = 7, #ARGV do
   if n >= limit then break end
   local q = ARGV[a]
   promote_due(q, 1000)
-  local running, queued_ix, running_ix = qkey(q, 'running'), qkey(q, 'state:queued'),
-                                         qkey(q, 'state:running')
   -- All scores are 0, so ZPOPMIN pops in member (rank) order.
   local popped = redis.call('ZPOPMIN', qkey(q, 'ready'), limit - n)
   for p = 1, #popped, 2 do
-    local id = string.sub(popped[p], """
-    + str(RANK_WIDTH + 1)
-    + """)
-    local jk = jkey(q, id)
-    -- The reply's fields plus seq and token, in one read; patched below to what is written.
-    local h = redis.call('HMGET', jk, unpack(F_CLAIM))
-    local st = h[I_STATE]
-    if st == 'queued' or (st and not KNOWN[st]) then
-      local token = (tonumber(h[I_TOKEN]) or 0) + 1
-      local attempts = (tonumber(h[I_ATTEMPTS]) or 0) + 1
-      redis.call('HSET', jk, 'state', 'running', 'attempts', attempts, 'token', token,
-                 'worker', worker, 'started_at', NOW_S, 'lease', expires_s)
-      zadd_later(running, expires, id)
-      zrem_later(queued_ix, id)
-      zadd_later(running_ix, tonumber(h[I_SEQ]) or 0, id)
-      h[I_STATE], h[I_ATTEMPTS], h[I_STARTED], h[I_WORKER] = 'running', tostring(attempts),
-                                                            NOW_S, worker
-      h[I_TOKEN], h[I_SEQ] = nil, nil
+    local id = string.sub(popped[p], RANK_WIDTH + 1)
+    -- The reply's fields plus seq and token, in one read; patched to what is written.
+    local h = redis.call('HMGET', jkey(q, id), unpack(F_CLAIM))
+    local token = lease_job(q, id, h, worker, expires, expires_s)
+    if token then
       out[#out + 1] = token
       out[#out + 1] = h
       n = n + 1
@@ -524,12 +607,16 @@ return 1
 """
 )
 
-# ARGV[4..] queues. Returns "0" if work is ready now; else clears stale wake-up tokens and
-# returns the seconds until the next scheduled job (or false if none).
+# ARGV[4] worker ('' = don't register), [5] lease_for, [6] seconds to stay registered,
+# [7..] queues. Returns "inbox" if a lease was handed to the worker already, "0" if work is
+# ready now; else registers the worker as a waiter (see `handoff`), clears stale wake-up
+# tokens and returns the seconds until the next scheduled job (or false if none).
 WAIT = _script(
     """
+local worker = CLUSTER and '' or ARGV[4]
+if worker ~= '' and redis.call('LLEN', inbox_key(worker)) > 0 then return 'inbox' end
 local best = nil
-for a = 4, #ARGV do
+for a = 7, #ARGV do
   local q = ARGV[a]
   if redis.call('ZCARD', qkey(q, 'ready')) > 0 then return '0' end
   local s = redis.call('ZRANGE', qkey(q, 'scheduled'), 0, 0, 'WITHSCORES')
@@ -540,9 +627,56 @@ for a = 4, #ARGV do
 end
 if best and best <= 0 then return '0' end
 -- Nothing is ready, so every token still in the wake lists is stale.
-for a = 4, #ARGV do redis.call('DEL', qkey(ARGV[a], 'wake')) end
+for a = 7, #ARGV do redis.call('DEL', qkey(ARGV[a], 'wake')) end
+local stay = tonumber(ARGV[6]) or 0
+if worker ~= '' and stay > 0 then
+  unregister(worker)
+  local qs = {}
+  for a = 7, #ARGV do
+    redis.call('ZADD', qkey(ARGV[a], 'waiters'), NOW + stay, worker)
+    qs[#qs + 1] = ARGV[a]
+  end
+  redis.call('HSET', waiting_key(worker), 'queues', table.concat(qs, ','), 'lease_for', ARGV[5])
+  redis.call('PEXPIRE', waiting_key(worker), math.ceil(stay * 1000) + 1000)
+end
 if best then return num(best) end
 return false
+"""
+)
+
+# ARGV[4] worker. Ends its registration and puts back the leases handed to it that it will
+# not run (it stopped waiting): queued again, their attempt not counted. Returns how many.
+UNWAIT = _script(
+    """
+if CLUSTER then return 0 end
+local worker = ARGV[4]
+unregister(worker)
+local n = 0
+for _, entry in ipairs(redis.call('LPOP', inbox_key(worker), 1000) or {}) do
+  -- The id and token are the entry's first fields: <len>:<token><len>:<expires><len>:<id>
+  local pos, fields = 1, {}
+  for i = 1, 3 do
+    local colon = string.find(entry, ':', pos, true)
+    local len = tonumber(string.sub(entry, pos, colon - 1))
+    fields[i] = string.sub(entry, colon + 1, colon + len)
+    pos = colon + len + 1
+  end
+  local token, id = fields[1], fields[3]
+  local q = redis.call('HGET', jkey('', id), 'queue')
+  if q then
+    local jk = jkey(q, id)
+    local h = redis.call('HMGET', jk, 'state', 'token', 'attempts')
+    if h[1] == 'running' and h[2] == token then
+      zrem_later(qkey(q, 'running'), id)
+      redis.call('HSET', jk, 'attempts', math.max(0, (tonumber(h[3]) or 1) - 1))
+      redis.call('HDEL', jk, 'worker', 'lease', 'started_at')
+      to_ready(q, jk, id, 'running')
+      wake(q, 1)
+      n = n + 1
+    end
+  end
+end
+return n
 """
 )
 
