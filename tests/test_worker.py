@@ -342,3 +342,29 @@ async def test_worker_rides_out_a_store_outage(tmp_path: Path) -> None:
     assert counts[0].completed == 50
     assert sorted(set(done)) == list(range(50))
     await app.aclose()
+
+
+async def test_a_busy_worker_claims_a_few_slots_at_a_time(app: conveyor.App) -> None:
+    """With jobs running, a worker waits (at most a few ms) for several slots to free before
+    claiming again, instead of one claim per finished job."""
+
+    @app.task
+    async def work() -> None:
+        await asyncio.sleep(random.uniform(0.005, 0.015))
+
+    await work.enqueue_many([() for _ in range(400)])
+    calls: list[int] = []
+    backend = app.backend
+    claim = backend.claim
+
+    async def counting(*args: object, **kwargs: object) -> list[object]:
+        leases = await claim(*args, **kwargs)  # type: ignore[arg-type]
+        calls.append(len(leases))
+        return leases  # type: ignore[return-value]
+
+    backend.claim = counting  # type: ignore[method-assign]
+    stats = await drain(app, concurrency=32)
+    assert stats.completed == 400
+    claimed = [n for n in calls if n]
+    assert len(claimed) < 400 / 4, claimed  # far fewer claims than jobs
+    assert sum(claimed) == 400

@@ -35,6 +35,7 @@ log = logging.getLogger("conveyor.worker")
 
 # Backoff while the store is unreachable, in seconds.
 _BACKOFF_MIN, _BACKOFF_MAX = 0.05, 2.0
+_REFILL_WAIT = 0.005  # longest a claim waits for more free slots while jobs run
 
 
 class Worker:
@@ -150,12 +151,17 @@ class Worker:
 
     async def _fetch_loop(self, tg: asyncio.TaskGroup) -> None:
         cfg = self.config
+        # With jobs running, wait (briefly) for a few slots to free before claiming again:
+        # one claim of 16 costs the store far less than 16 claims of 1.
+        refill = max(1, min(cfg.claim_batch, cfg.concurrency) // 4)
         while not self._stopping.is_set():
             free = cfg.concurrency - len(self._running)
             if free <= 0:
                 self._slot_free.clear()
                 await self._slot_free.wait()
                 continue
+            if free < refill and self._running:
+                await self._slots_or_timeout(refill, _REFILL_WAIT)
             try:
                 leases = await self.backend.claim(
                     self._selector.order(), min(free, cfg.claim_batch), cfg.lease_for, self.name
@@ -191,6 +197,22 @@ class Worker:
                 self._spawn(tg, handed)
                 self.stats.claimed += len(handed)
                 await asyncio.sleep(0)  # let it start before the next claim's round trip
+
+    async def _slots_or_timeout(self, want: int, timeout: float) -> None:
+        """Until `want` slots are free, or `timeout` seconds pass (so slow jobs never keep
+        ready work waiting longer than that), or a stop."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
+        while self.config.concurrency - len(self._running) < want and not self._stopping.is_set():
+            left = end - loop.time()
+            if left <= 0:
+                return
+            self._slot_free.clear()
+            try:
+                async with asyncio.timeout(left):
+                    await self._slot_free.wait()
+            except TimeoutError:
+                return
 
     def _spawn(self, tg: asyncio.TaskGroup, leases: list[Lease]) -> None:
         """One task per job; jobs of a batch task share one task per claimed group."""

@@ -1,8 +1,10 @@
-"""Connections: URL parsing, one redis-py client per event loop, errors wrapped at the edge.
+"""Connections: URL parsing, one set of connections per event loop, errors wrapped at the edge.
 
-redis-py's asyncio connections belong to the loop that opened them, and one backend is used
-from two loops in one process (the app's and the portal's that `enqueue_sync` runs on), so
-`Clients` keeps one client (with its own pool and registered scripts) per running loop.
+Connections belong to the loop that opened them, and one backend is used from two loops in
+one process (the app's and the portal's that `enqueue_sync` runs on), so `Clients` keeps one
+`Conn` per running loop: on a single Redis a `Pipe` (see `pipe`) for scripts and reads plus
+one per concurrent blocking wait, and a redis-py client for the start-up checks; on a Redis
+Cluster a redis-py cluster client for everything (it routes by slot).
 """
 
 from __future__ import annotations
