@@ -49,13 +49,38 @@ async def test_unreachable_server_fails_fast_with_store_unavailable() -> None:
         assert "hunter2" not in str(info.value)
 
 
-async def test_noscript_is_reloaded(redis_url: str, raw: aioredis.Redis) -> None:
+async def test_lost_functions_and_scripts_are_reloaded(redis_url: str, raw: aioredis.Redis) -> None:
     clock = FakeClock()
     async with RedisBackend(redis_url, clock=clock) as b:
         await b.enqueue([make_job(clock)])
+        await raw.function_flush()
         await raw.script_flush()
-        assert await b.enqueue([make_job(clock)]) == [True]  # NOSCRIPT → SCRIPT LOAD → again
+        assert await b.enqueue([make_job(clock)]) == [True]  # not found → FUNCTION LOAD → again
         assert len(await b.claim(["default"], 10, 30, W)) == 2
+
+
+async def test_scripts_run_as_eval_where_function_load_is_refused(
+    redis_url: str, raw: aioredis.Redis
+) -> None:
+    """An ACL user without FUNCTION (some managed services) still gets a working store."""
+    await raw.function_flush()
+    await raw.acl_setuser(
+        "nofn", enabled=True, passwords=["+pw"], keys=["*"], channels=["*"],
+        commands=["+@all", "-function"], reset=True,
+    )  # fmt: skip
+    try:
+        clock = FakeClock()
+        url = redis_url.replace("redis://", "redis://nofn:pw@")
+        async with RedisBackend(url, clock=clock) as b:
+            job = make_job(clock)
+            assert await b.enqueue([job]) == [True]
+            (lease,) = await b.claim(["default"], 10, 30, W)
+            assert await b.settle([(lease, Completed(None))]) == [True]
+            (done,) = await b.get([job.id])
+            assert done is not None and done.state is JobState.COMPLETED
+        assert await raw.function_list() == []  # never loaded: it ran as scripts
+    finally:
+        await raw.acl_deluser("nofn")
 
 
 async def test_claim_order_at_the_extremes(redis_url: str) -> None:

@@ -174,28 +174,35 @@ def _open(settings: Settings) -> Conn:
     client: Client
     if settings.cluster:
         client = RedisCluster.from_url(settings.url, **common)
-        return _with_scripts(client, client.register_script)
+        return _with_scripts(client, lambda name, text: client.register_script(text))
     client = aioredis.Redis.from_url(settings.url, health_check_interval=30, **common)
     pipe = Pipe(Endpoint.from_url(settings.url, settings.socket_timeout))
-    return _with_scripts(client, pipe.script, pipe)
+    library = scripts.LIBRARY
+    return _with_scripts(
+        client, lambda name, text: pipe.function(library, scripts.function_name(name), text), pipe
+    )
 
 
-def _with_scripts(client: Client, load: Callable[[str], Script], pipe: Pipe | None = None) -> Conn:
+def _with_scripts(
+    client: Client, load: Callable[[str, str], Script], pipe: Pipe | None = None
+) -> Conn:
+    """The scripts as EVALSHA scripts (cluster: redis-py routes them) or as FUNCTIONs of
+    `scripts.LIBRARY` (single Redis: the helpers are not rebuilt on every call)."""
     return Conn(
         client,
-        enqueue=load(scripts.ENQUEUE),
-        claim=load(scripts.CLAIM),
-        extend=load(scripts.EXTEND),
-        settle=load(scripts.SETTLE),
-        promote=load(scripts.PROMOTE),
-        rescue=load(scripts.RESCUE),
-        purge=load(scripts.PURGE),
-        purge_before=load(scripts.PURGE_BEFORE),
-        cancel=load(scripts.CANCEL),
-        requeue=load(scripts.REQUEUE),
-        wait=load(scripts.WAIT),
-        unwait=load(scripts.UNWAIT),
-        incr=load(scripts.INCR),
+        enqueue=load("enqueue", scripts.ENQUEUE),
+        claim=load("claim", scripts.CLAIM),
+        extend=load("extend", scripts.EXTEND),
+        settle=load("settle", scripts.SETTLE),
+        promote=load("promote", scripts.PROMOTE),
+        rescue=load("rescue", scripts.RESCUE),
+        purge=load("purge", scripts.PURGE),
+        purge_before=load("purge_before", scripts.PURGE_BEFORE),
+        cancel=load("cancel", scripts.CANCEL),
+        requeue=load("requeue", scripts.REQUEUE),
+        wait=load("wait", scripts.WAIT),
+        unwait=load("unwait", scripts.UNWAIT),
+        incr=load("incr", scripts.INCR),
         pipe=pipe,
     )
 

@@ -23,6 +23,7 @@ import asyncio
 import collections
 import contextlib
 import hashlib
+import logging
 import socket
 import ssl
 from collections.abc import Sequence
@@ -35,7 +36,9 @@ from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection
 from redis.asyncio.connection import parse_url as redis_parse_url
 from redis.backoff import ExponentialWithJitterBackoff
 
-__all__ = ["Endpoint", "Pipe", "PipeScript", "drop_transport"]
+__all__ = ["Endpoint", "Pipe", "PipeFunction", "PipeScript", "drop_transport"]
+
+log = logging.getLogger("conveyor.backends.redis")
 
 _RETRIES = 3
 _BACKOFF = ExponentialWithJitterBackoff(cap=0.5, base=0.02)
@@ -364,6 +367,11 @@ class Pipe:
                 raise
         return wire
 
+    def function(self, library: str, name: str, fallback: str) -> PipeFunction:
+        """Function `name` of the FUNCTION `library`, called like a script (loaded on first
+        use, and again if the server lost it; `fallback` is the same code as a script)."""
+        return PipeFunction(self, library, name, fallback)
+
     def script(self, text: str) -> PipeScript:
         """A script bound to this pipe, called like redis-py's: ``await s(keys, args)``."""
         return PipeScript(self, text)
@@ -398,3 +406,36 @@ class PipeScript:
         except rexc.NoScriptError:
             await self.pipe.call("SCRIPT", "LOAD", self.text)
             return await self.pipe.call("EVALSHA", self.sha, len(keys), *keys, *args)
+
+
+class PipeFunction:
+    """A Redis FUNCTION run with ``FCALL``; its library is loaded when the server lacks it
+    (first use, a restart without persistence, ``FUNCTION FLUSH``). Where FUNCTION LOAD is
+    refused (an ACL without it, a proxy), the same code runs as a script (`fallback`).
+    """
+
+    __slots__ = ("_eval", "fallback", "library", "name", "pipe")
+
+    def __init__(self, pipe: Pipe, library: str, name: str, fallback: str) -> None:
+        self.pipe = pipe
+        self.library = library
+        self.name = name
+        self.fallback = fallback
+        self._eval: PipeScript | None = None
+
+    async def __call__(self, keys: Sequence[Any] = (), args: Sequence[Any] = ()) -> Any:
+        if self._eval is not None:
+            return await self._eval(keys, args)
+        try:
+            return await self.pipe.call("FCALL", self.name, len(keys), *keys, *args)
+        except rexc.ResponseError as exc:
+            if "function not found" not in str(exc).lower():
+                raise
+        try:
+            await self.pipe.call("FUNCTION", "LOAD", self.library)
+        except rexc.ResponseError as exc:
+            if "already exists" not in str(exc):  # else loaded meanwhile by someone: fine
+                log.warning("FUNCTION LOAD refused (%s); running scripts with EVALSHA", exc)
+                self._eval = PipeScript(self.pipe, self.fallback)
+                return await self._eval(keys, args)
+        return await self.pipe.call("FCALL", self.name, len(keys), *keys, *args)

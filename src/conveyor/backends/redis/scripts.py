@@ -16,6 +16,8 @@ only 14 digits), and floats are returned as strings (Redis truncates Lua numbers
 
 from __future__ import annotations
 
+import hashlib
+
 __all__ = [
     "CANCEL",
     "CLAIM",
@@ -24,6 +26,7 @@ __all__ = [
     "EXTEND",
     "FIELDS",
     "INCR",
+    "LIBRARY",
     "PROMOTE",
     "PURGE",
     "PURGE_BEFORE",
@@ -33,6 +36,7 @@ __all__ = [
     "SETTLE",
     "UNWAIT",
     "WAIT",
+    "function_name",
 ]
 
 # The job hash fields every read returns, in this order (`codec.decode` depends on it).
@@ -50,17 +54,16 @@ RANK_WIDTH = 13 + 17 + 16
 
 _PRELUDE = (
     """
-local PREFIX, CLUSTER = ARGV[1], ARGV[2] == '1'
-local NOW = tonumber(ARGV[3])
-if not NOW then
-  local t = redis.call('TIME')
-  NOW = tonumber(t[1]) + tonumber(t[2]) / 1000000
-end
+-- Set by `begin` at the start of every call (see `_script` and `LIBRARY`).
+local PREFIX, CLUSTER, NOW, NOW_S
+local ZREMS, ZADDS = {}, {}
+-- (No calls to Lua's library at the top level: FUNCTION LOAD runs it without them.)
 local F = {'"""
     + "','".join(FIELDS)
     + """'}
-local F_CLAIM = {unpack(F)}
-F_CLAIM[#F + 1], F_CLAIM[#F + 2] = 'seq', 'token'
+local F_CLAIM = {'"""
+    + "','".join((*FIELDS, "seq", "token"))
+    + """'}
 local I_SEQ, I_TOKEN = #F + 1, #F + 2
 local RANK_WIDTH = """
     + str(RANK_WIDTH)
@@ -81,7 +84,19 @@ local KNOWN = {scheduled = true, queued = true, running = true, completed = true
                cancelled = true}
 
 local function num(x) return string.format('%.17g', x) end
-local NOW_S = num(NOW)
+
+-- Every call starts here: the prefix, cluster mode and the time ("now" from the caller, or
+-- the server's clock), and empty deferred-write buffers.
+local function begin(ARGV)
+  PREFIX, CLUSTER = ARGV[1], ARGV[2] == '1'
+  NOW = tonumber(ARGV[3])
+  if not NOW then
+    local t = redis.call('TIME')
+    NOW = tonumber(t[1]) + tonumber(t[2]) / 1000000
+  end
+  NOW_S = num(NOW)
+  ZREMS, ZADDS = {}, {}
+end
 
 -- The hash tag every key of queue q shares: one slot per queue in cluster mode, one slot
 -- for the whole prefix otherwise (so unique keys and queries span queues).
@@ -106,7 +121,6 @@ end
 -- calls `flush_later`): each redis.call costs a few µs of its own, so this is most of a
 -- batch's time saved. All removals go before all additions, so a script must not add a
 -- member to a key and then remove it from that key.
-local ZREMS, ZADDS = {}, {}
 local function zrem_later(key, member)
   local t = ZREMS[key]
   if not t then t = {}; ZREMS[key] = t end
@@ -285,14 +299,18 @@ end
 )
 
 
-def _script(body: str) -> str:
-    """The prelude, then `body` as a function whose result is returned after the deferred
-    sorted-set writes are flushed."""
+_BODIES: dict[str, str] = {}
+
+
+def _script(name: str, body: str) -> str:
+    """The script `name` for EVAL: the prelude, then `body` as a function whose result is
+    returned after the deferred sorted-set writes are flushed. Also kept for `LIBRARY`."""
+    _BODIES[name] = body
     return (
         _PRELUDE
-        + "local function main()\n"
+        + "local function main(KEYS, ARGV)\n"
         + body
-        + "\nend\nlocal result = main()\nflush_later()\nreturn result\n"
+        + "\nend\nbegin(ARGV)\nlocal result = main(KEYS, ARGV)\nflush_later()\nreturn result\n"
     )
 
 
@@ -301,6 +319,7 @@ def _script(body: str) -> str:
 # cmsgpack cannot unpack msgpack `bin`). Returns 1 (stored) or 0 (duplicate key) per job.
 # One INCRBY reserves the sequence numbers of the whole call.
 ENQUEUE = _script(
+    "enqueue",
     """
 local out, woke = {}, {}
 local OPTIONAL = {[9] = 'timeout', [10] = 'deadline', [11] = 'key', [12] = 'unique_until',
@@ -345,13 +364,14 @@ for k, j in ipairs(jobs) do
 end
 for q, n in pairs(woke) do wake(q, n - handoff(q, n)) end
 return out
-"""
+""",
 )
 
 # ARGV[4] limit, [5] lease_for, [6] worker, [7..] queues in order.
 # Returns {expires, n, inbox_1..inbox_n, token1, fields1, token2, fields2, ...}: first the
 # leases handed to this worker while it waited (packed, see `pack_lease`), then new ones.
 CLAIM = _script(
+    "claim",
     """
 local limit, worker = tonumber(ARGV[4]), ARGV[6]
 local expires = NOW + tonumber(ARGV[5])
@@ -383,11 +403,12 @@ for a = 7, #ARGV do
   end
 end
 return out
-"""
+""",
 )
 
 # ARGV[4] lease_for, then (queue, id, token) per lease. Returns expires or false per lease.
 EXTEND = _script(
+    "extend",
     """
 local expires = NOW + tonumber(ARGV[4])
 local out = {}
@@ -411,13 +432,14 @@ for i = 5, #ARGV, 3 do
   out[#out + 1] = r
 end
 return out
-"""
+""",
 )
 
 # ARGV[4..]: (queue, id, token, kind, a, b) per outcome. kind: c = completed with result a,
 # n = completed without result, r = retry at a with error b, f = failed with error b,
 # x = cancelled with reason a. Returns 1 (applied) or 0 (stale lease) per outcome.
 SETTLE = _script(
+    "settle",
     """
 local out, woke = {}, {}
 for i = 4, #ARGV, 6 do
@@ -457,11 +479,12 @@ for i = 4, #ARGV, 6 do
 end
 for q, n in pairs(woke) do wake(q, n) end
 return out
-"""
+""",
 )
 
 # ARGV[4] max per queue, [5..] queues. Returns how many moved.
 PROMOTE = _script(
+    "promote",
     """
 local n = 0
 for a = 5, #ARGV do
@@ -470,11 +493,12 @@ for a = 5, #ARGV do
   n = n + moved
 end
 return n
-"""
+""",
 )
 
 # ARGV[4] the LeaseExpired message, [5] max per queue, [6..] queues. Returns how many.
 RESCUE = _script(
+    "rescue",
     """
 local message = cjson.encode(ARGV[4])
 local n = 0
@@ -510,12 +534,13 @@ for a = 6, #ARGV do
   wake(q, woke)
 end
 return n
-"""
+""",
 )
 
 # ARGV[4] max per (queue, state), [5] number of states, then the states, then the queues.
 # Deletes finished jobs whose retention ended; returns their ids.
 PURGE = _script(
+    "purge",
     """
 local max, ns = tonumber(ARGV[4]), tonumber(ARGV[5])
 local out = {}
@@ -537,12 +562,13 @@ for a = 6 + ns, #ARGV do
   end
 end
 return out
-"""
+""",
 )
 
 # ARGV[4] before, [5] state, [6] queue, [7..] candidate ids (from the state index).
 # Deletes those that finished before `before`; returns their ids.
 PURGE_BEFORE = _script(
+    "purge_before",
     """
 local before, st, q = tonumber(ARGV[4]), ARGV[5], ARGV[6]
 local out = {}
@@ -559,11 +585,12 @@ for a = 7, #ARGV do
   end
 end
 return out
-"""
+""",
 )
 
 # ARGV[4] queue, [5] id, [6] reason. Returns the state afterwards, or false if unknown.
 CANCEL = _script(
+    "cancel",
     """
 local q, id = ARGV[4], ARGV[5]
 local jk = jkey(q, id)
@@ -582,11 +609,12 @@ if st == 'running' then
   redis.call('HSET', jk, 'cancel_requested', 1, 'cancel_reason', ARGV[6])
 end
 return st
-"""
+""",
 )
 
 # ARGV[4] queue, [5] id. Failed or cancelled → queued with fresh attempts. Returns 1 or 0.
 REQUEUE = _script(
+    "requeue",
     """
 local q, id = ARGV[4], ARGV[5]
 local jk = jkey(q, id)
@@ -604,7 +632,7 @@ redis.call('HDEL', jk, 'finished_at', 'result', 'cancel_requested')
 to_ready(q, jk, id, st)
 wake(q, 1)
 return 1
-"""
+""",
 )
 
 # ARGV[4] worker ('' = don't register), [5] lease_for, [6] seconds to stay registered,
@@ -612,6 +640,7 @@ return 1
 # ready now; else registers the worker as a waiter (see `handoff`), clears stale wake-up
 # tokens and returns the seconds until the next scheduled job (or false if none).
 WAIT = _script(
+    "wait",
     """
 local worker = CLUSTER and '' or ARGV[4]
 if worker ~= '' and redis.call('LLEN', inbox_key(worker)) > 0 then return 'inbox' end
@@ -641,12 +670,13 @@ if worker ~= '' and stay > 0 then
 end
 if best then return num(best) end
 return false
-"""
+""",
 )
 
 # ARGV[4] worker. Ends its registration and puts back the leases handed to it that it will
 # not run (it stopped waiting): queued again, their attempt not counted. Returns how many.
 UNWAIT = _script(
+    "unwait",
     """
 if CLUSTER then return 0 end
 local worker = ARGV[4]
@@ -677,7 +707,7 @@ for _, entry in ipairs(redis.call('LPOP', inbox_key(worker), 1000) or {}) do
   end
 end
 return n
-"""
+""",
 )
 
 # KEYS[1] the counter; ARGV[1] amount, ARGV[2] ttl in ms. A fixed window counter.
@@ -686,3 +716,34 @@ local v = redis.call('INCRBY', KEYS[1], ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[2], 'NX')
 return v
 """
+
+
+def _library() -> tuple[str, str]:
+    """Every script as one Redis FUNCTION library, named after a hash of its text, so two
+    Conveyor versions sharing a server each call their own. The prelude's helpers and tables
+    are made once, at FUNCTION LOAD, instead of on every call as with EVAL (measured: about
+    40 µs of server CPU per call on a 2-core VM)."""
+    parts = [_PRELUDE]
+    for name, body in _BODIES.items():
+        parts.append(f"local function main_{name}(KEYS, ARGV)\n{body}\nend\n")
+    parts.append("local function incr_main(KEYS, ARGV)\n" + INCR + "\nend\n")
+    text = "".join(parts)
+    tag = hashlib.sha1(text.encode()).hexdigest()[:12]
+    regs = [
+        f"redis.register_function('cv{tag}_{name}', function(KEYS, ARGV)\n"
+        f"  begin(ARGV)\n  local result = main_{name}(KEYS, ARGV)\n  flush_later()\n"
+        "  return result\nend)\n"
+        for name in _BODIES
+    ]
+    regs.append(f"redis.register_function('cv{tag}_incr', incr_main)\n")
+    return f"#!lua name=conveyor_{tag}\n" + text + "".join(regs), f"cv{tag}_"
+
+
+LIBRARY, _FUNCTION_PREFIX = _library()
+
+
+def function_name(name: str) -> str:
+    """The FUNCTION in `LIBRARY` for script `name` ("enqueue", ..., "incr")."""
+    if name != "incr" and name not in _BODIES:
+        raise KeyError(name)
+    return _FUNCTION_PREFIX + name
