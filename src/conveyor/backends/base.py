@@ -95,6 +95,13 @@ class Backend(abc.ABC):
     async def settle(self, outcomes: Sequence[tuple[Lease, Outcome]]) -> list[bool]:
         """Apply outcomes where the token still matches; a stale lease → `False`, no change."""
 
+    @abc.abstractmethod
+    async def release(self, leases: Sequence[Lease]) -> list[bool]:
+        """Give back leases on jobs that never started (a worker stopping right after a
+        claim): each job is queued again as if it had not been claimed, the attempt not
+        counted; one whose cancel was requested meanwhile ends cancelled. Fenced like
+        `settle`: `False` for a stale lease, no change."""
+
     # -- maintenance -----------------------------------------------------------------------
 
     @abc.abstractmethod

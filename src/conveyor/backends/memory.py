@@ -211,6 +211,34 @@ class MemoryBackend(Backend):
             self._wakeup.notify()
         return out
 
+    async def release(self, leases: Sequence[Lease]) -> list[bool]:
+        now = self.clock.now()
+        out: list[bool] = []
+        with self._lock:
+            self._check()
+            for lease in leases:
+                job = self._live_lease(lease)
+                if job is None:
+                    out.append(False)
+                    continue
+                self._expiry.pop(lease.id, None)
+                if job.cancel_requested:
+                    self._put(self._cancelled(job, Cancelled("cancel requested"), now))
+                else:
+                    self._put(
+                        replace(
+                            job,
+                            state=rules.state_for_run_at(job.run_at, now),
+                            attempts=max(0, job.attempts - 1),
+                            worker=None,
+                            started_at=None,
+                        )
+                    )
+                out.append(True)
+        if any(out):
+            self._wakeup.notify()
+        return out
+
     def _cancelled(self, job: Job, outcome: Cancelled, now: float) -> Job:
         if job.key is not None and self._keys.get(job.key) == job.id:
             del self._keys[job.key]

@@ -482,6 +482,34 @@ class BackendContract:
         assert lease.job.attempts == 1
         assert await backend.settle([(lease, Completed(None))]) == [True]
 
+    async def test_release_gives_back_an_unstarted_job_without_using_an_attempt(
+        self, backend: Backend, clock: FakeClock
+    ) -> None:
+        job = make_job(clock, max_attempts=1)
+        await backend.enqueue([job])
+        (lease,) = await backend.claim(["default"], 1, 30, W)
+        assert await backend.release([lease]) == [True]
+        assert await backend.release([lease]) == [False]  # stale now: no change
+        (back,) = await backend.get([job.id])
+        assert back is not None and back.state is JobState.QUEUED
+        assert back.attempts == 0 and back.worker is None and not back.errors
+        (again,) = await backend.claim(["default"], 1, 30, W)
+        assert again.id == job.id and again.job.attempts == 1 and again.token > lease.token
+        assert await backend.settle([(lease, Completed(None))]) == [False]  # fenced
+        assert await backend.settle([(again, Completed(None))]) == [True]
+
+    async def test_release_of_a_job_with_a_cancel_requested_cancels_it(
+        self, backend: Backend, clock: FakeClock
+    ) -> None:
+        job = make_job(clock)
+        await backend.enqueue([job])
+        (lease,) = await backend.claim(["default"], 1, 30, W)
+        assert await backend.cancel(job.id) is JobState.RUNNING
+        assert await backend.release([lease]) == [True]
+        (gone,) = await backend.get([job.id])
+        assert gone is not None and gone.state is JobState.CANCELLED
+        assert await backend.claim(["default"], 1, 30, W) == []
+
     async def test_wait_times_out(self, backend: Backend) -> None:
         loop = asyncio.get_running_loop()
         start = loop.time()

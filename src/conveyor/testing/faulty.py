@@ -63,6 +63,10 @@ class FaultyBackend(Backend):
         self._enter("settle")
         return await self.inner.settle(outcomes)
 
+    async def release(self, leases: Sequence[Lease]) -> list[bool]:
+        self._enter("release")
+        return await self.inner.release(leases)
+
     async def promote(self) -> int:
         self._enter("promote")
         return await self.inner.promote()

@@ -62,6 +62,7 @@ class Worker:
         self._selector = QueueSelector(config.queues, config.strict)
         self._running: dict[str, Running] = {}
         self._slot_free = asyncio.Event()
+        self._idle_waiter: asyncio.Future[list[Lease]] | None = None
         self._stopping = asyncio.Event()
         self._hurry = asyncio.Event()  # second stop: cancel running jobs now
         self._started = asyncio.Event()
@@ -80,6 +81,7 @@ class Worker:
             self._hurry.set()
         self._stopping.set()
         self._slot_free.set()
+        self._wake_idle()
 
     @property
     def stopping(self) -> bool:
@@ -247,47 +249,43 @@ class Worker:
             pass
 
     async def _idle(self, timeout: float) -> list[Lease]:
-        """Wait for work (the backend's hint, or a job it hands over) or a stop; in burst
-        mode also for a job to end, since the last one ending is when a burst is over."""
+        """Wait for work: the backend's hint, or a job it hands over. A stop interrupts the
+        wait, and so does a job ending in burst mode (the last one ending is when a burst is
+        over): see `_wake_idle`."""
+        if self._stopping.is_set():
+            return []
         cfg = self.config
-        # These futures live only inside this call: each is cancelled and awaited below.
         waiter = asyncio.ensure_future(
             self.backend.wait_for_lease(cfg.queue_names, timeout, self.name, cfg.lease_for)
         )
-        others = [asyncio.ensure_future(self._stopping.wait())]
-        if self.config.burst:
-            self._slot_free.clear()
-            others.append(asyncio.ensure_future(self._slot_free.wait()))
+        self._idle_waiter = waiter
         try:
-            await asyncio.wait({waiter, *others}, return_when=asyncio.FIRST_COMPLETED)
+            return await waiter
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # this worker is being cancelled, not just woken
+            return []
+        except BackendError as exc:
+            await self._outage(exc)
+            return []
         finally:
-            for fut in (waiter, *others):
-                fut.cancel()
-            results = await asyncio.gather(waiter, *others, return_exceptions=True)
-        if isinstance(results[0], BackendError):
-            await self._outage(results[0])
-        return results[0] if isinstance(results[0], list) else []
+            self._idle_waiter = None
+
+    def _wake_idle(self) -> None:
+        waiter = self._idle_waiter
+        if waiter is not None and not waiter.done():
+            waiter.cancel()
+
+    def _slot_freed(self) -> None:
+        self._slot_free.set()
+        if self.config.burst:
+            self._wake_idle()
 
     async def _release(self, leases: list[Lease]) -> None:
-        now = self.clock.now()
-        outcomes: list[tuple[Lease, Outcome]] = [
-            (
-                lease,
-                Retrying(
-                    now,
-                    AttemptError(
-                        lease.job.attempts,
-                        "Interrupted",
-                        "worker stopped before the job started",
-                        "",
-                        now,
-                    ),
-                ),
-            )
-            for lease in leases
-        ]
+        """Hand back leases claimed as the stop arrived: unstarted, so not an attempt."""
         try:
-            await self.backend.settle(outcomes)
+            await self.backend.release(leases)
         except BackendError as exc:
             # Not lost: their leases expire and maintenance puts them back.
             log.warning(
@@ -355,7 +353,7 @@ class Worker:
             await self._settle([(entry, outcome)])
         finally:
             self._running.pop(lease.id, None)
-            self._slot_free.set()
+            self._slot_freed()
 
     async def _run_group(self, name: str, entries: list[Running]) -> None:
         """Jobs of one batch task claimed together: one submit, one settle."""
@@ -384,7 +382,7 @@ class Worker:
         finally:
             for entry in entries:
                 self._running.pop(entry.lease.id, None)
-            self._slot_free.set()
+            self._slot_freed()
 
     def _interrupted(self, lease: Lease) -> Outcome:
         now = self.clock.now()

@@ -245,6 +245,21 @@ class RedisBackend(Reads, Backend):
                     out[i] = bool(ok)
         return out
 
+    async def release(self, leases: Sequence[Lease]) -> list[bool]:
+        if not leases:
+            return []
+        conn = await self._conn()
+        out = [False] * len(leases)
+        with self._errors("release"):
+            for part in self._parts(leases):
+                args = self._args()
+                for i in part:
+                    args += (leases[i].job.queue, leases[i].id, leases[i].token)
+                res = await conn.release([self.keys.route(leases[part[0]].job.queue)], args)
+                for i, ok in zip(part, res, strict=True):
+                    out[i] = bool(ok)
+        return out
+
     def _parts(self, leases: Sequence[Lease]) -> list[list[int]]:
         """Indexes of `leases` in script-call batches (per queue in cluster mode)."""
         groups: dict[str, list[int]] = {}

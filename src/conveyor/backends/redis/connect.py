@@ -114,6 +114,7 @@ class Conn:
     purge_before: Script
     cancel: Script
     requeue: Script
+    release: Script
     wait: Script
     unwait: Script
     incr: Script
@@ -200,6 +201,7 @@ def _with_scripts(
         purge_before=load("purge_before", scripts.PURGE_BEFORE),
         cancel=load("cancel", scripts.CANCEL),
         requeue=load("requeue", scripts.REQUEUE),
+        release=load("release", scripts.RELEASE),
         wait=load("wait", scripts.WAIT),
         unwait=load("unwait", scripts.UNWAIT),
         incr=load("incr", scripts.INCR),

@@ -31,6 +31,7 @@ __all__ = [
     "PURGE",
     "PURGE_BEFORE",
     "RANK_WIDTH",
+    "RELEASE",
     "REQUEUE",
     "RESCUE",
     "SETTLE",
@@ -268,6 +269,26 @@ local function release_key(q, jk, id)
     local u = slot(q) .. ':uniq'
     if redis.call('HGET', u, key) == id then redis.call('HDEL', u, key) end
   end
+end
+
+-- A lease on a job that never started, given back (fenced by its token): queued again with
+-- the attempt not counted, or cancelled if that was requested meanwhile. Returns true if
+-- the lease was live.
+local function give_back(q, id, token)
+  local jk = jkey(q, id)
+  local h = redis.call('HMGET', jk, 'state', 'token', 'attempts', 'cancel_requested', 'seq')
+  if h[1] ~= 'running' or h[2] ~= token then return false end
+  zrem_later(qkey(q, 'running'), id)
+  if h[4] == '1' then
+    finish(q, jk, id, h[5], 'running', 'cancelled')
+    release_key(q, jk, id)
+  else
+    redis.call('HSET', jk, 'attempts', math.max(0, (tonumber(h[3]) or 1) - 1))
+    redis.call('HDEL', jk, 'worker', 'lease', 'started_at')
+    to_ready(q, jk, id, 'running')
+    wake(q, 1)
+  end
+  return true
 end
 
 -- The id of the job holding unique key `key`, or nil (a stale holder is released here).
@@ -693,20 +714,21 @@ for _, entry in ipairs(redis.call('LPOP', inbox_key(worker), 1000) or {}) do
   end
   local token, id = fields[1], fields[3]
   local q = redis.call('HGET', jkey('', id), 'queue')
-  if q then
-    local jk = jkey(q, id)
-    local h = redis.call('HMGET', jk, 'state', 'token', 'attempts')
-    if h[1] == 'running' and h[2] == token then
-      zrem_later(qkey(q, 'running'), id)
-      redis.call('HSET', jk, 'attempts', math.max(0, (tonumber(h[3]) or 1) - 1))
-      redis.call('HDEL', jk, 'worker', 'lease', 'started_at')
-      to_ready(q, jk, id, 'running')
-      wake(q, 1)
-      n = n + 1
-    end
-  end
+  if q and give_back(q, id, token) then n = n + 1 end
 end
 return n
+""",
+)
+
+# ARGV[4..]: (queue, id, token) per lease. Returns 1 (given back) or 0 (stale) per lease.
+RELEASE = _script(
+    "release",
+    """
+local out = {}
+for i = 4, #ARGV, 3 do
+  out[#out + 1] = give_back(ARGV[i], ARGV[i + 1], ARGV[i + 2]) and 1 or 0
+end
+return out
 """,
 )
 

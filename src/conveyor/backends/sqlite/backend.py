@@ -261,6 +261,14 @@ class SQLiteBackend(Backend):
         self._wakeup.notify()  # a retry may have made a job ready
         return out
 
+    async def release(self, leases: Sequence[Lease]) -> list[bool]:
+        if not leases:
+            return []
+        now = self.clock.now()
+        out = await self._tx(lambda c: ops.release(c, leases, now))
+        self._wakeup.notify()
+        return out
+
     async def promote(self) -> int:
         now = self.clock.now()
         return await self._tx(lambda c: ops.promote(c, now))

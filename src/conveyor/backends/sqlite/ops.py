@@ -187,6 +187,27 @@ _FENCE = "WHERE id = ? AND state = 'running' AND token = ?"
 _DONE = "finished_at = ?, expires_at = ? + keep_for, worker = NULL, lease_expires = NULL"
 
 
+def release(conn: sqlite3.Connection, leases: Sequence[Lease], now: float) -> list[bool]:
+    """Unstarted leases back to queued, the attempt not counted (cancelled if requested)."""
+    out: list[bool] = []
+    for lease in leases:
+        fence = (lease.id, lease.token)
+        took = (
+            conn.execute(
+                "UPDATE jobs SET state = 'queued', attempts = max(attempts - 1, 0), worker = NULL, "
+                f"lease_expires = NULL, started_at = NULL {_FENCE} AND cancel_requested = 0",
+                fence,
+            ).rowcount
+            or conn.execute(
+                f"UPDATE jobs SET state = 'cancelled', {_DONE}, key_lock = NULL "
+                f"{_FENCE} AND cancel_requested = 1",
+                (now, now, *fence),
+            ).rowcount
+        )
+        out.append(bool(took))
+    return out
+
+
 _COMPLETE_CHUNK = 400  # rows per statement: 3 parameters each, well under SQLite's limit
 
 
