@@ -177,14 +177,20 @@ async def test_frozen_worker_cannot_settle_or_extend(
     assert "lost=1" in a.stderr(), a.stderr()
 
 
-async def _registered(rapp: conveyor.App, name: str, for_at_least: float) -> bool:
-    """Whether worker `name` is registered as a waiter on "default" for `for_at_least` s more."""
+async def registered(rapp: conveyor.App, proc: Proc, name: str, for_at_least: float) -> None:
+    """Wait until worker `name` is registered as a waiter on "default" for `for_at_least` s
+    more (so a job enqueued now is handed to it)."""
     backend = rapp.backend
     assert isinstance(backend, RedisBackend)
     conn = await backend._conn()
-    score = await conn.call("ZSCORE", backend.keys.q("default", "waiters"), name)
-    sec, usec = await conn.call("TIME")
-    return score is not None and float(score) > int(sec) + int(usec) / 1e6 + for_at_least
+    deadline = time.monotonic() + 10
+    while True:
+        score = await conn.call("ZSCORE", backend.keys.q("default", "waiters"), name)
+        sec, usec = await conn.call("TIME")
+        if score is not None and float(score) > int(sec) + int(usec) / 1e6 + for_at_least:
+            return
+        assert time.monotonic() < deadline, proc.stderr()
+        await asyncio.sleep(0.02)
 
 
 @pytest.mark.timeout(60)
@@ -195,10 +201,7 @@ async def test_a_job_handed_to_a_waiter_that_was_sigkilled_still_runs(
     its inbox. The job was leased to the dead worker, so it reruns when the lease expires."""
     a = rcluster.worker("-c", "4", "--lease", "2", "--name", "doomed", name="A")
     await ready(a)
-    deadline = time.monotonic() + 10
-    while not await _registered(rapp, "doomed", 0.3):
-        assert time.monotonic() < deadline, a.stderr()
-        await asyncio.sleep(0.02)
+    await registered(rapp, a, "doomed", 0.3)
     rcluster.kill(a)
     (handle,) = await rapp.registry.get("record").enqueue_many([(1,)])
     (job,) = await rapp.backend.get([handle.id])
@@ -223,10 +226,7 @@ async def test_a_waiter_stopped_with_sigterm_leaves_new_jobs_to_others_at_once(
     handed to it, and another worker runs it without waiting for any lease to expire."""
     a = rcluster.worker("-c", "4", "--lease", "30", "--name", "leaving", name="A")
     await ready(a)
-    deadline = time.monotonic() + 10
-    while not await _registered(rapp, "leaving", 0.0):
-        assert time.monotonic() < deadline, a.stderr()
-        await asyncio.sleep(0.02)
+    await registered(rapp, a, "leaving", 0.0)
     a.send(signal.SIGTERM)
     assert rcluster.wait_exit(a, 10) == 0, a.stderr()
     (handle,) = await rapp.registry.get("record").enqueue_many([(1,)])
