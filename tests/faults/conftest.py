@@ -3,11 +3,16 @@
 `cluster` starts real ``conveyor worker`` (and helper) processes with their output in files
 under ``tmp_path``, reads the ledger the test app writes, and at teardown kills every process
 it started, and their descendants, by pid, even when the test failed.
+
+The store is a SQLite file unless a test runs `on_both_stores`: then it runs once more with
+its workers on the session's redis-server (a key prefix unique to the test), and that variant
+skips without redis-server locally and fails under ``CI=true`` like every Redis test.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sqlite3
@@ -18,13 +23,14 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Self, TypeVar
 
 import psutil
 import pytest
 
 import conveyor
 from tests.faults.apps.ledger import build, read_ledger
+from tests.redis.conftest import flush
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = "tests.faults.apps.ledger:app"
@@ -75,18 +81,34 @@ class Proc:
 
 
 class Cluster:
-    """Processes of one test, all sharing one SQLite file and one ledger."""
+    """Processes of one test, all sharing one store and one ledger.
 
-    def __init__(self, tmp_path: Path) -> None:
+    The store is the SQLite file ``tmp_path/jobs.db``, or, given `redis_url`, that Redis
+    under a key prefix unique to this cluster. Use it as a context manager to tear down.
+    """
+
+    def __init__(self, tmp_path: Path, redis_url: str | None = None) -> None:
         self.dir = tmp_path
-        self.db = tmp_path / "jobs.db"
-        self.url = f"sqlite:///{self.db}"
+        self.db = tmp_path / "jobs.db"  # the SQLite store (unused on Redis)
+        if redis_url is None:
+            self.store = "sqlite"
+            self.url = f"sqlite:///{self.db}"
+        else:
+            self.store = "redis"
+            sep = "&" if "?" in redis_url else "?"
+            self.url = f"{redis_url}{sep}prefix=fault-{uuid.uuid4().hex[:8]}"
         self.ledger_path = tmp_path / "ledger.txt"
         self.markers = tmp_path / "markers"
         self.markers.mkdir()
         self.tag = uuid.uuid4().hex
         self.procs: list[Proc] = []
         self._seq = 0
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.teardown()
 
     # -- starting ---------------------------------------------------------------------------
 
@@ -137,6 +159,7 @@ class Cluster:
 
     def sql(self) -> sqlite3.Connection:
         """A plain sqlite3 connection to the store (close it!)."""
+        assert self.store == "sqlite", f"no SQL on {self.store}"
         return sqlite3.connect(self.db, timeout=30)
 
     def logs(self) -> str:
@@ -199,23 +222,38 @@ def _kill_pid(pid: int) -> None:
         pass
 
 
+STORES = ("sqlite", "redis")
+# Runs a test once per store: ``test_x[sqlite]``, ``test_x[redis]`` (`cluster` and `app` follow).
+on_both_stores = pytest.mark.parametrize("cluster", STORES, indirect=True)
+
+
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(tmp_path)
-    try:
+def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]:
+    """The test's processes on a SQLite file, or on Redis when parametrized with "redis"."""
+    redis_url = None
+    if getattr(request, "param", "sqlite") == "redis":
+        # Skips locally without redis-server, fails under CI=true (tests/conftest.py).
+        redis_url = request.getfixturevalue("redis_server").url
+        flush(redis_url)
+    with Cluster(tmp_path, redis_url) as c:
         yield c
-    finally:
-        c.teardown()
 
 
-@pytest.fixture
-async def app(cluster: Cluster) -> AsyncIterator[conveyor.App]:
-    """The test's own App on the cluster's store (same tasks as the workers')."""
+@contextlib.asynccontextmanager
+async def app_on(cluster: Cluster) -> AsyncIterator[conveyor.App]:
+    """An App on the cluster's store with the workers' tasks, closed on exit."""
     a = build(cluster.url)
     try:
         yield a
     finally:
         await a.aclose()
+
+
+@pytest.fixture
+async def app(cluster: Cluster) -> AsyncIterator[conveyor.App]:
+    """The test's own App on the cluster's store (same tasks as the workers')."""
+    async with app_on(cluster) as a:
+        yield a
 
 
 async def until(

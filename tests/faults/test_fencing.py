@@ -10,11 +10,11 @@ import msgspec
 import pytest
 
 import conveyor
-from tests.faults.conftest import Cluster, Proc, ready, until, write_locked
+from tests.faults.conftest import Cluster, Proc, on_both_stores, ready, until, write_locked
 
 
 async def _freeze(cluster: Cluster, proc: Proc) -> None:
-    """SIGSTOP `proc` at a moment it holds no SQLite write lock.
+    """SIGSTOP `proc` (on SQLite: at a moment it holds no write lock).
 
     A process frozen inside a write transaction would stall every other process for the
     busy timeout; that is SQLite's nature, not what this test is about.
@@ -22,7 +22,7 @@ async def _freeze(cluster: Cluster, proc: Proc) -> None:
     for _ in range(100):
         proc.send(signal.SIGSTOP)
         await asyncio.sleep(0.02)
-        if not write_locked(cluster.db):
+        if cluster.store != "sqlite" or not write_locked(cluster.db):
             return
         proc.send(signal.SIGCONT)
         await asyncio.sleep(0.05)
@@ -32,6 +32,7 @@ async def _freeze(cluster: Cluster, proc: Proc) -> None:
 # record: the handler sleeps in a thread, so when A thaws its heartbeat or its settle may meet
 # the new token first. stall_loop: the handler blocks A's event loop, so A thaws inside the
 # handler and must try to settle before any heartbeat can run: the fenced settle path.
+@on_both_stores
 @pytest.mark.parametrize("task", ["record", "stall_loop"])
 @pytest.mark.timeout(60)
 async def test_stale_worker_cannot_overwrite_the_rescuers_result(

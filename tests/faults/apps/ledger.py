@@ -2,14 +2,15 @@
 
 Environment (read when a task runs, so one module serves every scenario):
 
-* ``FAULT_DB_URL``: the store (required to load ``app``).
+* ``FAULT_DB_URL``: the store, a SQLite or a Redis URL (required to load ``app``).
 * ``FAULT_LEDGER``: the ledger file; one line per event, ``"<event> <n> <pid> <time>\\n"``,
   written with one ``os.write`` on an ``O_APPEND`` descriptor (atomic for short lines).
 * ``FAULT_TASK_SLEEP``: seconds `record` sleeps between "start" and "done" (default 0.005).
 * ``FAULT_MARKERS``: a directory for `block_first`'s first-attempt markers.
 
-The worker imports ``tests.faults.apps.ledger:app``; the test process builds its own App on
-the same file with `build(url)` (the module-level ``app`` is created lazily, on first use).
+The worker imports ``tests.faults.apps.ledger:app`` (on either store); the test process builds
+its own App on the same store with `build(url)` (the module-level ``app`` is created lazily, on
+first use).
 """
 
 from __future__ import annotations
