@@ -250,8 +250,11 @@ class Worker:
 
     async def _idle(self, timeout: float) -> list[Lease]:
         """Wait for work: the backend's hint, or a job it hands over. A stop interrupts the
-        wait, and so does a job ending in burst mode (the last one ending is when a burst is
-        over): see `_wake_idle`."""
+        wait, and so does the last running job ending in burst mode (when a burst is over).
+
+        A job handed over at the very moment of such an interruption can be lost to this
+        worker (the cancel lands before the handed lease is read): it is still leased, so it
+        reruns when the lease expires, like a dead worker's."""
         if self._stopping.is_set():
             return []
         cfg = self.config
@@ -279,8 +282,8 @@ class Worker:
 
     def _slot_freed(self) -> None:
         self._slot_free.set()
-        if self.config.burst:
-            self._wake_idle()
+        if self.config.burst and not self._running:
+            self._wake_idle()  # the last job ended: the burst may be over
 
     async def _release(self, leases: list[Lease]) -> None:
         """Hand back leases claimed as the stop arrived: unstarted, so not an attempt."""
