@@ -145,14 +145,40 @@ async def enqueue_figures(url: str, single: int, each: int, many: int) -> None:
         await app.aclose()
 
 
+async def server_cost(url: str) -> tuple[float, float]:
+    """The server's cumulative script time (FCALL + EVALSHA, `INFO commandstats`) and its
+    CPU time (`INFO cpu`), both in µs: differences show what a run cost the server."""
+    client = aioredis.Redis.from_url(url)
+    try:
+        stats = await client.info("commandstats")
+        cpu = await client.info("cpu")
+    finally:
+        await client.aclose()
+    scripts = sum(
+        float(v["usec"]) for k, v in stats.items() if k in ("cmdstat_fcall", "cmdstat_evalsha")
+    )
+    return scripts, (float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])) * 1e6
+
+
 async def drain(url: str, jobs: int, processes: int) -> float:
     prefix = f"drain{processes}"
     app = make_app(f"{url}?prefix={prefix}")
     try:
         await app.registry.get("noop").enqueue_many([() for _ in range(jobs)])
+        before = await server_cost(url)
         procs = workers(f"{url}?prefix={prefix}", processes, "--burst", "-c", "64")
         for p in procs:
             p.wait(300)
+        after_ = await server_cost(url)
+        row(
+            f"  redis-server: script time per job ({processes}p drain)",
+            (after_[0] - before[0]) / jobs, "µs",
+        )  # fmt: skip
+        row(
+            f"  redis-server: CPU per job ({processes}p drain)",
+            (after_[1] - before[1]) / jobs,
+            "µs",
+        )
         # Throughput from the first start to the last finish (server time): startup excluded.
         first, last, done = float("inf"), 0.0, 0
         after = None
