@@ -8,6 +8,7 @@ for one that died or stopped at the wrong moment) and through `wait_for_lease`.
 from __future__ import annotations
 
 import asyncio
+import random
 
 import redis.asyncio as aioredis
 
@@ -155,3 +156,42 @@ async def test_wait_for_lease_returns_at_once_when_work_is_ready(redis_url: str)
         async with asyncio.timeout(1):
             assert await b.wait_for_lease(["default"], 5.0, "w", LEASE) == []
         assert len(await b.claim(["default"], 10, LEASE, "w")) == 1
+
+
+async def test_a_wait_cancelled_as_its_job_arrives_leaves_no_job_stranded(
+    redis_url: str, raw: aioredis.Redis
+) -> None:
+    """Cancel waits at moments around a handoff's arrival. Whatever the timing, the job was
+    either returned to the waiter (running, its lease live) or is queued again with no
+    attempt used: never leased to a waiter that no longer listens."""
+    clock = FakeClock()
+    rng = random.Random(7)
+    async with (
+        RedisBackend(redis_url, clock=clock) as b,
+        RedisBackend(redis_url, clock=clock) as producer,
+    ):
+        waiters = b.keys.q("default", "waiters")
+        outcomes = {"returned": 0, "given back": 0}
+        for _ in range(40):
+            task = asyncio.create_task(b.wait_for_lease(["default"], 5.0, "w", LEASE))
+            while await raw.zscore(waiters, "w") is None:
+                await asyncio.sleep(0.001)
+            job = make_job(clock)
+            enqueue = asyncio.create_task(producer.enqueue([job]))
+            await asyncio.sleep(rng.uniform(0, 0.002))
+            task.cancel()
+            (result,) = await asyncio.gather(task, return_exceptions=True)
+            await enqueue
+            (stored,) = await producer.get([job.id])
+            assert stored is not None
+            if isinstance(result, list) and result:
+                assert stored.state is JobState.RUNNING and result[0].id == job.id
+                assert await b.settle([(result[0], Completed(None))]) == [True]
+                outcomes["returned"] += 1
+            else:
+                assert stored.state is JobState.QUEUED and stored.attempts == 0, stored
+                (lease,) = await b.claim(["default"], 1, LEASE, "other")
+                assert await b.settle([(lease, Completed(None))]) == [True]
+                outcomes["given back"] += 1
+        assert await raw.llen(b.keys.inbox("w")) == 0
+        assert outcomes["given back"] > 0, outcomes

@@ -440,8 +440,8 @@ async def test_blpop_block_time_extends_the_watchdog(redis_url: str, raw: aiored
 
 
 async def test_cancelled_blpop_breaks_nothing_else(redis_url: str, raw: aioredis.Redis) -> None:
-    """A `Conn.blpop` cancelled while blocked closes its own blocker (the server sees the
-    blocked client go) and leaves the main pipe and later BLPOPs working."""
+    """A `Conn.blpop` cancelled while blocked unblocks its command (the server sees no
+    blocked client) and leaves the main pipe and later BLPOPs working."""
     clients = Clients(parse_url(redis_url))
     conn = clients.get()
     other = Pipe(Endpoint.from_url(redis_url, 2.0))
@@ -453,7 +453,7 @@ async def test_cancelled_blpop_breaks_nothing_else(redis_url: str, raw: aioredis
         waiter.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiter
-        assert conn.blockers == []  # closed, never reused
+        assert len(conn.blockers) == 1  # unblocked and answered: clean to reuse
         assert await conn.call("GET", "k") == b"v"
         assert await other.call("ECHO", "fine") == b"fine"
         await blocked(raw, 0)
@@ -828,3 +828,28 @@ def test_abandon_closes_a_tls_socket_quietly(tls_server: Tls) -> None:
     url = f"rediss://localhost:{tls_server.port}/0?ssl_ca_certs={tls_server.ca}"
     found, _ = _run_and_abandon(url, abandon=True)
     assert found == []
+
+
+async def test_a_blpop_cancelled_after_its_pop_hands_the_element_to_on_lost(
+    redis_url: str, raw: aioredis.Redis
+) -> None:
+    """The server popped for us, then the caller was cancelled before reading the reply:
+    the element is not lost, it goes to `on_lost`."""
+    clients = Clients(parse_url(redis_url))
+    conn = clients.get()
+    lost: list[object] = []
+    try:
+        for attempt in range(200):
+            waiter = asyncio.create_task(conn.blpop(["q"], 5.0, lost.append))
+            await blocked(raw, 1)
+            await raw.rpush("q", f"job{attempt}")  # popped by the blocked BLPOP at once
+            waiter.cancel()  # usually before our loop has read the reply
+            result = (await asyncio.gather(waiter, return_exceptions=True))[0]
+            got = [result] if isinstance(result, list) else []
+            assert [*got, *lost] == [[b"q", f"job{attempt}".encode()]], (got, lost)
+            if lost:
+                break
+        assert lost, "never cancelled between the pop and the read in 200 tries"
+        assert await raw.llen("q") == 0
+    finally:
+        await clients.aclose()

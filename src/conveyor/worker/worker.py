@@ -250,11 +250,8 @@ class Worker:
 
     async def _idle(self, timeout: float) -> list[Lease]:
         """Wait for work: the backend's hint, or a job it hands over. A stop interrupts the
-        wait, and so does the last running job ending in burst mode (when a burst is over).
-
-        A job handed over at the very moment of such an interruption can be lost to this
-        worker (the cancel lands before the handed lease is read): it is still leased, so it
-        reruns when the lease expires, like a dead worker's."""
+        wait, and so does the last running job ending in burst mode (when a burst is over);
+        a job handed over at that very moment goes back to the queue (the backend's duty)."""
         if self._stopping.is_set():
             return []
         cfg = self.config

@@ -378,18 +378,32 @@ class RedisBackend(Reads, Backend):
             return []
         conn = await self._conn()
         qs = list(dict.fromkeys(queues))
+        lost: list[Any] = []  # a handed-over lease popped just as we were cancelled
         try:
             with self._errors("wait"):
-                return await self._wait_for_lease(conn, qs, timeout, worker, lease_for)
+                return await self._wait_for_lease(conn, qs, timeout, worker, lease_for, lost)
         except BaseException:
             # Stopped waiting (the worker stops or got busy, or the store failed): give back
-            # what may have been handed over meanwhile, so it doesn't wait out its lease.
+            # what was handed over meanwhile, so it doesn't wait out its lease.
+            inbox = self.keys.inbox(worker)
+            popped = [_handed(r[1]) for r in lost if text(r[0]) == inbox]
             with contextlib.suppress(Exception):
-                await asyncio.shield(conn.unwait([self.keys.route(qs[0])], [*self._args(), worker]))
+                await asyncio.shield(self._give_back(conn, qs, worker, [x for x in popped if x]))
             raise
 
+    async def _give_back(self, conn: Conn, qs: list[str], worker: str, popped: list[Lease]) -> None:
+        await conn.unwait([self.keys.route(qs[0])], [*self._args(), worker])
+        if popped:
+            await self.release(popped)
+
     async def _wait_for_lease(
-        self, conn: Conn, qs: list[str], timeout: float, worker: str, lease_for: float
+        self,
+        conn: Conn,
+        qs: list[str],
+        timeout: float,
+        worker: str,
+        lease_for: float,
+        lost: list[Any],
     ) -> list[Lease]:
         block = min(timeout, self.settings.socket_timeout / 2)
         due = await conn.wait(
@@ -405,7 +419,7 @@ class RedisBackend(Reads, Backend):
         if block < 0.001:
             return []
         inbox = self.keys.inbox(worker)
-        reply = await conn.blpop([inbox, *(self.keys.q(q, "wake") for q in qs)], block)
+        reply = await conn.blpop([inbox, *(self.keys.q(q, "wake") for q in qs)], block, lost.append)
         if reply is None or text(reply[0]) != inbox:
             return []
         lease = _handed(reply[1])

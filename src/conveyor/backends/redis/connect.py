@@ -136,18 +136,59 @@ class Conn:
                 pipe.execute_command(*command)
             return list(await pipe.execute())
 
-    async def blpop(self, keys: Sequence[str], timeout: float) -> Any:
-        """`BLPOP keys timeout`, on a connection of its own (it blocks the socket)."""
+    async def blpop(
+        self,
+        keys: Sequence[str],
+        timeout: float,
+        on_lost: Callable[[Any], object] | None = None,
+    ) -> Any:
+        """`BLPOP keys timeout`, on a connection of its own (it blocks the socket).
+
+        Cancelled while blocked, it unblocks the command (``CLIENT UNBLOCK``) and waits for
+        its reply: an element the server popped for us just before is passed to `on_lost`,
+        so the caller can put it back instead of losing it.
+        """
         if self.pipe is None:
             return await self.client.blpop(list(keys), timeout)
         blocker = self.blockers.pop() if self.blockers else Pipe(self.pipe.endpoint)
+        reply: asyncio.Future[Any] | None = None
         try:
-            reply = await blocker.call("BLPOP", *keys, repr(float(timeout)), block=timeout)
+            client_id, reply = await blocker.submit(
+                "BLPOP", *keys, repr(float(timeout)), block=timeout
+            )
+            value = await asyncio.shield(reply)  # a cancel must not discard its reply
+        except asyncio.CancelledError:
+            if reply is None:
+                await blocker.aclose()
+            else:
+                await asyncio.shield(self._unblock(blocker, client_id, reply, on_lost))
+            raise
         except BaseException:
             await blocker.aclose()  # it may still hold the blocked command: never reuse it
             raise
         self.blockers.append(blocker)
-        return reply
+        return value
+
+    async def _unblock(
+        self,
+        blocker: Pipe,
+        client_id: int,
+        reply: asyncio.Future[Any],
+        on_lost: Callable[[Any], object] | None,
+    ) -> None:
+        assert self.pipe is not None
+        try:
+            if not reply.done():
+                await self.pipe.call("CLIENT", "UNBLOCK", client_id)
+            async with asyncio.timeout(min(2.0, self.pipe.endpoint.socket_timeout)):
+                value = await reply
+        except Exception:  # no reply (or CLIENT UNBLOCK refused): drop the connection
+            reply.cancel()
+            await blocker.aclose()
+            return
+        if value is not None and on_lost is not None:
+            on_lost(value)
+        self.blockers.append(blocker)  # answered: clean to reuse
 
     async def aclose(self) -> None:
         await self.client.aclose()

@@ -142,6 +142,7 @@ class _Wire(asyncio.Protocol):
         self._block = 0.0  # seconds the oldest pending command may legitimately block
         self._timer: asyncio.TimerHandle | None = None
         self.broken: Exception | None = None
+        self.client_id: int | None = None  # the server's id for this connection, once asked
 
     # asyncio.Protocol
 
@@ -279,6 +280,17 @@ class Pipe:
             except (rexc.ConnectionError, rexc.TimeoutError):
                 return await self._retrying(payload, block, failures=1)
         return await self._retrying(payload, block)
+
+    async def submit(self, *args: Any, block: float = 0.0) -> tuple[int, asyncio.Future[Any]]:
+        """Send one command (connecting first if needed) without waiting for its reply or
+        retrying; returns the connection's ``CLIENT ID`` and the reply's future. For a
+        blocking command whose caller may have to unblock it (``CLIENT UNBLOCK``) and still
+        see its reply (see `Conn.blpop`)."""
+        wire = await self._connected()
+        if wire.client_id is None:
+            ask: tuple[Any, ...] = ("CLIENT", "ID")
+            wire.client_id = int(await wire.send(hiredis.pack_command(ask)))
+        return wire.client_id, wire.send(hiredis.pack_command(args), block)
 
     async def many(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
         """Send `commands` in one write and return their replies in order (the first server
