@@ -35,16 +35,17 @@ class Engine(abc.ABC, Generic[T, R]):
         self,
         handler: Handler[T, R],
         *,
-        max_size: int,
-        max_wait: float,
-        capacity: int,
-        overflow: Overflow,
-        max_concurrency: int,
-        retry: RetryPolicy | None,
-        clock: Clock | None,
-        name: str,
+        max_size: int = 100,
+        max_wait: float = 0.0,
+        capacity: int = 10_000,
+        overflow: Overflow = "block",
+        max_concurrency: int = 1,
+        retry: RetryPolicy | None = None,
+        clock: Clock | None = None,
+        name: str | None = None,
     ) -> None:
         kind = type(self).__name__
+        name = name or self._default_name
         for label, value in (
             ("max_size", max_size),
             ("capacity", capacity),
@@ -89,7 +90,14 @@ class Engine(abc.ABC, Generic[T, R]):
         self._max_batch = 0
         self._max_waited = 0.0
 
-    # -- the waiting queue: subclass hooks ---------------------------------------------
+        # -- the waiting queue: subclass hooks ---------------------------------------------
+        self._init_fresh()
+
+    _default_name = "batcher"
+
+    @abc.abstractmethod
+    def _init_fresh(self) -> None:
+        """Create the structures that hold new items (called at the end of `__init__`)."""
 
     @abc.abstractmethod
     def _fresh_ready(self) -> int:

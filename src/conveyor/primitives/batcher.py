@@ -18,11 +18,9 @@ from collections import deque
 from collections.abc import Iterable
 from typing import TypeVar
 
-from conveyor.clock import Clock
 from conveyor.errors import ClosedError, Dropped, QueueFull
 from conveyor.primitives._batch_types import BatcherStats, Entry, Handler, Overflow
 from conveyor.primitives._engine import OPEN, Engine
-from conveyor.retry import RetryPolicy
 
 __all__ = ["Batcher", "BatcherStats", "Handler", "Overflow"]
 
@@ -71,30 +69,9 @@ class Batcher(Engine[T, R]):
             many = await batcher.submit_many(items)
     """
 
-    def __init__(
-        self,
-        handler: Handler[T, R],
-        *,
-        max_size: int = 100,
-        max_wait: float = 0.0,
-        capacity: int = 10_000,
-        overflow: Overflow = "block",
-        max_concurrency: int = 1,
-        retry: RetryPolicy | None = None,
-        clock: Clock | None = None,
-        name: str = "batcher",
-    ) -> None:
-        super().__init__(
-            handler,
-            max_size=max_size,
-            max_wait=max_wait,
-            capacity=capacity,
-            overflow=overflow,
-            max_concurrency=max_concurrency,
-            retry=retry,
-            clock=clock,
-            name=name,
-        )
+    _default_name = "batcher"
+
+    def _init_fresh(self) -> None:
         self._q: deque[Entry[T, R]] = deque()
 
     def submit_nowait(self, item: T) -> asyncio.Future[R]:

@@ -15,11 +15,9 @@ import asyncio
 import heapq
 from typing import TypeVar
 
-from conveyor.clock import Clock
 from conveyor.errors import Dropped, QueueFull
-from conveyor.primitives._batch_types import Entry, Handler, Overflow
+from conveyor.primitives._batch_types import Entry
 from conveyor.primitives._engine import OPEN, Engine
-from conveyor.retry import RetryPolicy
 
 __all__ = ["PriorityBatcher"]
 
@@ -56,30 +54,9 @@ class PriorityBatcher(Engine[T, R]):
             later = batcher.submit_nowait("digest", not_before=clock.now() + 60)
     """
 
-    def __init__(
-        self,
-        handler: Handler[T, R],
-        *,
-        max_size: int = 100,
-        max_wait: float = 0.0,
-        capacity: int = 10_000,
-        overflow: Overflow = "block",
-        max_concurrency: int = 1,
-        retry: RetryPolicy | None = None,
-        clock: Clock | None = None,
-        name: str = "priority-batcher",
-    ) -> None:
-        super().__init__(
-            handler,
-            max_size=max_size,
-            max_wait=max_wait,
-            capacity=capacity,
-            overflow=overflow,
-            max_concurrency=max_concurrency,
-            retry=retry,
-            clock=clock,
-            name=name,
-        )
+    _default_name = "priority-batcher"
+
+    def _init_fresh(self) -> None:
         # Ready items by (-priority, seq); items held back by (ready_at, seq, -priority).
         self._ready: list[tuple[int, int, Entry[T, R]]] = []
         self._held: list[tuple[float, int, int, Entry[T, R]]] = []
