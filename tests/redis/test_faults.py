@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -19,9 +18,9 @@ import pytest
 import conveyor
 from conveyor.backends.redis import RedisBackend
 from conveyor.errors import BackendError
-from conveyor.testing.redis_server import RedisServer
 from tests.faults.apps.ledger import build
 from tests.faults.conftest import Cluster, Proc, app_on, ready
+from tests.redis.servers import Server
 
 
 @pytest.fixture
@@ -98,55 +97,10 @@ async def test_a_waiter_stopped_with_sigterm_leaves_new_jobs_to_others_at_once(
     assert rcluster.wait_exit(b, 10) == 0, b.stderr()
 
 
-class AofRedis:
-    """A redis-server with AOF (everysec) on a fixed port and dir, so it can be killed and
-    started again with its data."""
-
-    def __init__(self, root: Path) -> None:
-        self.dir = root / "redis"
-        self.dir.mkdir()
-        with RedisServer() as probe:  # borrow a free port the usual way
-            self.port = probe.port
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        log = open(self.dir / "redis.log", "ab")  # noqa: SIM115 - handed to the child
-        argv = [
-            "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-            "--dir", str(self.dir), "--appendonly", "yes", "--appendfsync", "everysec",
-            "--save", "",
-        ]  # fmt: skip
-        self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
-        deadline = time.monotonic() + 10
-        while (
-            subprocess.run(
-                ["redis-cli", "-p", str(self.port), "ping"], capture_output=True, text=True
-            ).stdout.strip()
-            != "PONG"
-        ):
-            assert time.monotonic() < deadline, (self.dir / "redis.log").read_text()
-            time.sleep(0.02)
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(90)
 async def test_redis_crash_loses_nothing_acknowledged_a_second_before(tmp_path: Path) -> None:
-    server = AofRedis(tmp_path)
+    server = Server(tmp_path / "redis", ["--appendonly", "yes", "--appendfsync", "everysec"])
     server.start()
     cluster = Cluster(tmp_path, server.url)
     app = build(cluster.url)

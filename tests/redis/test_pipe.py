@@ -12,16 +12,13 @@ import asyncio
 import gc
 import os
 import shutil
-import signal
-import socket
 import ssl
 import subprocess
 import time
 import warnings
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
@@ -31,119 +28,13 @@ import redis.exceptions as rexc
 from conveyor.backends.redis.connect import Clients, parse_url
 from conveyor.backends.redis.pipe import Endpoint, Pipe
 from conveyor.testing.redis_server import RedisServer
+from tests.redis.servers import Server, ServerDied
 
 pytestmark = pytest.mark.timeout(30)
 
 
 # ---------------------------------------------------------------------------------------------
-# Servers of our own
-
-
-class ServerDied(RuntimeError):
-    """redis-server exited (or never answered) while starting."""
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class Server:
-    """A redis-server on a fixed loopback port and dir: kill it, start it again on the same
-    port, pause it (SIGSTOP) and resume it. `tls` puts TLS on that port (plain port off)."""
-
-    def __init__(self, root: Path, extra: Sequence[str] = (), *, tls: bool = False) -> None:
-        self.root = root
-        self.extra = list(extra)
-        self.tls = tls
-        self.port = 0
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    @property
-    def log(self) -> str:
-        path = self.root / "redis.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def start(self) -> None:
-        """Start on `port` (a free one the first time, retried if someone else took it)."""
-        fixed = self.port != 0
-        for _ in range(1 if fixed else 3):
-            if not fixed:
-                self.port = _free_port()
-            try:
-                self._spawn()
-                return
-            except ServerDied:
-                if fixed or "Address already in use" not in self.log:
-                    raise
-        raise ServerDied(self.log[-2000:])
-
-    def _spawn(self) -> None:
-        if self.tls:
-            ports = ["--port", "0", "--tls-port", str(self.port)]
-        else:
-            ports = ["--port", str(self.port)]
-        argv = [
-            "redis-server", *ports, "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--dir", str(self.root), *self.extra,
-        ]  # fmt: skip
-        with open(self.root / "redis.log", "ab") as log:
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 10
-        while not self._ready():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise ServerDied(self.log[-2000:])
-            time.sleep(0.01)
-
-    def _ready(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                if self.tls:
-                    return True  # listening: TLS setup is done before the port opens
-                sock.sendall(b"PING\r\n")
-                reply = sock.recv(64)
-                return reply.startswith((b"+PONG", b"-NOAUTH"))
-        except OSError:
-            return False
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def pause(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGCONT)  # a stopped process would ignore SIGTERM
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-    def info(self, section: str) -> dict[str, Any]:
-        client = redis.Redis(host="127.0.0.1", port=self.port)
-        try:
-            result: dict[str, Any] = client.info(section)
-            return result
-        finally:
-            client.close()
+# Servers of our own (`tests.redis.servers.Server`)
 
 
 @pytest.fixture
@@ -725,8 +616,8 @@ def _make_certs(root: Path) -> None:
 def tls_server(
     redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Tls]:
-    """redis-server with TLS only, on a throwaway CA. Skipped if this redis-server was built
-    without TLS; without the openssl CLI, skipped locally and failed when CI=true."""
+    """redis-server with TLS only, on a throwaway CA. Without TLS in redis-server or without
+    the openssl CLI: skipped locally, failed when CI=true."""
     if shutil.which("openssl") is None:
         if os.environ.get("CI") == "true":
             pytest.fail("the openssl CLI is not installed, and CI=true")
@@ -750,7 +641,10 @@ def tls_server(
         lowered = text.lower()
         unsupported = ("not supported", "not compiled", "bad directive", "built without")
         if "tls" in lowered and any(u in lowered for u in unsupported):
-            pytest.skip(f"this redis-server was built without TLS: {text.strip()[-300:]}")
+            message = f"this redis-server was built without TLS: {text.strip()[-300:]}"
+            if os.environ.get("CI") == "true":
+                pytest.fail(f"{message} (Debian's has TLS), and CI=true")
+            pytest.skip(message)
         raise
     try:
         yield Tls(srv.port, root / "ca.crt")
