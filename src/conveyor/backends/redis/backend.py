@@ -214,50 +214,43 @@ class RedisBackend(Reads, Backend):
         return leases
 
     async def extend(self, leases: Sequence[Lease], lease_for: float) -> list[Lease | None]:
-        if not leases:
-            return []
-        conn = await self._conn()
-        out: list[Lease | None] = [None] * len(leases)
-        with self._errors("extend"):
-            for part in self._parts(leases):
-                args = [*self._args(), repr(float(lease_for))]
-                for i in part:
-                    args += (leases[i].job.queue, leases[i].id, leases[i].token)
-                res = await conn.extend([self.keys.route(leases[part[0]].job.queue)], args)
-                for i, exp in zip(part, res, strict=True):
-                    if exp is not None:
-                        out[i] = Lease(leases[i].job, leases[i].token, float(exp))
-        return out
+        res = await self._fenced("extend", leases, [repr(float(lease_for))])
+        return [
+            None if exp is None else Lease(lease.job, lease.token, float(exp))
+            for lease, exp in zip(leases, res, strict=True)
+        ]
 
     async def settle(self, outcomes: Sequence[tuple[Lease, Outcome]]) -> list[bool]:
-        if not outcomes:
-            return []
-        conn = await self._conn()
-        out = [False] * len(outcomes)
-        with self._errors("settle"):
-            for part in self._parts([lease for lease, _ in outcomes]):
-                args = self._args()
-                for i in part:
-                    lease, outcome = outcomes[i]
-                    args += (lease.job.queue, lease.id, lease.token, *_outcome_args(outcome))
-                res = await conn.settle([self.keys.route(outcomes[part[0]][0].job.queue)], args)
-                for i, ok in zip(part, res, strict=True):
-                    out[i] = bool(ok)
-        return out
+        extra = [_outcome_args(outcome) for _, outcome in outcomes]
+        res = await self._fenced("settle", [lease for lease, _ in outcomes], [], extra)
+        return [bool(ok) for ok in res]
 
     async def release(self, leases: Sequence[Lease]) -> list[bool]:
+        return [bool(ok) for ok in await self._fenced("release", leases, [])]
+
+    async def _fenced(
+        self,
+        script: str,
+        leases: Sequence[Lease],
+        head: list[Any],
+        extra: Sequence[tuple[Any, ...]] | None = None,
+    ) -> list[Any]:
+        """Run `script` over `leases` in batches: the script's arguments are `head`, then
+        (queue, id, token, *extra[i]) per lease; its replies, one per lease, in order."""
         if not leases:
             return []
         conn = await self._conn()
-        out = [False] * len(leases)
-        with self._errors("release"):
+        call = getattr(conn, script)
+        out: list[Any] = [None] * len(leases)
+        with self._errors(script):
             for part in self._parts(leases):
-                args = self._args()
+                args = [*self._args(), *head]
                 for i in part:
-                    args += (leases[i].job.queue, leases[i].id, leases[i].token)
-                res = await conn.release([self.keys.route(leases[part[0]].job.queue)], args)
-                for i, ok in zip(part, res, strict=True):
-                    out[i] = bool(ok)
+                    lease = leases[i]
+                    args += (lease.job.queue, lease.id, lease.token, *(extra[i] if extra else ()))
+                res = await call([self.keys.route(leases[part[0]].job.queue)], args)
+                for i, r in zip(part, res, strict=True):
+                    out[i] = r
         return out
 
     def _parts(self, leases: Sequence[Lease]) -> list[list[int]]:
