@@ -23,7 +23,7 @@ LEASE = 30.0
 async def register(b: RedisBackend, worker: str, queues: list[str], stay: float = 5.0) -> None:
     """What `wait_for_lease` does before it blocks: the WAIT script, registering `worker`."""
     conn = await b._conn()
-    due = await conn.wait(
+    due = await conn.scripts["wait"](
         [b.keys.route(queues[0])], [*b._args(), worker, repr(LEASE), repr(stay), *queues]
     )
     assert due is None  # nothing ready, nothing scheduled: registered
@@ -80,7 +80,7 @@ async def test_unwait_puts_a_handed_job_back_without_using_an_attempt(
         (handed,) = await b.get([job.id])
         assert handed is not None and handed.state is JobState.RUNNING
         conn = await b._conn()
-        assert await conn.unwait([b.keys.route("default")], [*b._args(), "ghost"]) == 1
+        assert await conn.scripts["unwait"]([b.keys.route("default")], [*b._args(), "ghost"]) == 1
         (back,) = await b.get([job.id])
         assert back is not None and back.state is JobState.QUEUED and back.attempts == 0
         assert back.worker is None and back.started_at is None

@@ -26,7 +26,7 @@ import redis.asyncio as aioredis
 import redis.exceptions as rexc
 
 from conveyor.backends.redis.connect import Clients, parse_url
-from conveyor.backends.redis.pipe import Endpoint, Pipe
+from conveyor.backends.redis.resp import Endpoint, Pipe
 from conveyor.testing.redis_server import RedisServer
 from tests.redis.servers import Server, ServerDied
 

@@ -10,7 +10,6 @@ is off by *d* shifts its delays by *d*.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import Iterable, Sequence
@@ -20,7 +19,8 @@ import msgspec
 
 from conveyor.backends import rules
 from conveyor.backends.base import Backend
-from conveyor.backends.redis.codec import Keys, decode, enqueue_args, text, unpack_lease
+from conveyor.backends.redis import handoff
+from conveyor.backends.redis.codec import Keys, decode, enqueue_args, text
 from conveyor.backends.redis.connect import Clients, Conn, parse_url, wrap_errors
 from conveyor.backends.redis.reads import SWEEP, Reads, pairs
 from conveyor.clock import Clock, SystemClock
@@ -171,7 +171,7 @@ class RedisBackend(Reads, Backend):
                 for start in range(0, len(batch), _CHUNK):
                     part = batch[start : start + _CHUNK]
                     chunk = [jobs[i] for i in part]
-                    res = await conn.enqueue(
+                    res = await conn.scripts["enqueue"](
                         [self.keys.route(chunk[0].queue)], [*self._args(), *enqueue_args(chunk)]
                     )
                     for i, ok in zip(part, res, strict=True):
@@ -198,13 +198,13 @@ class RedisBackend(Reads, Backend):
                 want = limit - len(leases)
                 if want <= 0:
                     break
-                res = await conn.claim(
+                res = await conn.scripts["claim"](
                     [self.keys.route(group[0])],
                     [*self._args(), want, repr(float(lease_for)), worker, *group],
                 )
                 expires, handed = float(res[0]), int(res[1])
                 for entry in res[2 : 2 + handed]:  # handed to this worker while it waited
-                    lease = _handed(entry)
+                    lease = handoff.handed(entry)
                     if lease is not None:
                         leases.append(lease)
                 for k in range(2 + handed, len(res), 2):
@@ -240,7 +240,7 @@ class RedisBackend(Reads, Backend):
         if not leases:
             return []
         conn = await self._conn()
-        call = getattr(conn, script)
+        call = conn.scripts[script]
         out: list[Any] = [None] * len(leases)
         with self._errors(script):
             for part in self._parts(leases):
@@ -269,7 +269,7 @@ class RedisBackend(Reads, Backend):
             for group in self._by_queue(await self._queues(conn)):
                 while True:
                     n = int(
-                        await getattr(conn, script)(
+                        await conn.scripts[script](
                             [self.keys.route(group[0])], [*self._args(), *extra, *group]
                         )
                     )
@@ -295,7 +295,7 @@ class RedisBackend(Reads, Backend):
             if before is None:
                 for group in self._by_queue(queues):
                     while True:
-                        ids = await conn.purge(
+                        ids = await conn.scripts["purge"](
                             [self.keys.route(group[0])],
                             [*self._args(), SWEEP, len(wanted), *wanted, *group],
                         )
@@ -324,7 +324,7 @@ class RedisBackend(Reads, Backend):
             )
             if not rows:
                 return deleted
-            deleted += await conn.purge_before(
+            deleted += await conn.scripts["purge_before"](
                 [self.keys.route(queue)],
                 [*self._args(), repr(float(before)), state, queue, *(text(m) for m, _ in rows)],
             )
@@ -345,7 +345,7 @@ class RedisBackend(Reads, Backend):
             queue = await self._queue_of(conn, job_id)
             if queue is None:
                 return None
-            state = await conn.cancel(
+            state = await conn.scripts["cancel"](
                 [self.keys.route(queue)], [*self._args(), queue, job_id, reason]
             )
         return None if state is None else JobState(state.decode())
@@ -357,66 +357,18 @@ class RedisBackend(Reads, Backend):
             if queue is None:
                 return False
             return bool(
-                await conn.requeue([self.keys.route(queue)], [*self._args(), queue, job_id])
+                await conn.scripts["requeue"](
+                    [self.keys.route(queue)], [*self._args(), queue, job_id]
+                )
             )
 
     async def wait_for_lease(
         self, queues: Sequence[str], timeout: float, worker: str, lease_for: float
     ) -> list[Lease]:
         """`wait`, registered as a waiter: an enqueue meanwhile leases its job to `worker`
-        and hands it over through the worker's inbox (see `scripts.handoff`), so the job
-        starts one round trip after it was stored instead of two. Single Redis only."""
-        if self.keys.cluster or timeout <= 0 or not queues:
-            await self.wait(queues, timeout)
-            return []
-        conn = await self._conn()
-        qs = list(dict.fromkeys(queues))
-        lost: list[Any] = []  # a handed-over lease popped just as we were cancelled
-        try:
-            with self._errors("wait"):
-                return await self._wait_for_lease(conn, qs, timeout, worker, lease_for, lost)
-        except BaseException:
-            # Stopped waiting (the worker stops or got busy, or the store failed): give back
-            # what was handed over meanwhile, so it doesn't wait out its lease.
-            inbox = self.keys.inbox(worker)
-            popped = [_handed(r[1]) for r in lost if text(r[0]) == inbox]
-            with contextlib.suppress(Exception):
-                await asyncio.shield(self._give_back(conn, qs, worker, [x for x in popped if x]))
-            raise
-
-    async def _give_back(self, conn: Conn, qs: list[str], worker: str, popped: list[Lease]) -> None:
-        await conn.unwait([self.keys.route(qs[0])], [*self._args(), worker])
-        if popped:
-            await self.release(popped)
-
-    async def _wait_for_lease(
-        self,
-        conn: Conn,
-        qs: list[str],
-        timeout: float,
-        worker: str,
-        lease_for: float,
-        lost: list[Any],
-    ) -> list[Lease]:
-        block = min(timeout, self.settings.socket_timeout / 2)
-        due = await conn.wait(
-            [self.keys.route(qs[0])],
-            [*self._args(), worker, repr(float(lease_for)), repr(max(0.0, block - 0.05)), *qs],
-        )
-        if due == b"inbox":
-            return await self.claim(qs, 1, lease_for, worker)
-        if due == b"0":
-            return []
-        if due is not None:
-            block = min(block, float(due))
-        if block < 0.001:
-            return []
-        inbox = self.keys.inbox(worker)
-        reply = await conn.blpop([inbox, *(self.keys.q(q, "wake") for q in qs)], block, lost.append)
-        if reply is None or text(reply[0]) != inbox:
-            return []
-        lease = _handed(reply[1])
-        return [] if lease is None else [lease]
+        and hands it over through the worker's inbox, so the job starts one round trip after
+        it was stored instead of two (see `handoff`). Single Redis only."""
+        return await handoff.wait_for_lease(self, queues, timeout, worker, lease_for)
 
     async def wait(self, queues: Sequence[str], timeout: float) -> None:
         if timeout <= 0 or not queues:
@@ -425,7 +377,7 @@ class RedisBackend(Reads, Backend):
         groups = self._by_queue(queues)
         with self._errors("wait"):
             for group in groups:
-                due = await conn.wait(
+                due = await conn.scripts["wait"](
                     [self.keys.route(group[0])], [*self._args(), "", "0", "0", *group]
                 )
                 if due == b"0":
@@ -448,7 +400,9 @@ class RedisBackend(Reads, Backend):
         conn = await self._conn()
         with self._errors("incr"):
             return int(
-                await conn.incr([self.keys.counter(key)], [int(amount), max(1, int(ttl * 1000))])
+                await conn.scripts["incr"](
+                    [self.keys.counter(key)], [int(amount), max(1, int(ttl * 1000))]
+                )
             )
 
     async def aclose(self) -> None:
@@ -456,18 +410,6 @@ class RedisBackend(Reads, Backend):
             return
         self._closed = True
         await self._clients.aclose()
-
-
-def _handed(entry: bytes) -> Lease | None:
-    """A lease from a worker's inbox; `None` (logged) if unreadable: it then expires and
-    maintenance puts the job back."""
-    try:
-        token, until, row = unpack_lease(entry)
-    except ValueError as exc:
-        log.error("unreadable lease in a worker inbox (%s): %r", exc, entry[:200])
-        return None
-    job = decode(row)
-    return None if job is None else Lease(job, token, until)
 
 
 def _outcome_args(outcome: Outcome) -> tuple[Any, Any, Any]:

@@ -1,10 +1,18 @@
-"""Connections: URL parsing, one set of connections per event loop, errors wrapped at the edge.
+"""Connections: which one serves what, one set per event loop, errors wrapped at the edge.
+
+Which connection serves what:
+
+* **single Redis**: a `resp.Pipe` carries every script (as FUNCTIONs of `scripts.LIBRARY`,
+  or EVALSHA where FUNCTION LOAD is refused) and every read, multiplexed on one socket; each
+  concurrent blocking wait (``BLPOP``: the wake-up lists, a waiting worker's inbox) takes a
+  `Pipe` of its own (`Conn.blockers`, reused once answered); a redis-py client serves the
+  start-up checks (``INFO``, ``CONFIG GET``).
+* **Redis Cluster**: a redis-py cluster client does everything (it routes by slot), the
+  scripts as EVALSHA scripts.
 
 Connections belong to the loop that opened them, and one backend is used from two loops in
 one process (the app's and the portal's that `enqueue_sync` runs on), so `Clients` keeps one
-`Conn` per running loop: on a single Redis a `Pipe` (see `pipe`) for scripts and reads plus
-one per concurrent blocking wait, and a redis-py client for the start-up checks; on a Redis
-Cluster a redis-py cluster client for everything (it routes by slot).
+`Conn` per running loop.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
 from conveyor.backends.redis import scripts
-from conveyor.backends.redis.pipe import Endpoint, Pipe, drop_transport
+from conveyor.backends.redis.resp import Endpoint, Pipe, drop_transport
 from conveyor.errors import BackendError, ConfigError, StoreUnavailable
 
 __all__ = ["Clients", "Conn", "Settings", "parse_url", "wrap_errors"]
@@ -92,32 +100,21 @@ def parse_url(url: str, prefix: str | None = None) -> Settings:
     return Settings(plain, prefix, cluster, timeout, query)
 
 
-Script = Callable[[Sequence[Any], Sequence[Any]], Awaitable[Any]]
+Call = Callable[[Sequence[Any], Sequence[Any]], Awaitable[Any]]  # a script: (keys, args)
 
 
 @dataclass(slots=True)
 class Conn:
-    """One loop's connections and its scripts (EVALSHA, reloaded on NOSCRIPT).
+    """One loop's connections and its scripts.
 
-    On a single Redis the scripts and blocking waits go through `Pipe`s (see `pipe`); redis-py's
-    `client` serves everything else. In cluster mode redis-py does it all (it routes by slot).
+    `scripts` maps every name in `scripts.SCRIPTS` to its call, ``await
+    conn.scripts["claim"](keys, args)``. On a single Redis the scripts, reads and blocking
+    waits go through `Pipe`s; redis-py's `client` serves the start-up checks. In cluster
+    mode redis-py does it all (it routes by slot).
     """
 
     client: Client
-    enqueue: Script
-    claim: Script
-    extend: Script
-    settle: Script
-    promote: Script
-    rescue: Script
-    purge: Script
-    purge_before: Script
-    cancel: Script
-    requeue: Script
-    release: Script
-    wait: Script
-    unwait: Script
-    incr: Script
+    scripts: dict[str, Call]
     pipe: Pipe | None = None
     blockers: list[Pipe] = field(default_factory=list)
 
@@ -214,40 +211,16 @@ def _open(settings: Settings) -> Conn:
         "decode_responses": False,
     }
     client: Client
+    calls: dict[str, Call]
     if settings.cluster:
         client = RedisCluster.from_url(settings.url, **common)
-        return _with_scripts(client, lambda name, text: client.register_script(text))
+        calls = {n: client.register_script(s.text) for n, s in scripts.SCRIPTS.items()}
+        return Conn(client, calls)
     client = aioredis.Redis.from_url(settings.url, health_check_interval=30, **common)
     pipe = Pipe(Endpoint.from_url(settings.url, settings.socket_timeout))
     library = scripts.LIBRARY
-    return _with_scripts(
-        client, lambda name, text: pipe.function(library, scripts.function_name(name), text), pipe
-    )
-
-
-def _with_scripts(
-    client: Client, load: Callable[[str, str], Script], pipe: Pipe | None = None
-) -> Conn:
-    """The scripts as EVALSHA scripts (cluster: redis-py routes them) or as FUNCTIONs of
-    `scripts.LIBRARY` (single Redis: the helpers are not rebuilt on every call)."""
-    return Conn(
-        client,
-        enqueue=load("enqueue", scripts.ENQUEUE),
-        claim=load("claim", scripts.CLAIM),
-        extend=load("extend", scripts.EXTEND),
-        settle=load("settle", scripts.SETTLE),
-        promote=load("promote", scripts.PROMOTE),
-        rescue=load("rescue", scripts.RESCUE),
-        purge=load("purge", scripts.PURGE),
-        purge_before=load("purge_before", scripts.PURGE_BEFORE),
-        cancel=load("cancel", scripts.CANCEL),
-        requeue=load("requeue", scripts.REQUEUE),
-        release=load("release", scripts.RELEASE),
-        wait=load("wait", scripts.WAIT),
-        unwait=load("unwait", scripts.UNWAIT),
-        incr=load("incr", scripts.INCR),
-        pipe=pipe,
-    )
+    calls = {n: pipe.function(library, s.function, s.text) for n, s in scripts.SCRIPTS.items()}
+    return Conn(client, calls, pipe)
 
 
 class Clients:

@@ -1,0 +1,260 @@
+-- The helpers every script shares. Loaded after the generated header (see `scripts.py`),
+-- which defines from Python's tables: F (the job hash fields every read returns, in order),
+-- F_CLAIM (F, then seq and token), I_<FIELD> (each field's index in F_CLAIM: I_STATE,
+-- I_ATTEMPTS, ..., I_SEQ, I_TOKEN), RANK_WIDTH and KNOWN (the set of job states).
+-- (No calls to Lua's library at the top level: FUNCTION LOAD runs it without them.)
+
+-- Set by `begin` at the start of every call (see `run`).
+local PREFIX, CLUSTER, NOW, NOW_S
+local ZWRITES = {}
+
+local function num(x) return string.format('%.17g', x) end
+
+-- Every call starts here: the prefix, cluster mode and the time ("now" from the caller, or
+-- the server's clock), and empty deferred-write buffers.
+local function begin(ARGV)
+  PREFIX, CLUSTER = ARGV[1], ARGV[2] == '1'
+  NOW = tonumber(ARGV[3])
+  if not NOW then
+    local t = redis.call('TIME')
+    NOW = tonumber(t[1]) + tonumber(t[2]) / 1000000
+  end
+  NOW_S = num(NOW)
+  ZWRITES = {}
+end
+
+-- The hash tag every key of queue q shares: one slot per queue in cluster mode, one slot
+-- for the whole prefix otherwise (so unique keys and queries span queues).
+local function slot(q)
+  if CLUSTER then return '{' .. PREFIX .. ':' .. q .. '}' end
+  return '{' .. PREFIX .. '}'
+end
+local function qkey(q, name) return slot(q) .. ':q:' .. q .. ':' .. name end
+local function jkey(q, id) return slot(q) .. ':job:' .. id end
+
+-- Ready-set members sort (lexicographically, all scores 0) by priority desc, run_at, seq.
+-- Not stored in the job hash (recomputed where needed): a field that long (> 64 bytes)
+-- would make Redis store every job hash as a hashtable, 3.5x the memory of a listpack.
+local function rank(pri, run_at, seq, id)
+  local p = math.max(-999999999999, math.min(999999999999, tonumber(pri) or 0))
+  local r = math.max(0, math.min(99999999999999999, math.floor((tonumber(run_at) or 0) * 1000000)))
+  return string.format('%013d%017d%016d', 1000000000000 - p, r, tonumber(seq) or 0) .. id
+end
+
+-- Sorted-set writes that only scripts' callers read (indexes, `running`, `expires:*`) are
+-- collected per key and sent as one ZREM and one ZADD per key when the script ends (see
+-- `run`): each redis.call costs a few µs of its own, so this is most of a batch's time
+-- saved. Per member the last write wins, as if each had been sent at once: a job promoted
+-- and then claimed in one call ends up in `state:running` alone, not also in `state:queued`.
+local function zrem_later(key, member)
+  local t = ZWRITES[key]
+  if not t then t = {}; ZWRITES[key] = t end
+  t[member] = false
+end
+local function zadd_later(key, score, member)
+  local t = ZWRITES[key]
+  if not t then t = {}; ZWRITES[key] = t end
+  t[member] = score
+end
+local function flush_later()
+  for key, t in pairs(ZWRITES) do
+    local rems, adds = {}, {}
+    for member, score in pairs(t) do
+      if score then
+        adds[#adds + 1] = score
+        adds[#adds + 1] = member
+      else
+        rems[#rems + 1] = member
+      end
+    end
+    if rems[1] then redis.call('ZREM', key, unpack(rems)) end
+    if adds[1] then redis.call('ZADD', key, unpack(adds)) end
+  end
+end
+
+-- Per-state index, scored by seq: counts (ZCARD) and queries (enqueue order).
+local function index(q, id, seq, from, to)
+  if from then zrem_later(qkey(q, 'state:' .. from), id) end
+  if to then zadd_later(qkey(q, 'state:' .. to), tonumber(seq) or 0, id) end
+end
+
+local function wake(q, n)
+  if n <= 0 then return end
+  local tokens = {}
+  for i = 1, math.min(n, 64) do tokens[i] = '1' end
+  local w = qkey(q, 'wake')
+  redis.call('LPUSH', w, unpack(tokens))
+  redis.call('LTRIM', w, 0, 63)
+end
+
+-- Lease job `id` (its hash read as F_CLAIM into `h`) to `worker` until `expires`; `h` is
+-- patched into the reply row (FIELDS only). Returns the new token, or nil for a stray
+-- member (the job is gone or in another known state). A garbage state is leased, so the
+-- worker fails the job with the reason.
+local function lease_job(q, id, h, worker, expires, expires_s)
+  local st = h[I_STATE]
+  if not (st == 'queued' or (st and not KNOWN[st])) then return nil end
+  local token = (tonumber(h[I_TOKEN]) or 0) + 1
+  local attempts = (tonumber(h[I_ATTEMPTS]) or 0) + 1
+  redis.call('HSET', jkey(q, id), 'state', 'running', 'attempts', attempts, 'token', token,
+             'worker', worker, 'started_at', NOW_S, 'lease', expires_s)
+  zadd_later(qkey(q, 'running'), expires, id)
+  zrem_later(qkey(q, 'state:queued'), id)
+  zadd_later(qkey(q, 'state:running'), tonumber(h[I_SEQ]) or 0, id)
+  h[I_STATE], h[I_ATTEMPTS], h[I_STARTED_AT], h[I_WORKER] = 'running', tostring(attempts),
+                                                           NOW_S, worker
+  h[I_TOKEN], h[I_SEQ] = nil, nil
+  return token
+end
+
+-- Direct handoff. An idle worker registers as a waiter on its queues (WAIT) and blocks on
+-- its inbox; an enqueue that finds a waiter leases the best ready job to it and pushes the
+-- lease into the inbox, so the job starts one round trip after it was stored. A waiter's
+-- registration ends when it is handed a job, when it claims, or at its deadline.
+local function waiting_key(w) return slot('') .. ':waiting:' .. w end
+local function inbox_key(w) return slot('') .. ':inbox:' .. w end
+
+local function unregister(w)
+  local reg = waiting_key(w)
+  local qs = redis.call('HGET', reg, 'queues')
+  if not qs then return nil end
+  for q in string.gmatch(qs, '[^,]+') do redis.call('ZREM', qkey(q, 'waiters'), w) end
+  local lease_for = redis.call('HGET', reg, 'lease_for')
+  redis.call('DEL', reg)
+  return lease_for
+end
+
+-- An inbox entry: token, expires, then the FIELDS, each as <length>:<bytes> or '-' for none.
+local function pack_lease(token, expires_s, h)
+  local parts = {#tostring(token) .. ':' .. token, #expires_s .. ':' .. expires_s}
+  for i = 1, #F do
+    local v = h[i]
+    if v then parts[#parts + 1] = #v .. ':' .. v else parts[#parts + 1] = '-' end
+  end
+  return table.concat(parts)
+end
+
+-- Hand up to n of q's ready jobs to live waiters; returns how many were handed.
+local function handoff(q, n)
+  local wkey = qkey(q, 'waiters')
+  if CLUSTER or redis.call('EXISTS', wkey) == 0 then return 0 end
+  redis.call('ZREMRANGEBYSCORE', wkey, '-inf', NOW_S)
+  local handed = 0
+  while handed < n do
+    local w = redis.call('ZRANGE', wkey, 0, 0)[1]
+    if not w then break end
+    local lease_for = tonumber(unregister(w))
+    if lease_for then
+      local popped = redis.call('ZPOPMIN', qkey(q, 'ready'), 1)
+      if not popped[1] then break end
+      local id = string.sub(popped[1], RANK_WIDTH + 1)
+      local h = redis.call('HMGET', jkey(q, id), unpack(F_CLAIM))
+      local expires = NOW + lease_for
+      local expires_s = num(expires)
+      local token = lease_job(q, id, h, w, expires, expires_s)
+      if token then
+        redis.call('RPUSH', inbox_key(w), pack_lease(token, expires_s, h))
+        handed = handed + 1
+      end
+    else
+      redis.call('ZREM', wkey, w)  -- a registration without its record
+    end
+  end
+  return handed
+end
+
+local function to_ready(q, jk, id, from)
+  local h = redis.call('HMGET', jk, 'priority', 'run_at', 'seq')
+  local rk = rank(h[1], h[2], h[3], id)
+  redis.call('ZADD', qkey(q, 'ready'), 0, rk)
+  redis.call('HSET', jk, 'state', 'queued')
+  index(q, id, h[3], from, 'queued')
+end
+
+local function to_scheduled(q, jk, id, seq, from, run_at)
+  redis.call('ZADD', qkey(q, 'scheduled'), run_at, id)
+  redis.call('HSET', jk, 'state', 'scheduled')
+  index(q, id, seq, from, 'scheduled')
+end
+
+-- `keep` is the job's keep_for if the caller read it already; `also` one more field to drop.
+local function finish(q, jk, id, seq, from, state, keep, also)
+  keep = tonumber(keep or redis.call('HGET', jk, 'keep_for')) or 86400
+  redis.call('HSET', jk, 'state', state, 'finished_at', NOW_S)
+  if also then redis.call('HDEL', jk, 'worker', 'lease', also)
+  else redis.call('HDEL', jk, 'worker', 'lease') end
+  zadd_later(qkey(q, 'expires:' .. state), NOW + keep, id)
+  index(q, id, seq, from, state)
+end
+
+local function append_error(jk, errors, e)
+  -- A history that is not a JSON array (written by hand) is replaced, not extended.
+  if not errors or errors == '' or errors == '[]' or string.sub(errors, 1, 1) ~= '['
+     or not pcall(cjson.decode, errors) then
+    redis.call('HSET', jk, 'errors', '[' .. e .. ']')
+  else
+    redis.call('HSET', jk, 'errors', string.sub(errors, 1, -2) .. ',' .. e .. ']')
+  end
+end
+
+local function release_key(q, jk, id)
+  local key = redis.call('HGET', jk, 'key')
+  if key then
+    local u = slot(q) .. ':uniq'
+    if redis.call('HGET', u, key) == id then redis.call('HDEL', u, key) end
+  end
+end
+
+-- A lease on a job that never started, given back (fenced by its token): queued again with
+-- the attempt not counted, or cancelled if that was requested meanwhile. Returns true if
+-- the lease was live.
+local function give_back(q, id, token)
+  local jk = jkey(q, id)
+  local h = redis.call('HMGET', jk, 'state', 'token', 'attempts', 'cancel_requested', 'seq')
+  if h[1] ~= 'running' or h[2] ~= token then return false end
+  zrem_later(qkey(q, 'running'), id)
+  if h[4] == '1' then
+    finish(q, jk, id, h[5], 'running', 'cancelled')
+    release_key(q, jk, id)
+  else
+    redis.call('HSET', jk, 'attempts', math.max(0, (tonumber(h[3]) or 1) - 1))
+    redis.call('HDEL', jk, 'worker', 'lease', 'started_at')
+    to_ready(q, jk, id, 'running')
+    wake(q, 1)
+  end
+  return true
+end
+
+-- The id of the job holding unique key `key`, or nil (a stale holder is released here).
+local function holder_of(q, key)
+  local u = slot(q) .. ':uniq'
+  local hid = redis.call('HGET', u, key)
+  if not hid then return nil end
+  local h = redis.call('HMGET', jkey(q, hid), 'state', 'unique_until')
+  local st, until_ = h[1], tonumber(h[2])
+  if not st or st == 'cancelled'
+     or ((st == 'completed' or st == 'failed') and until_ and until_ <= NOW) then
+    redis.call('HDEL', u, key)
+    return nil
+  end
+  return hid
+end
+
+local function promote_due(q, max)
+  local s = qkey(q, 'scheduled')
+  local due = redis.call('ZRANGEBYSCORE', s, '-inf', NOW_S, 'LIMIT', 0, max)
+  for _, id in ipairs(due) do
+    redis.call('ZREM', s, id)
+    local jk = jkey(q, id)
+    if redis.call('EXISTS', jk) == 1 then to_ready(q, jk, id, 'scheduled') end
+  end
+  return #due
+end
+
+-- One script call: `begin`, the script's body (`main`), then the deferred writes.
+local function run(main, KEYS, ARGV)
+  begin(ARGV)
+  local result = main(KEYS, ARGV)
+  flush_later()
+  return result
+end
