@@ -15,6 +15,7 @@ from conveyor.registry import Registry
 from conveyor.retry import RetryPolicy
 from conveyor.serve import Server
 from conveyor.task import AsyncTask, Batch, BatchTask, SyncTask, Task, make_task
+from conveyor.urls import mask
 from conveyor.worker import WorkerConfig, parse_queues
 
 __all__ = ["App"]
@@ -77,7 +78,7 @@ class App:
         self._entered = 0
 
     def __repr__(self) -> str:
-        return f"<conveyor.App {self.url} tasks={len(self.registry)}>"
+        return f"<conveyor.App {mask(self.url)} tasks={len(self.registry)}>"
 
     # -- tasks -----------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from conveyor.backends.base import Backend, Counters, JobFilter, Page
 from conveyor.clock import Clock
 from conveyor.errors import ConfigError
+from conveyor.urls import mask
 
 __all__ = ["Backend", "Counters", "JobFilter", "Page", "from_url"]
 
@@ -29,7 +30,7 @@ def from_url(url: str, clock: Clock | None = None) -> Backend:
     scheme, sep, rest = url.partition("://")
     if not sep:
         raise ConfigError(
-            f"backend URL {url!r} has no scheme; use sqlite:///path.db, memory:// or redis://..."
+            f"backend URL {mask(url)!r} has no scheme; use sqlite:///path.db, memory:// or redis://..."
         )
     if scheme == "memory":
         from conveyor.backends.memory import MemoryBackend
@@ -40,13 +41,13 @@ def from_url(url: str, clock: Clock | None = None) -> Backend:
 
         path = rest[1:] if rest.startswith("/") else rest
         if not path:
-            raise ConfigError(f"backend URL {url!r} names no file; use sqlite:///jobs.db")
+            raise ConfigError(f"backend URL {mask(url)!r} names no file; use sqlite:///jobs.db")
         return SQLiteBackend(path, clock=clock)
     if scheme in ("redis", "rediss", "redis+cluster", "rediss+cluster"):
         from conveyor.backends.redis import RedisBackend
 
         return RedisBackend(url, clock=clock)
     raise ConfigError(
-        f"unknown backend scheme {scheme!r} in {url!r}; supported: sqlite, memory, redis, "
+        f"unknown backend scheme {scheme!r} in {mask(url)!r}; supported: sqlite, memory, redis, "
         "rediss, redis+cluster"
     )

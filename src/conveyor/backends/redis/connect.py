@@ -36,6 +36,7 @@ from redis.retry import Retry
 from conveyor.backends.redis import scripts
 from conveyor.backends.redis.resp import Endpoint, Pipe, drop_transport
 from conveyor.errors import BackendError, ConfigError, StoreUnavailable
+from conveyor.urls import mask
 
 __all__ = ["Clients", "Conn", "Settings", "parse_url", "wrap_errors"]
 
@@ -59,13 +60,8 @@ class Settings:
 
     @property
     def safe_url(self) -> str:
-        """The URL without its password, for messages."""
-        parts = urlsplit(self.url)
-        netloc = parts.netloc.rpartition("@")[2]
-        if "@" in parts.netloc:
-            user = parts.netloc.rpartition("@")[0].partition(":")[0]
-            netloc = f"{user}:***@{netloc}" if user else f"***@{netloc}"
-        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+        """The URL without its password (see `conveyor.urls.mask`), for messages."""
+        return mask(self.url)
 
 
 def parse_url(url: str, prefix: str | None = None) -> Settings:
@@ -77,24 +73,28 @@ def parse_url(url: str, prefix: str | None = None) -> Settings:
     """
     scheme, sep, _ = url.partition("://")
     if not sep or scheme not in _SCHEMES:
-        raise ConfigError(f"not a Redis URL: {url!r}; use redis://host:6379/0")
+        raise ConfigError(f"not a Redis URL: {mask(url)!r}; use redis://host:6379/0")
     cluster = _SCHEMES[scheme]
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # e.g. an unclosed [IPv6] host
+        raise ConfigError(f"invalid Redis URL {mask(url)!r}: {exc}") from None
     query = dict(parse_qsl(parts.query, keep_blank_values=True))
     prefix = prefix or query.pop("prefix", "conveyor")
     query.pop("prefix", None)
     if not _PREFIX.fullmatch(prefix):
         raise ConfigError(
-            f"invalid Redis key prefix {prefix!r}: use 1-64 characters from A-Z a-z 0-9 _ . : -"
+            f"invalid Redis key prefix {prefix!r} for {mask(url)!r}: use 1-64 characters "
+            "from A-Z a-z 0-9 _ . : -"
         )
     try:
         timeout = float(query.pop("socket_timeout", "10"))
     except ValueError:
-        raise ConfigError(f"socket_timeout in {url!r} must be a number of seconds") from None
-    if timeout <= 0:
-        raise ConfigError(f"socket_timeout in {url!r} must be > 0")
+        raise ConfigError(f"socket_timeout in {mask(url)!r} must be a number of seconds") from None
+    if not 0 < timeout < float("inf"):
+        raise ConfigError(f"socket_timeout in {mask(url)!r} must be a finite number > 0")
     if cluster and parts.path not in ("", "/", "/0"):
-        raise ConfigError(f"a Redis Cluster has only database 0; drop the path in {url!r}")
+        raise ConfigError(f"a Redis Cluster has only database 0; drop the path in {mask(url)!r}")
     base = "rediss" if scheme.startswith("rediss") else "redis"
     plain = urlunsplit((base, parts.netloc, parts.path, urlencode(query), ""))
     return Settings(plain, prefix, cluster, timeout, query)
