@@ -376,6 +376,7 @@ def floor_conveyor_ops(wd: Workdir, n: int, batch: int = 100) -> float | None:
     """The same through conveyor.backends.sqlite.ops.claim/settle (internal API: rows become
     Job/Lease objects, settle as Conveyor does it), synchronously. None if that API moved."""
     try:
+        from conveyor.backends.base import ClaimRequest
         from conveyor.backends.sqlite import ops
         from conveyor.job import Completed
 
@@ -387,7 +388,7 @@ def floor_conveyor_ops(wd: Workdir, n: int, batch: int = 100) -> float | None:
         while True:
             now = time.time()
             conn.execute("BEGIN IMMEDIATE")
-            leases = ops.claim(conn, ["default"], batch, 5.0, "floor", now)
+            leases = ops.claim(conn, ClaimRequest(["default"], batch, 5.0, "floor"), now)
             conn.execute("COMMIT")
             if not leases:
                 break

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from conveyor.backends.base import Backend, JobFilter
+from conveyor.backends.base import Backend, ClaimRequest, JobFilter
 from conveyor.backends.memory import MemoryBackend
 from conveyor.backends.sqlite import SQLiteBackend
 from conveyor.clock import FakeClock
@@ -106,7 +106,7 @@ class SameAnswers(RuleBasedStateMachine):
     def claim(self, order: list[str], first_only: bool, limit: int, lease_for: float) -> None:
         queues = order[:1] if first_only else order
         answers = [
-            self.loop.run_until_complete(b.claim(queues, limit, lease_for, "w"))
+            self.loop.run_until_complete(b.claim(ClaimRequest(queues, limit, lease_for, "w")))
             for b in self.backends
         ]
         ids = [[(lease.id, lease.token, lease.job.attempts) for lease in a] for a in answers]

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Generic, TypeVar, cast
+from typing import Generic, TypeVar, cast
 
+from conveyor.backends.base import Backend
 from conveyor.errors import JobCancelled, JobFailed, JobNotFound, ResultTimeout
 from conveyor.job import Job, JobState
+from conveyor.portal import Portal
 from conveyor.serde import decode_result
-
-if TYPE_CHECKING:
-    from conveyor.registry import Registry
 
 __all__ = ["JobHandle"]
 
@@ -31,12 +30,19 @@ class JobHandle(Generic[R]):
         print(await job.result(timeout=10))
     """
 
-    __slots__ = ("_registry", "_return_type", "created", "id", "task")
+    __slots__ = ("_backend", "_portal", "_return_type", "created", "id", "task")
 
     def __init__(
-        self, registry: Registry, job_id: str, task: str, return_type: object, created: bool = True
+        self,
+        backend: Backend,
+        portal: Portal,
+        job_id: str,
+        task: str,
+        return_type: object,
+        created: bool = True,
     ) -> None:
-        self._registry = registry
+        self._backend = backend
+        self._portal = portal
         self._return_type = return_type
         self.id = job_id
         self.task = task
@@ -47,7 +53,7 @@ class JobHandle(Generic[R]):
 
     async def get(self) -> Job:
         """The job's current record. Raises `JobNotFound` if it was purged."""
-        (job,) = await self._registry.producer.backend.get([self.id])
+        (job,) = await self._backend.get([self.id])
         if job is None:
             raise JobNotFound(f"job {self.id} not found (never stored, or purged)")
         return job
@@ -58,7 +64,7 @@ class JobHandle(Generic[R]):
 
     async def cancel(self, reason: str = "cancelled by user") -> JobState | None:
         """Cancel the job (a running job stops at its next heartbeat)."""
-        return await self._registry.producer.backend.cancel(self.id, reason)
+        return await self._backend.cancel(self.id, reason)
 
     async def result(self, timeout: float | None = None, poll: float = 0.005) -> R:
         """Wait for the job to finish and return its result.
@@ -86,4 +92,4 @@ class JobHandle(Generic[R]):
 
     def result_sync(self, timeout: float | None = None) -> R:
         """`result()` for synchronous code."""
-        return self._registry.portal.call(self.result(timeout))
+        return self._portal.call(self.result(timeout))

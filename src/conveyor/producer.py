@@ -192,11 +192,11 @@ class Producer:
         self.backend = backend
         self.clock = clock
         self._max_batch = max_batch or backend.enqueue_batch
-        self._batcher: Batcher[Job, bool] | None = None
+        self._batcher: Batcher[Job, str] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def __aenter__(self) -> Self:
-        batcher: Batcher[Job, bool] = Batcher(
+        batcher: Batcher[Job, str] = Batcher(
             self._flush,
             max_size=self._max_batch,
             max_wait=0.0,
@@ -218,11 +218,12 @@ class Producer:
         if batcher is not None:
             await batcher.__aexit__(exc_type, exc, tb)
 
-    async def _flush(self, jobs: Sequence[Job]) -> list[bool]:
+    async def _flush(self, jobs: Sequence[Job]) -> list[str]:
         return await self.backend.enqueue(jobs)
 
-    async def enqueue(self, jobs: Sequence[Job]) -> list[bool]:
-        """Store `jobs`; `False` where a unique key made it a duplicate."""
+    async def enqueue(self, jobs: Sequence[Job]) -> list[str]:
+        """Store `jobs`; for each, the id of the job holding its place (see
+        `Backend.enqueue`: another job's id where a unique key made it a duplicate)."""
         batcher = self._batcher
         if len(jobs) == 1 and batcher is not None and asyncio.get_running_loop() is self._loop:
             return [await batcher.submit(jobs[0])]

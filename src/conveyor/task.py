@@ -1,29 +1,73 @@
-"""Typed tasks: `Task[P, R]` wraps a function; calling it runs it, `.enqueue()` makes a job."""
+"""Typed tasks and their registry: `Task[P, R]` wraps a function; calling it runs it,
+`.enqueue()` makes a job; the `Registry` finds tasks by name for workers."""
 
 from __future__ import annotations
 
 import inspect
 import typing
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, ParamSpec, TypeVar, Unpack
 
-from conveyor.backends.base import JobFilter
-from conveyor.errors import ConfigError, InvalidArguments
+from conveyor.errors import ConfigError, InvalidArguments, UnknownTask
 from conveyor.handle import JobHandle
 from conveyor.job import Job
 from conveyor.names import check_task_name
-from conveyor.producer import JobOptions, OptionsDict, build_jobs
-from conveyor.registry import Registry
+from conveyor.portal import Portal
+from conveyor.producer import JobOptions, OptionsDict, Producer, build_jobs
 from conveyor.retry import RetryPolicy
 from conveyor.serde import ArgsCodec
 
-__all__ = ["AsyncTask", "Batch", "BatchTask", "BoundTask", "SyncTask", "Task"]
+__all__ = ["AsyncTask", "Batch", "BatchTask", "BoundTask", "Registry", "SyncTask", "Task"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
 Call = tuple[object, ...] | Mapping[str, object]
+
+
+class Registry:
+    """Registered tasks by name, plus what they need to enqueue.
+
+    Args:
+        producer: where enqueues go.
+        max_payload: largest encoded argument payload accepted, in bytes.
+    """
+
+    def __init__(self, producer: Producer, max_payload: int = 1 << 20) -> None:
+        self.producer = producer
+        self.max_payload = max_payload
+        self.portal = Portal()
+        self._tasks: dict[str, Task[..., object]] = {}
+
+    def add(self, task: Task[..., object]) -> None:
+        """Register `task`; a second task with the same name is a `ConfigError`."""
+        existing = self._tasks.get(task.name)
+        if existing is not None and existing.fn is not task.fn:
+            raise ConfigError(
+                f"a task named {task.name!r} is already registered ({existing.fn.__module__}."
+                f"{existing.fn.__qualname__}); give one of them another name: "
+                "@app.task(name='...')"
+            )
+        self._tasks[task.name] = task
+
+    def get(self, name: str) -> Task[..., object]:
+        """The task registered as `name`, or `UnknownTask`."""
+        try:
+            return self._tasks[name]
+        except KeyError:
+            known = ", ".join(sorted(self._tasks)) or "none"
+            raise UnknownTask(f"no task named {name!r} is registered (known: {known})") from None
+
+    def find(self, name: str) -> Task[..., object] | None:
+        """The task registered as `name`, or `None`."""
+        return self._tasks.get(name)
+
+    def __iter__(self) -> Iterator[Task[..., object]]:
+        return iter(self._tasks.values())
+
+    def __len__(self) -> int:
+        return len(self._tasks)
 
 
 class Task(Generic[P, R]):
@@ -78,24 +122,15 @@ class Task(Generic[P, R]):
         return job
 
     async def _store(self, jobs: list[Job]) -> list[JobHandle[R]]:
-        created = await self.registry.producer.enqueue(jobs)
-        handles: list[JobHandle[R]] = [
-            JobHandle(self.registry, job.id, self.name, self.codec.return_type, ok)
-            for job, ok in zip(jobs, created, strict=True)
+        # For a duplicate key the store answers with the id of the job holding it: the
+        # handle points there.
+        ids = await self.registry.producer.enqueue(jobs)
+        backend, portal = self.registry.producer.backend, self.registry.portal
+        rtype = self.codec.return_type
+        return [
+            JobHandle(backend, portal, got, self.name, rtype, got == job.id)
+            for job, got in zip(jobs, ids, strict=True)
         ]
-        for i, (job, ok) in enumerate(zip(jobs, created, strict=True)):
-            if not ok and job.key is not None:
-                # A duplicate: point the handle at the job that holds the key.
-                existing = await self._holder(job.key)
-                if existing is not None:
-                    handles[i].id = existing
-        return handles
-
-    async def _holder(self, key: str) -> str | None:
-        backend = self.registry.producer.backend
-        page = await backend.query(JobFilter(key=key, task=self.name), limit=1000)
-        live = [j for j in page.jobs if not j.state.terminal] or page.jobs
-        return live[-1].id if live else None
 
     async def _enqueue(
         self, args: tuple[object, ...], kwargs: Mapping[str, object], opts: JobOptions

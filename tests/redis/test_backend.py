@@ -11,14 +11,14 @@ import redis.asyncio as aioredis
 
 import conveyor
 from conveyor.backends import from_url
-from conveyor.backends.base import JobFilter
+from conveyor.backends.base import ClaimRequest, JobFilter
 from conveyor.backends.redis import RedisBackend
 from conveyor.backends.redis.connect import parse_url
 from conveyor.clock import FakeClock
 from conveyor.errors import ConfigError, StoreUnavailable
 from conveyor.job import Completed, JobState
 from conveyor.testing import drain
-from conveyor.testing.contract import make_job
+from conveyor.testing.contract import make_job, stored
 from conveyor.testing.redis_server import RedisServer
 
 W = "w1"
@@ -44,7 +44,7 @@ async def test_unreachable_server_fails_fast_with_store_unavailable() -> None:
     async with RedisBackend("redis://:hunter2@127.0.0.1:1/0", clock=FakeClock()) as b:
         start = time.monotonic()
         with pytest.raises(StoreUnavailable, match="unavailable") as info:
-            await b.claim(["default"], 10, 30, W)
+            await b.claim(ClaimRequest(["default"], 10, 30, W))
         assert time.monotonic() - start < 3.0
         assert "hunter2" not in str(info.value)
 
@@ -55,8 +55,8 @@ async def test_lost_functions_and_scripts_are_reloaded(redis_url: str, raw: aior
         await b.enqueue([make_job(clock)])
         await raw.function_flush()
         await raw.script_flush()
-        assert await b.enqueue([make_job(clock)]) == [True]  # not found → FUNCTION LOAD → again
-        assert len(await b.claim(["default"], 10, 30, W)) == 2
+        assert await stored(b, [make_job(clock)]) == [True]  # not found → FUNCTION LOAD → again
+        assert len(await b.claim(ClaimRequest(["default"], 10, 30, W))) == 2
 
 
 async def test_scripts_run_as_eval_where_function_load_is_refused(
@@ -73,8 +73,8 @@ async def test_scripts_run_as_eval_where_function_load_is_refused(
         url = redis_url.replace("redis://", "redis://nofn:pw@")
         async with RedisBackend(url, clock=clock) as b:
             job = make_job(clock)
-            assert await b.enqueue([job]) == [True]
-            (lease,) = await b.claim(["default"], 10, 30, W)
+            assert await stored(b, [job]) == [True]
+            (lease,) = await b.claim(ClaimRequest(["default"], 10, 30, W))
             assert await b.settle([(lease, Completed(None))]) == [True]
             (done,) = await b.get([job.id])
             assert done is not None and done.state is JobState.COMPLETED
@@ -96,8 +96,8 @@ async def test_claim_order_at_the_extremes(redis_url: str) -> None:
             make_job(clock, priority=1, run_at=0.0),
             make_job(clock, priority=1, run_at=0.0),  # same rank prefix: enqueue order
         ]
-        assert await b.enqueue(jobs) == [True] * 6
-        leases = await b.claim(["default"], 10, 30, W)
+        assert await stored(b, jobs) == [True] * 6
+        leases = await b.claim(ClaimRequest(["default"], 10, 30, W))
         order = [jobs.index(next(j for j in jobs if j.id == lease.id)) for lease in leases]
         assert order == [3, 4, 5, 1, 0, 2]
 
@@ -118,7 +118,7 @@ async def test_wait_wakes_within_50ms_of_an_enqueue_elsewhere(redis_url: str) ->
             await producer.enqueue([make_job(clock)])
             await task
             assert loop.time() - sent < 0.05
-            assert len(await waiter.claim(["default"], 10, 30, W)) == 1
+            assert len(await waiter.claim(ClaimRequest(["default"], 10, 30, W))) == 1
 
 
 async def test_wait_returns_at_once_when_work_is_ready_and_at_the_next_due_time(
@@ -131,7 +131,7 @@ async def test_wait_returns_at_once_when_work_is_ready_and_at_the_next_due_time(
         await b.wait(["default"], 5.0)
         waited = loop.time() - start
         assert 0.1 < waited < 0.4, waited  # woke near the scheduled job's due time
-        assert len(await b.claim(["default"], 1, 30, W)) == 1
+        assert len(await b.claim(ClaimRequest(["default"], 1, 30, W))) == 1
         await b.enqueue([make_job(FakeClock(time.time()))])
         start = loop.time()
         await b.wait(["default"], 5.0)
@@ -146,7 +146,7 @@ async def test_production_mode_judges_leases_by_server_time(
     async with RedisBackend(redis_url, clock=skewed, server_time=True) as b:
         await b.enqueue([make_job(FakeClock(time.time()))])
         before = await raw.time()
-        (lease,) = await b.claim(["default"], 1, 30, W)
+        (lease,) = await b.claim(ClaimRequest(["default"], 1, 30, W))
         after = await raw.time()
         low, high = before[0] + before[1] / 1e6, after[0] + after[1] / 1e6
         assert low + 30 <= lease.expires_at <= high + 30
@@ -247,7 +247,7 @@ async def test_racing_rescuers_on_separate_connections_requeue_each_job_once(
     backends = [RedisBackend(redis_url, clock=clock) for _ in range(4)]
     try:
         await backends[0].enqueue([make_job(clock, queue=f"q{i % 3}") for i in range(300)])
-        await backends[0].claim(["q0", "q1", "q2"], 300, 5, W)
+        await backends[0].claim(ClaimRequest(["q0", "q1", "q2"], 300, 5, W))
         clock.advance(6)
         results = await asyncio.gather(*(b.rescue() for b in backends for _ in range(3)))
         assert sum(results) == 300
@@ -266,7 +266,7 @@ async def test_query_pages_across_queues_and_batches(redis_url: str) -> None:
             make_job(clock, queue=f"q{i % 4}", task="t.a" if i % 7 else "t.b") for i in range(900)
         ]
         await b.enqueue(jobs)
-        await b.claim(["q1"], 50, 30, W)
+        await b.claim(ClaimRequest(["q1"], 50, 30, W))
         seen: list[str] = []
         after = None
         while True:
@@ -290,7 +290,7 @@ async def test_retention_purge_and_purge_before_across_chunks(redis_url: str) ->
     clock = FakeClock()
     async with RedisBackend(redis_url, clock=clock) as b:
         await b.enqueue([make_job(clock, keep_for=10) for _ in range(1200)])
-        leases = await b.claim(["default"], 1200, 30, W)
+        leases = await b.claim(ClaimRequest(["default"], 1200, 30, W))
         assert all(await b.settle([(lease, Completed(None)) for lease in leases]))
         clock.advance(11)
         assert await b.purge([JobState.COMPLETED]) == 1200

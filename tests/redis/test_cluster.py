@@ -16,7 +16,7 @@ import pytest
 import redis
 from redis.crc import key_slot
 
-from conveyor.backends.base import JobFilter
+from conveyor.backends.base import ClaimRequest, JobFilter
 from conveyor.backends.redis import RedisBackend
 from conveyor.clock import FakeClock
 from conveyor.job import Completed, JobState
@@ -127,14 +127,14 @@ async def test_queues_land_on_different_nodes_and_work_end_to_end(clean_cluster:
         assert len(slots) == 3  # the queues really are spread over the three masters
         jobs = [make_job(clock, queue=q) for q in queues for _ in range(5)]
         assert all(await b.enqueue(jobs))
-        leases = await b.claim(queues, 100, 10, "w")
+        leases = await b.claim(ClaimRequest(queues, 100, 10, "w"))
         assert len(leases) == 60
         assert [lease.job.queue for lease in leases] == [j.queue for j in jobs]
         done, lost = leases[:30], leases[30:]
         assert all(await b.settle([(lease, Completed(b"1")) for lease in done]))
         clock.advance(11)
         assert await b.rescue() == 30
-        again = await b.claim(queues, 100, 10, "w")
+        again = await b.claim(ClaimRequest(queues, 100, 10, "w"))
         assert sorted(x.id for x in again) == sorted(x.id for x in lost)
         assert all(x.job.errors[-1].type == "LeaseExpired" for x in again)
         counts = await b.counts()

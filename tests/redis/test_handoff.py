@@ -12,10 +12,11 @@ import random
 
 import redis.asyncio as aioredis
 
+from conveyor.backends.base import ClaimRequest
 from conveyor.backends.redis import RedisBackend
 from conveyor.clock import FakeClock
 from conveyor.job import Completed, JobState
-from conveyor.testing.contract import make_job
+from conveyor.testing.contract import make_job, stored
 
 LEASE = 30.0
 
@@ -38,19 +39,21 @@ async def test_an_enqueue_hands_its_job_to_a_waiting_worker(redis_url: str) -> N
         task = asyncio.create_task(waiter.wait_for_lease(["default"], 5.0, "w1", LEASE))
         await asyncio.sleep(0.05)  # registered and blocked
         job = make_job(clock)
-        assert await producer.enqueue([job]) == [True]
+        assert await stored(producer, [job]) == [True]
         async with asyncio.timeout(2):
             (lease,) = await task
         assert lease.id == job.id and lease.job.state is JobState.RUNNING
         assert lease.job.attempts == 1 and lease.job.worker == "w1"
         assert lease.expires_at == clock.now() + LEASE
-        (stored,) = await producer.get([job.id])
-        assert stored is not None and stored.state is JobState.RUNNING
+        (snapshot,) = await producer.get([job.id])
+        assert snapshot is not None and snapshot.state is JobState.RUNNING
         assert await waiter.settle([(lease, Completed(None))]) == [True]
         # The registration ended with the handoff: the next job is queued for anyone.
         second = make_job(clock)
         await producer.enqueue([second])
-        assert [x.id for x in await producer.claim(["default"], 10, LEASE, "w2")] == [second.id]
+        assert [x.id for x in await producer.claim(ClaimRequest(["default"], 10, LEASE, "w2"))] == [
+            second.id
+        ]
 
 
 async def test_handoff_takes_the_best_ready_job_and_one_per_waiter(redis_url: str) -> None:
@@ -60,11 +63,13 @@ async def test_handoff_takes_the_best_ready_job_and_one_per_waiter(redis_url: st
         await register(b, "ghost-b", ["default"])
         low, high, third = (make_job(clock, priority=p) for p in (0, 5, 0))
         await b.enqueue([low, high, third])
-        leases = await b.claim(["default"], 1, LEASE, "ghost-a")  # drains ghost-a's inbox
+        leases = await b.claim(
+            ClaimRequest(["default"], 1, LEASE, "ghost-a")
+        )  # drains ghost-a's inbox
         assert [x.id for x in leases] == [high.id]  # handed first: the best of the batch
-        b_leases = await b.claim(["default"], 1, LEASE, "ghost-b")
+        b_leases = await b.claim(ClaimRequest(["default"], 1, LEASE, "ghost-b"))
         assert [x.id for x in b_leases] == [low.id]
-        (left,) = await b.claim(["default"], 10, LEASE, "w")
+        (left,) = await b.claim(ClaimRequest(["default"], 10, LEASE, "w"))
         assert left.id == third.id
 
 
@@ -85,7 +90,7 @@ async def test_unwait_puts_a_handed_job_back_without_using_an_attempt(
         assert back is not None and back.state is JobState.QUEUED and back.attempts == 0
         assert back.worker is None and back.started_at is None
         assert await raw.llen(b.keys.inbox("ghost")) == 0
-        (lease,) = await b.claim(["default"], 10, LEASE, "w2")
+        (lease,) = await b.claim(ClaimRequest(["default"], 10, LEASE, "w2"))
         assert lease.id == job.id and lease.job.attempts == 1 and lease.token == 2
         # The ghost's stale lease (token 1) can no longer touch the job.
         counts = await b.counts("default")
@@ -102,7 +107,7 @@ async def test_a_job_handed_to_a_dead_waiter_is_rescued_when_its_lease_expires(
         await b.enqueue([job])
         clock.advance(LEASE + 1)
         assert await b.rescue() == 1
-        (lease,) = await b.claim(["default"], 10, LEASE, "alive")
+        (lease,) = await b.claim(ClaimRequest(["default"], 10, LEASE, "alive"))
         assert lease.id == job.id
         assert lease.job.errors and lease.job.errors[-1].type == "LeaseExpired"
 
@@ -131,7 +136,7 @@ async def test_a_waiter_on_several_queues_is_handed_one_job_and_leaves_every_que
         await b.enqueue([second])
         (s,) = await b.get([second.id])
         assert s is not None and s.state is JobState.QUEUED
-        leases = await b.claim(["a", "b"], 10, LEASE, "ghost")
+        leases = await b.claim(ClaimRequest(["a", "b"], 10, LEASE, "ghost"))
         assert [x.id for x in leases] == [first.id, second.id]  # the handed one first
 
 
@@ -155,7 +160,7 @@ async def test_wait_for_lease_returns_at_once_when_work_is_ready(redis_url: str)
         await b.enqueue([make_job(clock)])
         async with asyncio.timeout(1):
             assert await b.wait_for_lease(["default"], 5.0, "w", LEASE) == []
-        assert len(await b.claim(["default"], 10, LEASE, "w")) == 1
+        assert len(await b.claim(ClaimRequest(["default"], 10, LEASE, "w"))) == 1
 
 
 async def test_a_wait_cancelled_as_its_job_arrives_leaves_no_job_stranded(
@@ -190,7 +195,7 @@ async def test_a_wait_cancelled_as_its_job_arrives_leaves_no_job_stranded(
                 outcomes["returned"] += 1
             else:
                 assert stored.state is JobState.QUEUED and stored.attempts == 0, stored
-                (lease,) = await b.claim(["default"], 1, LEASE, "other")
+                (lease,) = await b.claim(ClaimRequest(["default"], 1, LEASE, "other"))
                 assert await b.settle([(lease, Completed(None))]) == [True]
                 outcomes["given back"] += 1
         assert await raw.llen(b.keys.inbox("w")) == 0

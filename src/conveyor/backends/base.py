@@ -5,22 +5,37 @@ sees payloads and results as opaque bytes and never imports user code. Every tra
 a running job is *fenced*: it applies only while the caller's lease token is still the
 job's current one, so a stale worker can never settle or extend a job it lost.
 
-Implementations subclass `Backend`. `conveyor.testing.contract.BackendContract` is the
-test suite every backend must pass unchanged.
+`Backend`'s public methods are template methods: they own the guards (empty input, a
+closed store, bad limits), read `now` from the clock once, split large inputs into chunks
+of `op_batch`, and wake local waiters after changes that make work ready. A store
+implements only the storage, in the `_`-prefixed abstract hooks, each one atomic. The
+optional capabilities (counters, locks, presence) are protocols in `conveyor.capabilities`.
+
+`conveyor.testing.contract.BackendContract` is the test suite every backend must pass
+unchanged.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Protocol, Self
+from typing import ClassVar, Self, TypeVar
 
+from conveyor.backends._wake import Wakeup
+from conveyor.capabilities import Counters
 from conveyor.clock import Clock
-from conveyor.job import Job, JobState, Lease, Outcome
+from conveyor.errors import ClosedError, InvalidOption
+from conveyor.job import TERMINAL, Job, JobState, Lease, Outcome
 
-__all__ = ["Backend", "Counters", "JobFilter", "Page"]
+__all__ = ["MAX_PAGE", "Backend", "ClaimRequest", "Counters", "JobFilter", "Page"]
+
+#: The largest page `Backend.query` returns.
+MAX_PAGE = 10_000
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,10 +56,28 @@ class Page:
     next: str | None
 
 
-class Counters(Protocol):
-    """Optional capability: shared counters for distributed rate limits and locks."""
+@dataclass(frozen=True, slots=True)
+class ClaimRequest:
+    """What a worker asks of `Backend.claim`: up to `limit` ready jobs from `queues`.
 
-    async def incr(self, key: str, amount: int, ttl: float) -> int: ...
+    Attributes:
+        queues: queue names, in the order to take them.
+        limit: the most jobs to lease (a worker asks for its free slots).
+        lease_for: seconds each lease lasts before it must be extended.
+        worker: the claiming worker's name (recorded on the job).
+
+    Everything that changes *which* job a claim may take (paused queues, concurrency and
+    rate limits, tenant groups, dependencies) is decided inside each store's atomic claim;
+    what a worker must say about it goes here as new fields with defaults.
+
+    Example:
+        leases = await backend.claim(ClaimRequest(["default"], 10, 30.0, "w1"))
+    """
+
+    queues: Sequence[str]
+    limit: int
+    lease_for: float
+    worker: str
 
 
 class Backend(abc.ABC):
@@ -62,91 +95,229 @@ class Backend(abc.ABC):
     #: so the server works on one batch while the callers of the last one build the next.
     enqueue_batch: int = 1000
     enqueue_concurrency: int = 1
+    #: The most items one storage hook call gets (enqueue, extend, settle, release, get):
+    #: bounds how long one call holds a server or a write lock. 0: no limit.
+    op_batch: ClassVar[int] = 0
+
+    _closed: bool = False
+    _local: Wakeup | None = None
+
+    # -- plumbing for stores ---------------------------------------------------------------
+
+    @property
+    def local_wakeup(self) -> Wakeup:
+        """Waiters in this process, woken after changes that may make work ready (stores
+        whose `wait` can't be told by the store itself use it)."""
+        if self._local is None:
+            self._local = Wakeup()
+        return self._local
+
+    def _open(self) -> None:
+        if self._closed:
+            raise ClosedError(f"the store {self!r} is closed")
+
+    async def _chunked(
+        self, hook: Callable[[Sequence[T], float], Awaitable[list[R]]], items: Sequence[T]
+    ) -> list[R]:
+        self._open()
+        if not items:
+            return []
+        now = self.clock.now()
+        size = self.op_batch
+        if not size or len(items) <= size:
+            return await hook(items, now)
+        out: list[R] = []
+        for start in range(0, len(items), size):
+            out += await hook(items[start : start + size], now)
+        return out
+
+    def _woke(self, changed: object) -> None:
+        if changed and self._local is not None:
+            self._local.notify()
 
     # -- producing -------------------------------------------------------------------------
 
-    @abc.abstractmethod
-    async def enqueue(self, jobs: Sequence[Job]) -> list[bool]:
-        """Insert jobs. A job whose `key` is held by another job is skipped (`False`).
+    async def enqueue(self, jobs: Sequence[Job]) -> list[str]:
+        """Insert jobs; for each, the id of the job that now holds its place: its own id
+        when stored, the id of the job holding its `key` when it was a duplicate (skipped).
 
         A key is held while its job is live (scheduled, queued, running), and after it ends
         (completed or failed) until `unique_until` passes or the job is purged. Cancelled
         jobs release their key. Jobs with `run_at` in the future are stored `scheduled`.
         """
+        out = await self._chunked(self._enqueue, jobs)
+        self._woke(out)
+        return out
+
+    @abc.abstractmethod
+    async def _enqueue(self, jobs: Sequence[Job], now: float) -> list[str]:
+        """Store `jobs` in one atomic step (see `enqueue`)."""
 
     # -- running ---------------------------------------------------------------------------
 
-    @abc.abstractmethod
-    async def claim(
-        self, queues: Sequence[str], limit: int, lease_for: float, worker: str
-    ) -> list[Lease]:
-        """Atomically move up to `limit` ready jobs to running and lease them.
+    async def claim(self, request: ClaimRequest) -> list[Lease]:
+        """Atomically move up to `request.limit` ready jobs to running and lease them.
 
         Scheduled jobs that are due count as ready. Each claim increments `attempts`.
         """
+        self._open()
+        if request.limit <= 0 or not request.queues:
+            return []
+        return await self._claim(request, self.clock.now())
 
     @abc.abstractmethod
+    async def _claim(self, request: ClaimRequest, now: float) -> list[Lease]:
+        """Lease ready jobs in one atomic step (see `claim`); `request.limit` ≥ 1."""
+
     async def extend(self, leases: Sequence[Lease], lease_for: float) -> list[Lease | None]:
         """Heartbeat. `None` for a lease that was lost or whose job had a cancel requested
         (the job is then moved to cancelled here); the caller must stop that execution and
         must not settle it."""
 
-    @abc.abstractmethod
-    async def settle(self, outcomes: Sequence[tuple[Lease, Outcome]]) -> list[bool]:
-        """Apply outcomes where the token still matches; a stale lease → `False`, no change."""
+        async def hook(part: Sequence[Lease], now: float) -> list[Lease | None]:
+            return await self._extend(part, lease_for, now)
+
+        return await self._chunked(hook, leases)
 
     @abc.abstractmethod
+    async def _extend(
+        self, leases: Sequence[Lease], lease_for: float, now: float
+    ) -> list[Lease | None]:
+        """Extend the leases still held (see `extend`)."""
+
+    async def settle(self, outcomes: Sequence[tuple[Lease, Outcome]]) -> list[bool]:
+        """Apply outcomes where the token still matches; a stale lease → `False`, no change."""
+        out = await self._chunked(self._settle, outcomes)
+        self._woke(outcomes)  # a retry may have made a job ready
+        return out
+
+    @abc.abstractmethod
+    async def _settle(self, outcomes: Sequence[tuple[Lease, Outcome]], now: float) -> list[bool]:
+        """Apply fenced outcomes (see `settle`)."""
+
     async def release(self, leases: Sequence[Lease]) -> list[bool]:
         """Give back leases on jobs that never started (a worker stopping right after a
         claim): each job is queued again as if it had not been claimed, the attempt not
         counted; one whose cancel was requested meanwhile ends cancelled. Fenced like
         `settle`: `False` for a stale lease, no change."""
+        out = await self._chunked(self._release, leases)
+        self._woke(any(out))
+        return out
+
+    @abc.abstractmethod
+    async def _release(self, leases: Sequence[Lease], now: float) -> list[bool]:
+        """Give back unstarted leases (see `release`)."""
 
     # -- maintenance -----------------------------------------------------------------------
 
-    @abc.abstractmethod
     async def promote(self) -> int:
         """Move due scheduled jobs to queued. Returns how many moved."""
+        self._open()
+        moved = await self._promote(self.clock.now())
+        self._woke(moved)
+        return moved
 
     @abc.abstractmethod
+    async def _promote(self, now: float) -> int: ...
+
     async def rescue(self) -> int:
         """Requeue running jobs whose lease expired (or fail them when attempts are exhausted;
         cancel them when a cancel was requested). Returns how many were rescued."""
+        self._open()
+        rescued = await self._rescue(self.clock.now())
+        self._woke(rescued)
+        return rescued
 
     @abc.abstractmethod
+    async def _rescue(self, now: float) -> int: ...
+
     async def purge(self, states: Iterable[JobState], before: float | None = None) -> int:
         """Delete jobs in terminal `states` whose retention ended (`finished_at + keep_for`
         ≤ now) or, with `before`, that finished before that time. Returns how many."""
+        self._open()
+        wanted = frozenset(states) & TERMINAL
+        if not wanted:
+            return 0
+        return await self._purge(wanted, before, self.clock.now())
+
+    @abc.abstractmethod
+    async def _purge(self, states: frozenset[JobState], before: float | None, now: float) -> int:
+        """Delete finished jobs (see `purge`); `states` is non-empty and terminal only."""
 
     # -- administration --------------------------------------------------------------------
 
-    @abc.abstractmethod
     async def cancel(self, job_id: str, reason: str = "cancelled") -> JobState | None:
         """Cancel a job: scheduled or queued → cancelled at once; running → cancel requested,
         seen at its next heartbeat. Returns the job's state afterwards, `None` if unknown."""
+        self._open()
+        return await self._cancel(job_id, reason, self.clock.now())
 
     @abc.abstractmethod
+    async def _cancel(self, job_id: str, reason: str, now: float) -> JobState | None: ...
+
     async def requeue(self, job_id: str) -> bool:
         """Failed or cancelled → queued, keeping id, payload and attempt history; the job gets
         a fresh allowance of attempts. `False` if the job is missing or in another state."""
+        (ok,) = await self.requeue_many([job_id])
+        return ok
+
+    async def requeue_many(self, ids: Sequence[str]) -> list[bool]:
+        """`requeue` for many jobs in one store call per `op_batch`, in the order given."""
+        out = await self._chunked(self._requeue, ids)
+        self._woke(any(out))
+        return out
 
     @abc.abstractmethod
+    async def _requeue(self, ids: Sequence[str], now: float) -> list[bool]: ...
+
     async def get(self, ids: Sequence[str]) -> list[Job | None]:
         """Jobs by id, `None` for unknown ids, in the order asked."""
 
+        async def hook(part: Sequence[str], now: float) -> list[Job | None]:
+            return await self._get(part)
+
+        return await self._chunked(hook, ids)
+
     @abc.abstractmethod
+    async def _get(self, ids: Sequence[str]) -> list[Job | None]: ...
+
     async def counts(self, queue: str | None = None) -> dict[str, dict[JobState, int]]:
         """Job counts per queue and state (states with zero jobs may be omitted)."""
+        self._open()
+        return await self._counts(queue)
 
     @abc.abstractmethod
+    async def _counts(self, queue: str | None) -> dict[str, dict[JobState, int]]: ...
+
     async def query(self, filter: JobFilter, after: str | None = None, limit: int = 100) -> Page:
-        """Jobs matching `filter`, in enqueue order, `limit` at a time; pass `Page.next` back
-        as `after` for the following page."""
+        """Jobs matching `filter`, in enqueue order, `limit` (1..`MAX_PAGE`) at a time; pass
+        `Page.next` back as `after` for the following page. A cursor this store never
+        handed out is an `InvalidOption`."""
+        self._open()
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
+            raise InvalidOption(f"a page holds 1..{MAX_PAGE} jobs, not {limit!r}")
+        if after is not None and not self._valid_cursor(after):
+            raise InvalidOption(f"{after!r} is not a cursor this store handed out")
+        return await self._query(filter, after or None, limit)
+
+    def _valid_cursor(self, after: str) -> bool:
+        """Whether `after` can be one of this store's `Page.next` values (default: a
+        decimal sequence number)."""
+        return after == "" or (after.isascii() and after.isdigit())
 
     @abc.abstractmethod
+    async def _query(self, filter: JobFilter, after: str | None, limit: int) -> Page: ...
+
     async def wait(self, queues: Sequence[str], timeout: float) -> None:
         """Return when work may be ready in `queues`, or after `timeout` seconds. A hint only:
         callers must claim to find out."""
+        self._open()
+        if timeout <= 0 or not queues:
+            return
+        await self._wait(queues, timeout)
+
+    @abc.abstractmethod
+    async def _wait(self, queues: Sequence[str], timeout: float) -> None: ...
 
     async def wait_for_lease(
         self, queues: Sequence[str], timeout: float, worker: str, lease_for: float
@@ -158,9 +329,17 @@ class Backend(abc.ABC):
         await self.wait(queues, timeout)
         return []
 
-    @abc.abstractmethod
     async def aclose(self) -> None:
         """Release connections and threads. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._local is not None:
+            self._local.notify()
+        await self._aclose()
+
+    @abc.abstractmethod
+    async def _aclose(self) -> None: ...
 
     async def __aenter__(self) -> Self:
         return self

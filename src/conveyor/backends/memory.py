@@ -9,17 +9,15 @@ from __future__ import annotations
 import heapq
 import itertools
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 from msgspec.structs import replace
 
 from conveyor.backends import rules
-from conveyor.backends._wake import Wakeup
-from conveyor.backends.base import Backend, JobFilter, Page
+from conveyor.backends.base import Backend, ClaimRequest, JobFilter, Page
+from conveyor.capabilities import LockInfo, WorkerInfo
 from conveyor.clock import Clock, SystemClock
-from conveyor.errors import ClosedError
 from conveyor.job import (
-    TERMINAL,
     Cancelled,
     Completed,
     Failed,
@@ -41,7 +39,7 @@ class MemoryBackend(Backend):
     Example:
         backend = MemoryBackend()
         await backend.enqueue([job])
-        leases = await backend.claim(["default"], limit=10, lease_for=30, worker="w1")
+        leases = await backend.claim(ClaimRequest(["default"], 10, 30.0, "w1"))
     """
 
     def __init__(self, clock: Clock | None = None) -> None:
@@ -56,14 +54,11 @@ class MemoryBackend(Backend):
         self._ready: dict[str, list[_Entry]] = {}
         self._scheduled: list[tuple[float, int, int, str]] = []
         self._counter = itertools.count(1)
-        self._wakeup = Wakeup()
-        self._closed = False
+        self._counters: dict[str, tuple[int, float]] = {}  # key -> (value, expires_at)
+        self._locks: dict[str, tuple[str | None, int, float]] = {}  # name -> (owner, token, exp)
+        self._presence: dict[str, tuple[WorkerInfo, float]] = {}  # id -> (info, expires_at)
 
     # -- helpers (call with the lock held) -------------------------------------------------
-
-    def _check(self) -> None:
-        if self._closed:
-            raise ClosedError("the memory backend is closed")
 
     def _put(self, job: Job) -> None:
         """Store `job` and index it by state."""
@@ -100,36 +95,32 @@ class MemoryBackend(Backend):
 
     # -- producing -------------------------------------------------------------------------
 
-    async def enqueue(self, jobs: Sequence[Job]) -> list[bool]:
-        now = self.clock.now()
-        out: list[bool] = []
+    async def _enqueue(self, jobs: Sequence[Job], now: float) -> list[str]:
+        out: list[str] = []
         with self._lock:
-            self._check()
             for job in jobs:
+                if job.id in self._jobs:  # stored already (a retried call)
+                    out.append(job.id)
+                    continue
                 if job.key is not None:
                     holder = self._jobs.get(self._keys.get(job.key, ""))
                     if holder is not None and rules.key_is_held(holder, now):
-                        out.append(False)
+                        out.append(holder.id)
                         continue
                     self._keys[job.key] = job.id
                 self._seq[job.id] = next(self._counter)
                 self._put(replace(job, state=rules.state_for_run_at(job.run_at, now)))
-                out.append(True)
-        if any(out):
-            self._wakeup.notify()
+                out.append(job.id)
         return out
 
     # -- running ---------------------------------------------------------------------------
 
-    async def claim(
-        self, queues: Sequence[str], limit: int, lease_for: float, worker: str
-    ) -> list[Lease]:
-        now = self.clock.now()
+    async def _claim(self, request: ClaimRequest, now: float) -> list[Lease]:
+        limit, lease_for, worker = request.limit, request.lease_for, request.worker
         leases: list[Lease] = []
         with self._lock:
-            self._check()
             self._promote_due(now)
-            for queue in queues:
+            for queue in request.queues:
                 heap = self._ready.get(queue)
                 while heap and len(leases) < limit:
                     _, _, _, version, job_id = heapq.heappop(heap)
@@ -154,11 +145,11 @@ class MemoryBackend(Backend):
                     break
         return leases
 
-    async def extend(self, leases: Sequence[Lease], lease_for: float) -> list[Lease | None]:
-        now = self.clock.now()
+    async def _extend(
+        self, leases: Sequence[Lease], lease_for: float, now: float
+    ) -> list[Lease | None]:
         out: list[Lease | None] = []
         with self._lock:
-            self._check()
             for lease in leases:
                 # Fencing is by token alone: a lease past its expiry that nobody rescued yet
                 # is still the only claim on the job, so extending it is safe.
@@ -175,12 +166,9 @@ class MemoryBackend(Backend):
                 out.append(Lease(job, lease.token, now + lease_for))
         return out
 
-    async def settle(self, outcomes: Sequence[tuple[Lease, Outcome]]) -> list[bool]:
-        now = self.clock.now()
+    async def _settle(self, outcomes: Sequence[tuple[Lease, Outcome]], now: float) -> list[bool]:
         out: list[bool] = []
-        requeued = False
         with self._lock:
-            self._check()
             for lease, outcome in outcomes:
                 job = self._live_lease(lease)
                 if job is None:
@@ -191,7 +179,6 @@ class MemoryBackend(Backend):
                     new = self._finish(job, JobState.COMPLETED, now, result=outcome.result)
                 elif isinstance(outcome, Retrying):
                     state = rules.state_for_run_at(outcome.run_at, now)
-                    requeued = True
                     new = replace(
                         job,
                         state=state,
@@ -207,15 +194,11 @@ class MemoryBackend(Backend):
                     new = self._cancelled(job, outcome, now)
                 self._put(new)
                 out.append(True)
-        if requeued:
-            self._wakeup.notify()
         return out
 
-    async def release(self, leases: Sequence[Lease]) -> list[bool]:
-        now = self.clock.now()
+    async def _release(self, leases: Sequence[Lease], now: float) -> list[bool]:
         out: list[bool] = []
         with self._lock:
-            self._check()
             for lease in leases:
                 job = self._live_lease(lease)
                 if job is None:
@@ -235,8 +218,6 @@ class MemoryBackend(Backend):
                         )
                     )
                 out.append(True)
-        if any(out):
-            self._wakeup.notify()
         return out
 
     def _cancelled(self, job: Job, outcome: Cancelled, now: float) -> Job:
@@ -247,19 +228,13 @@ class MemoryBackend(Backend):
 
     # -- maintenance -----------------------------------------------------------------------
 
-    async def promote(self) -> int:
+    async def _promote(self, now: float) -> int:
         with self._lock:
-            self._check()
-            moved = self._promote_due(self.clock.now())
-        if moved:
-            self._wakeup.notify()
-        return moved
+            return self._promote_due(now)
 
-    async def rescue(self) -> int:
-        now = self.clock.now()
+    async def _rescue(self, now: float) -> int:
         rescued = 0
         with self._lock:
-            self._check()
             for job_id, expiry in list(self._expiry.items()):
                 if expiry > now:
                     continue
@@ -279,19 +254,14 @@ class MemoryBackend(Backend):
                         job, state=JobState.QUEUED, worker=None, errors=(*job.errors, error)
                     )
                 self._put(new)
-        if rescued:
-            self._wakeup.notify()
         return rescued
 
-    async def purge(self, states: Iterable[JobState], before: float | None = None) -> int:
-        wanted = set(states) & TERMINAL
-        now = self.clock.now()
+    async def _purge(self, states: frozenset[JobState], before: float | None, now: float) -> int:
         with self._lock:
-            self._check()
             doomed = [
                 j
                 for j in self._jobs.values()
-                if j.state in wanted
+                if j.state in states
                 and j.finished_at is not None
                 and (
                     j.finished_at < before
@@ -311,10 +281,8 @@ class MemoryBackend(Backend):
 
     # -- administration --------------------------------------------------------------------
 
-    async def cancel(self, job_id: str, reason: str = "cancelled") -> JobState | None:
-        now = self.clock.now()
+    async def _cancel(self, job_id: str, reason: str, now: float) -> JobState | None:
         with self._lock:
-            self._check()
             job = self._jobs.get(job_id)
             if job is None:
                 return None
@@ -327,53 +295,48 @@ class MemoryBackend(Backend):
                 self._jobs[job_id] = job
             return job.state
 
-    async def requeue(self, job_id: str) -> bool:
-        now = self.clock.now()
+    async def _requeue(self, ids: Sequence[str], now: float) -> list[bool]:
         with self._lock:
-            self._check()
-            job = self._jobs.get(job_id)
-            if job is None or job.state not in (JobState.FAILED, JobState.CANCELLED):
+            return [self._requeue_one(job_id, now) for job_id in ids]
+
+    def _requeue_one(self, job_id: str, now: float) -> bool:
+        job = self._jobs.get(job_id)
+        if job is None or job.state not in (JobState.FAILED, JobState.CANCELLED):
+            return False
+        if job.key is not None:
+            holder = self._jobs.get(self._keys.get(job.key, ""))
+            if holder is not None and holder.id != job.id and rules.key_is_held(holder, now):
                 return False
-            if job.key is not None:
-                holder = self._jobs.get(self._keys.get(job.key, ""))
-                if holder is not None and holder.id != job.id and rules.key_is_held(holder, now):
-                    return False
-                self._keys[job.key] = job.id
-            self._put(
-                replace(
-                    job,
-                    state=JobState.QUEUED,
-                    run_at=now,
-                    attempts=0,
-                    finished_at=None,
-                    cancel_requested=False,
-                    result=None,
-                )
+            self._keys[job.key] = job.id
+        self._put(
+            replace(
+                job,
+                state=JobState.QUEUED,
+                run_at=now,
+                attempts=0,
+                finished_at=None,
+                cancel_requested=False,
+                result=None,
             )
-        self._wakeup.notify()
+        )
         return True
 
-    async def get(self, ids: Sequence[str]) -> list[Job | None]:
+    async def _get(self, ids: Sequence[str]) -> list[Job | None]:
         with self._lock:
-            self._check()
             return [self._jobs.get(i) for i in ids]
 
-    async def counts(self, queue: str | None = None) -> dict[str, dict[JobState, int]]:
+    async def _counts(self, queue: str | None) -> dict[str, dict[JobState, int]]:
         out: dict[str, dict[JobState, int]] = {}
         with self._lock:
-            self._check()
             for job in self._jobs.values():
                 if queue is None or job.queue == queue:
                     per = out.setdefault(job.queue, {})
                     per[job.state] = per.get(job.state, 0) + 1
         return out
 
-    async def query(self, filter: JobFilter, after: str | None = None, limit: int = 100) -> Page:
+    async def _query(self, filter: JobFilter, after: str | None, limit: int) -> Page:
         with self._lock:
-            self._check()
-            start = self._seq.get(after, 0) if after else 0
-            if after and after not in self._seq:
-                start = int(after) if after.isdigit() else 0
+            start = int(after) if after else 0
             matches = sorted(
                 (self._seq[j.id], j)
                 for j in self._jobs.values()
@@ -387,17 +350,95 @@ class MemoryBackend(Backend):
         nxt = str(matches[limit - 1][0]) if len(matches) > limit else None
         return Page(page, nxt)
 
-    async def wait(self, queues: Sequence[str], timeout: float) -> None:
+    async def _wait(self, queues: Sequence[str], timeout: float) -> None:
         with self._lock:
-            self._check()
             now = self.clock.now()
             if any(self._ready.get(q) for q in queues):
                 return
             if self._scheduled:
                 timeout = min(timeout, max(0.0, self._scheduled[0][0] - now))
-        await self._wakeup.wait(timeout)
+        await self.local_wakeup.wait(timeout)
 
-    async def aclose(self) -> None:
+    async def _aclose(self) -> None:
+        pass
+
+    # -- capabilities (see `conveyor.capabilities`) ----------------------------------------
+
+    async def incr(self, key: str, amount: int, ttl: float) -> int:
+        """`Counters`: add to a fixed-window counter."""
+        self._open()
+        now = self.clock.now()
         with self._lock:
-            self._closed = True
-        self._wakeup.notify()
+            value, expires = self._counters.get(key, (0, 0.0))
+            if expires <= now:
+                value, expires = 0, now + ttl
+            value += amount
+            self._counters[key] = (value, expires)
+            return value
+
+    async def acquire_lock(self, name: str, owner: str, ttl: float) -> int | None:
+        """`Locks`: take a free or expired lock; its new fencing token."""
+        self._open()
+        now = self.clock.now()
+        with self._lock:
+            holder, token, expires = self._locks.get(name, (None, 0, 0.0))
+            if holder is not None and expires > now:
+                return None
+            self._locks[name] = (owner, token + 1, now + ttl)
+            return token + 1
+
+    async def extend_lock(self, name: str, token: int, ttl: float) -> bool:
+        """`Locks`: hold for `ttl` more seconds if `token` still holds it."""
+        self._open()
+        now = self.clock.now()
+        with self._lock:
+            holder, current, expires = self._locks.get(name, (None, 0, 0.0))
+            if holder is None or current != token or expires <= now:
+                return False
+            self._locks[name] = (holder, token, now + ttl)
+            return True
+
+    async def release_lock(self, name: str, token: int) -> bool:
+        """`Locks`: free the lock if `token` still holds it."""
+        self._open()
+        now = self.clock.now()
+        with self._lock:
+            holder, current, expires = self._locks.get(name, (None, 0, 0.0))
+            if holder is None or current != token or expires <= now:
+                return False
+            self._locks[name] = (None, token, 0.0)
+            return True
+
+    async def locks(self) -> list[LockInfo]:
+        """`Locks`: the locks held now."""
+        self._open()
+        now = self.clock.now()
+        with self._lock:
+            return [
+                LockInfo(name, owner, token, expires)
+                for name, (owner, token, expires) in sorted(self._locks.items())
+                if owner is not None and expires > now
+            ]
+
+    async def beat(self, worker: WorkerInfo, ttl: float) -> None:
+        """`Presence`: record `worker` as alive for `ttl` seconds."""
+        self._open()
+        now = self.clock.now()
+        with self._lock:
+            self._presence[worker.id] = (replace(worker, seen_at=now), now + ttl)
+
+    async def workers(self) -> list[WorkerInfo]:
+        """`Presence`: workers heard from within their ttl."""
+        self._open()
+        now = self.clock.now()
+        with self._lock:
+            for worker_id, (_, expires) in list(self._presence.items()):
+                if expires <= now:
+                    del self._presence[worker_id]
+            return [info for _, (info, _) in sorted(self._presence.items())]
+
+    async def leave(self, worker_id: str) -> None:
+        """`Presence`: forget `worker_id`."""
+        self._open()
+        with self._lock:
+            self._presence.pop(worker_id, None)

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from conveyor.backends.base import Backend, JobFilter
+from conveyor.backends.base import Backend, ClaimRequest, JobFilter
 from conveyor.clock import FakeClock
 from conveyor.errors import ClosedError
 from conveyor.job import (
@@ -32,7 +32,7 @@ from conveyor.job import (
     new_job_id,
 )
 
-__all__ = ["BackendContract", "make_job"]
+__all__ = ["BackendContract", "make_job", "stored"]
 
 W = "worker-1"
 
@@ -53,6 +53,13 @@ def make_job(clock: FakeClock, **fields: object) -> Job:
     return Job(**defaults)  # type: ignore[arg-type]
 
 
+async def stored(backend: Backend, jobs: Sequence[Job]) -> list[bool]:
+    """Enqueue `jobs`; for each, whether it was stored (`False`: a duplicate key's holder
+    took its place)."""
+    ids = await backend.enqueue(jobs)
+    return [got == job.id for got, job in zip(ids, jobs, strict=True)]
+
+
 def err(attempt: int = 1, message: str = "boom") -> AttemptError:
     return AttemptError(attempt, "ValueError", message, "Traceback...", 0.0)
 
@@ -66,11 +73,11 @@ class BackendContract:
 
     async def _enqueue(self, backend: Backend, clock: FakeClock, **fields: object) -> Job:
         job = make_job(clock, **fields)
-        assert await backend.enqueue([job]) == [True]
+        assert await stored(backend, [job]) == [True]
         return job
 
     async def _claim_one(self, backend: Backend, queues: Sequence[str] = ("default",)) -> Lease:
-        leases = await backend.claim(queues, 1, 30.0, W)
+        leases = await backend.claim(ClaimRequest(queues, 1, 30.0, W))
         assert len(leases) == 1
         return leases[0]
 
@@ -114,9 +121,9 @@ class BackendContract:
     async def test_future_run_at_is_scheduled(self, backend: Backend, clock: FakeClock) -> None:
         job = await self._enqueue(backend, clock, delay=10)
         assert await self._state(backend, job.id) is JobState.SCHEDULED
-        assert await backend.claim(["default"], 10, 30, W) == []
+        assert await backend.claim(ClaimRequest(["default"], 10, 30, W)) == []
         clock.advance(10)
-        leases = await backend.claim(["default"], 10, 30, W)
+        leases = await backend.claim(ClaimRequest(["default"], 10, 30, W))
         assert [lease.id for lease in leases] == [job.id]
 
     async def test_promote_moves_only_due_jobs(self, backend: Backend, clock: FakeClock) -> None:
@@ -138,7 +145,7 @@ class BackendContract:
         c = await self._enqueue(backend, clock, priority=9)
         d = await self._enqueue(backend, clock, priority=-3)
         e = await self._enqueue(backend, clock, priority=0, run_at=clock.now() - 100)
-        leases = await backend.claim(["default"], 10, 30, W)
+        leases = await backend.claim(ClaimRequest(["default"], 10, 30, W))
         assert [lease.id for lease in leases] == [c.id, e.id, a.id, b.id, d.id]
 
     async def test_claim_takes_queues_in_given_order(
@@ -147,7 +154,7 @@ class BackendContract:
         low = await self._enqueue(backend, clock, queue="low", priority=9)
         high = await self._enqueue(backend, clock, queue="high")
         other = await self._enqueue(backend, clock, queue="other")
-        leases = await backend.claim(["high", "low"], 10, 30, W)
+        leases = await backend.claim(ClaimRequest(["high", "low"], 10, 30, W))
         assert [lease.id for lease in leases] == [high.id, low.id]
         assert await self._state(backend, other.id) is JobState.QUEUED
 
@@ -156,15 +163,15 @@ class BackendContract:
     ) -> None:
         for _ in range(5):
             await self._enqueue(backend, clock)
-        leases = await backend.claim(["default"], 3, 30, W)
+        leases = await backend.claim(ClaimRequest(["default"], 3, 30, W))
         assert len(leases) == 3
         for lease in leases:
             assert lease.job.state is JobState.RUNNING
             assert lease.job.attempts == 1
             assert lease.job.worker == W
             assert lease.expires_at == pytest.approx(clock.now() + 30)
-        assert len(await backend.claim(["default"], 10, 30, W)) == 2
-        assert await backend.claim(["default"], 10, 30, W) == []
+        assert len(await backend.claim(ClaimRequest(["default"], 10, 30, W))) == 2
+        assert await backend.claim(ClaimRequest(["default"], 10, 30, W)) == []
 
     async def test_no_double_claim_under_concurrency(
         self, backend: Backend, clock: FakeClock
@@ -172,7 +179,7 @@ class BackendContract:
         jobs = [make_job(clock) for _ in range(200)]
         await backend.enqueue(jobs)
         batches = await asyncio.gather(
-            *(backend.claim(["default"], 7, 30, f"w{i}") for i in range(40))
+            *(backend.claim(ClaimRequest(["default"], 7, 30, f"w{i}")) for i in range(40))
         )
         ids = [lease.id for batch in batches for lease in batch]
         assert len(ids) == len(set(ids)) == 200
@@ -231,7 +238,7 @@ class BackendContract:
         (got,) = await backend.get([job.id])
         assert got is not None
         assert got.state is JobState.SCHEDULED and got.errors == (e,)
-        assert await backend.claim(["default"], 1, 30, W) == []
+        assert await backend.claim(ClaimRequest(["default"], 1, 30, W)) == []
         clock.advance(5)
         lease2 = await self._claim_one(backend)
         assert lease2.job.attempts == 2 and lease2.job.errors == (e,)
@@ -245,7 +252,7 @@ class BackendContract:
     async def test_settle_failed_and_cancelled(self, backend: Backend, clock: FakeClock) -> None:
         a = await self._enqueue(backend, clock)
         b = await self._enqueue(backend, clock)
-        la, lb = await backend.claim(["default"], 2, 30, W)
+        la, lb = await backend.claim(ClaimRequest(["default"], 2, 30, W))
         e = err(1, "poison")
         assert await backend.settle([(la, Failed(e)), (lb, Cancelled("user said so"))]) == [
             True,
@@ -260,7 +267,7 @@ class BackendContract:
     ) -> None:
         await self._enqueue(backend, clock)
         await self._enqueue(backend, clock)
-        la, lb = await backend.claim(["default"], 2, 30, W)
+        la, lb = await backend.claim(ClaimRequest(["default"], 2, 30, W))
         forged = Lease(lb.job, lb.token + 1000, lb.expires_at)
         assert await backend.settle([(la, Completed(None)), (forged, Completed(None))]) == [
             True,
@@ -275,8 +282,8 @@ class BackendContract:
     ) -> None:
         a = await self._enqueue(backend, clock)
         b = await self._enqueue(backend, clock)
-        (la,) = await backend.claim(["default"], 1, 10, W)
-        (lb,) = await backend.claim(["default"], 1, 100, W)
+        (la,) = await backend.claim(ClaimRequest(["default"], 1, 10, W))
+        (lb,) = await backend.claim(ClaimRequest(["default"], 1, 100, W))
         clock.advance(11)
         assert await backend.rescue() == 1
         assert await backend.rescue() == 0  # a second sweep finds nothing to do
@@ -300,11 +307,11 @@ class BackendContract:
     async def test_racing_rescues_requeue_once(self, backend: Backend, clock: FakeClock) -> None:
         for _ in range(20):
             await self._enqueue(backend, clock)
-        await backend.claim(["default"], 20, 5, W)
+        await backend.claim(ClaimRequest(["default"], 20, 5, W))
         clock.advance(6)
         results = await asyncio.gather(*(backend.rescue() for _ in range(5)))
         assert sum(results) == 20
-        assert len(await backend.claim(["default"], 100, 5, W)) == 20
+        assert len(await backend.claim(ClaimRequest(["default"], 100, 5, W))) == 20
 
     # -- unique keys -----------------------------------------------------------------------
 
@@ -313,13 +320,13 @@ class BackendContract:
     ) -> None:
         first = await self._enqueue(backend, clock, key="order-7")
         dup = make_job(clock, key="order-7")
-        assert await backend.enqueue([dup]) == [False]
+        assert await stored(backend, [dup]) == [False]
         assert await backend.get([dup.id]) == [None]
         lease = await self._claim_one(backend)
-        assert await backend.enqueue([make_job(clock, key="order-7")]) == [False]
+        assert await stored(backend, [make_job(clock, key="order-7")]) == [False]
         await backend.settle([(lease, Completed(None))])
         # Completed and retained, no window given: the key stays held.
-        assert await backend.enqueue([make_job(clock, key="order-7")]) == [False]
+        assert await stored(backend, [make_job(clock, key="order-7")]) == [False]
         page = await backend.query(JobFilter(key="order-7"))
         assert [j.id for j in page.jobs] == [first.id]
 
@@ -327,27 +334,37 @@ class BackendContract:
         await self._enqueue(backend, clock, key="k", unique_until=clock.now() + 60)
         lease = await self._claim_one(backend)
         await backend.settle([(lease, Completed(None))])
-        assert await backend.enqueue([make_job(clock, key="k")]) == [False]
+        assert await stored(backend, [make_job(clock, key="k")]) == [False]
         clock.advance(61)
-        assert await backend.enqueue([make_job(clock, key="k")]) == [True]
+        assert await stored(backend, [make_job(clock, key="k")]) == [True]
 
     async def test_duplicate_keys_in_one_batch(self, backend: Backend, clock: FakeClock) -> None:
         jobs = [make_job(clock, key="same"), make_job(clock, key="same"), make_job(clock)]
-        assert await backend.enqueue(jobs) == [True, False, True]
+        assert await stored(backend, jobs) == [True, False, True]
+
+    async def test_a_duplicate_names_the_job_holding_its_key(
+        self, backend: Backend, clock: FakeClock
+    ) -> None:
+        first = await self._enqueue(backend, clock, key="order-9")
+        again, other = make_job(clock, key="order-9"), make_job(clock)
+        assert await backend.enqueue([again, other]) == [first.id, other.id]
+        lease = await self._claim_one(backend)
+        await backend.settle([(lease, Completed(None))])  # retained: still holds the key
+        assert await backend.enqueue([make_job(clock, key="order-9")]) == [first.id]
 
     async def test_cancelled_and_purged_jobs_release_keys(
         self, backend: Backend, clock: FakeClock
     ) -> None:
         job = await self._enqueue(backend, clock, key="k1")
         assert await backend.cancel(job.id) is JobState.CANCELLED
-        assert await backend.enqueue([make_job(clock, key="k1")]) == [True]
+        assert await stored(backend, [make_job(clock, key="k1")]) == [True]
         done = await self._enqueue(backend, clock, key="k2", keep_for=10, queue="q2")
         lease = await self._claim_one(backend, ["q2"])
         assert lease.id == done.id
         await backend.settle([(lease, Completed(None))])
         clock.advance(11)
         assert await backend.purge([JobState.COMPLETED]) >= 1
-        assert await backend.enqueue([make_job(clock, key="k2")]) == [True]
+        assert await stored(backend, [make_job(clock, key="k2")]) == [True]
 
     # -- cancel and requeue ------------------------------------------------------------------
 
@@ -357,9 +374,9 @@ class BackendContract:
         assert await backend.cancel(queued.id, "no longer needed") is JobState.CANCELLED
         assert await backend.cancel(scheduled.id) is JobState.CANCELLED
         assert await backend.cancel("missing") is None
-        assert await backend.claim(["default"], 10, 30, W) == []
+        assert await backend.claim(ClaimRequest(["default"], 10, 30, W)) == []
         clock.advance(200)
-        assert await backend.claim(["default"], 10, 30, W) == []
+        assert await backend.claim(ClaimRequest(["default"], 10, 30, W)) == []
 
     async def test_cancel_running_is_seen_at_heartbeat(
         self, backend: Backend, clock: FakeClock
@@ -459,7 +476,7 @@ class BackendContract:
             tg.create_task(later())
             await backend.wait(["default"], timeout=5.0)
         assert loop.time() - start < 2.0
-        assert len(await backend.claim(["default"], 1, 30, W)) == 1
+        assert len(await backend.claim(ClaimRequest(["default"], 1, 30, W))) == 1
 
     async def test_wait_for_lease_wakes_on_enqueue_and_any_lease_is_live(
         self, backend: Backend, clock: FakeClock
@@ -476,7 +493,7 @@ class BackendContract:
             tg.create_task(later())
             async with asyncio.timeout(2.0):
                 handed = await backend.wait_for_lease(["default"], 5.0, W, 30)
-        claimed = await backend.claim(["default"], 10, 30, W)
+        claimed = await backend.claim(ClaimRequest(["default"], 10, 30, W))
         (lease,) = [*handed, *claimed]
         assert lease.id == job.id and lease.job.state is JobState.RUNNING
         assert lease.job.attempts == 1
@@ -487,13 +504,13 @@ class BackendContract:
     ) -> None:
         job = make_job(clock, max_attempts=1)
         await backend.enqueue([job])
-        (lease,) = await backend.claim(["default"], 1, 30, W)
+        (lease,) = await backend.claim(ClaimRequest(["default"], 1, 30, W))
         assert await backend.release([lease]) == [True]
         assert await backend.release([lease]) == [False]  # stale now: no change
         (back,) = await backend.get([job.id])
         assert back is not None and back.state is JobState.QUEUED
         assert back.attempts == 0 and back.worker is None and not back.errors
-        (again,) = await backend.claim(["default"], 1, 30, W)
+        (again,) = await backend.claim(ClaimRequest(["default"], 1, 30, W))
         assert again.id == job.id and again.job.attempts == 1 and again.token > lease.token
         assert await backend.settle([(lease, Completed(None))]) == [False]  # fenced
         assert await backend.settle([(again, Completed(None))]) == [True]
@@ -503,12 +520,12 @@ class BackendContract:
     ) -> None:
         job = make_job(clock)
         await backend.enqueue([job])
-        (lease,) = await backend.claim(["default"], 1, 30, W)
+        (lease,) = await backend.claim(ClaimRequest(["default"], 1, 30, W))
         assert await backend.cancel(job.id) is JobState.RUNNING
         assert await backend.release([lease]) == [True]
         (gone,) = await backend.get([job.id])
         assert gone is not None and gone.state is JobState.CANCELLED
-        assert await backend.claim(["default"], 1, 30, W) == []
+        assert await backend.claim(ClaimRequest(["default"], 1, 30, W)) == []
 
     async def test_wait_times_out(self, backend: Backend) -> None:
         loop = asyncio.get_running_loop()

@@ -1,7 +1,12 @@
-"""`FaultyBackend`: wraps any backend and makes chosen operations fail on demand.
+"""`FaultyBackend`: wraps any store and makes chosen operations fail on demand.
 
 For testing how workers and apps behave when the store misbehaves (outages, slow calls),
 without a real outage. Real-server outages are tested separately with real processes.
+
+It is generic: every storage hook of the contract and every capability method of the
+wrapped store (counters, locks, presence, and whatever a store adds) goes through the same
+fault check, named by the public operation (``"claim"``, ``"incr"``, ...), so a new
+operation needs no code here.
 
 Example:
     faulty = FaultyBackend(MemoryBackend())
@@ -12,9 +17,12 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import functools
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from conveyor.backends.base import Backend, JobFilter, Page
+from conveyor.backends.base import Backend, ClaimRequest, JobFilter, Page
 from conveyor.errors import BackendError
 from conveyor.job import Job, JobState, Lease, Outcome
 
@@ -22,14 +30,25 @@ __all__ = ["FaultyBackend"]
 
 
 class FaultyBackend(Backend):
-    """Delegates to `inner`, except operations switched to fail with `fail(...)`."""
+    """Delegates to `inner`, except operations switched to fail with `fail(...)`.
+
+    The contract's guards run here (once); the storage hooks delegate to `inner`'s. A
+    capability method of `inner` (``incr``, ``acquire_lock``, ...) is reached through
+    attribute access and fails like any operation, so `isinstance(faulty, Locks)` holds
+    exactly when it holds for `inner`.
+    """
 
     def __init__(self, inner: Backend) -> None:
         self.inner = inner
         self.clock = inner.clock
+        self.enqueue_batch = inner.enqueue_batch
+        self.enqueue_concurrency = inner.enqueue_concurrency
         self.failing: set[str] = set()
         self.calls: dict[str, int] = {}
         self.failures = 0
+
+    def __repr__(self) -> str:
+        return f"FaultyBackend({self.inner!r})"
 
     def fail(self, *operations: str) -> None:
         """Make these operations raise `BackendError` until `heal()`."""
@@ -45,63 +64,92 @@ class FaultyBackend(Backend):
             self.failures += 1
             raise BackendError(f"injected fault: {op} failed")
 
-    async def enqueue(self, jobs: Sequence[Job]) -> list[bool]:
+    def __getattr__(self, name: str) -> Any:
+        # Only reached for names this class lacks: the inner store's capabilities.
+        if name.startswith("_") or name == "inner":
+            raise AttributeError(name)
+        attr = getattr(self.inner, name)
+        if not inspect.iscoroutinefunction(attr):
+            return attr
+        return self._faulty(name, attr)
+
+    def _faulty(self, op: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            self._enter(op)
+            return await fn(*args, **kwargs)
+
+        return call
+
+    # -- the storage hooks, each a fault point named by its public operation ----------------
+
+    async def _enqueue(self, jobs: Sequence[Job], now: float) -> list[str]:
         self._enter("enqueue")
-        return await self.inner.enqueue(jobs)
+        return await self.inner._enqueue(jobs, now)
 
-    async def claim(
-        self, queues: Sequence[str], limit: int, lease_for: float, worker: str
-    ) -> list[Lease]:
+    async def _claim(self, request: ClaimRequest, now: float) -> list[Lease]:
         self._enter("claim")
-        return await self.inner.claim(queues, limit, lease_for, worker)
+        return await self.inner._claim(request, now)
 
-    async def extend(self, leases: Sequence[Lease], lease_for: float) -> list[Lease | None]:
+    async def _extend(
+        self, leases: Sequence[Lease], lease_for: float, now: float
+    ) -> list[Lease | None]:
         self._enter("extend")
-        return await self.inner.extend(leases, lease_for)
+        return await self.inner._extend(leases, lease_for, now)
 
-    async def settle(self, outcomes: Sequence[tuple[Lease, Outcome]]) -> list[bool]:
+    async def _settle(self, outcomes: Sequence[tuple[Lease, Outcome]], now: float) -> list[bool]:
         self._enter("settle")
-        return await self.inner.settle(outcomes)
+        return await self.inner._settle(outcomes, now)
 
-    async def release(self, leases: Sequence[Lease]) -> list[bool]:
+    async def _release(self, leases: Sequence[Lease], now: float) -> list[bool]:
         self._enter("release")
-        return await self.inner.release(leases)
+        return await self.inner._release(leases, now)
 
-    async def promote(self) -> int:
+    async def _promote(self, now: float) -> int:
         self._enter("promote")
-        return await self.inner.promote()
+        return await self.inner._promote(now)
 
-    async def rescue(self) -> int:
+    async def _rescue(self, now: float) -> int:
         self._enter("rescue")
-        return await self.inner.rescue()
+        return await self.inner._rescue(now)
 
-    async def purge(self, states: Iterable[JobState], before: float | None = None) -> int:
+    async def _purge(self, states: frozenset[JobState], before: float | None, now: float) -> int:
         self._enter("purge")
-        return await self.inner.purge(states, before)
+        return await self.inner._purge(states, before, now)
 
-    async def cancel(self, job_id: str, reason: str = "cancelled") -> JobState | None:
+    async def _cancel(self, job_id: str, reason: str, now: float) -> JobState | None:
         self._enter("cancel")
-        return await self.inner.cancel(job_id, reason)
+        return await self.inner._cancel(job_id, reason, now)
 
-    async def requeue(self, job_id: str) -> bool:
+    async def _requeue(self, ids: Sequence[str], now: float) -> list[bool]:
         self._enter("requeue")
-        return await self.inner.requeue(job_id)
+        return await self.inner._requeue(ids, now)
 
-    async def get(self, ids: Sequence[str]) -> list[Job | None]:
+    async def _get(self, ids: Sequence[str]) -> list[Job | None]:
         self._enter("get")
-        return await self.inner.get(ids)
+        return await self.inner._get(ids)
 
-    async def counts(self, queue: str | None = None) -> dict[str, dict[JobState, int]]:
+    async def _counts(self, queue: str | None) -> dict[str, dict[JobState, int]]:
         self._enter("counts")
-        return await self.inner.counts(queue)
+        return await self.inner._counts(queue)
 
-    async def query(self, filter: JobFilter, after: str | None = None, limit: int = 100) -> Page:
+    def _valid_cursor(self, after: str) -> bool:
+        return self.inner._valid_cursor(after)
+
+    async def _query(self, filter: JobFilter, after: str | None, limit: int) -> Page:
         self._enter("query")
-        return await self.inner.query(filter, after, limit)
+        return await self.inner._query(filter, after, limit)
 
-    async def wait(self, queues: Sequence[str], timeout: float) -> None:
+    async def _wait(self, queues: Sequence[str], timeout: float) -> None:
         self._enter("wait")
         await self.inner.wait(queues, timeout)
 
-    async def aclose(self) -> None:
+    async def wait_for_lease(
+        self, queues: Sequence[str], timeout: float, worker: str, lease_for: float
+    ) -> list[Lease]:
+        self._open()
+        self._enter("wait")
+        return await self.inner.wait_for_lease(queues, timeout, worker, lease_for)
+
+    async def _aclose(self) -> None:
         await self.inner.aclose()

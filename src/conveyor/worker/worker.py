@@ -1,9 +1,16 @@
-"""The worker: claims jobs up to free capacity, runs them, heartbeats leases, settles outcomes.
+"""The worker: its services (settle, heartbeat, jobs, fetch), running jobs, and shutdown.
 
-One `asyncio.TaskGroup` owns everything: the fetch loop, one task per running job, the
-heartbeat loop and the settle batcher. Shutdown is two-phase: `stop()` stops claiming and
-lets running jobs finish for `grace` seconds; what is still running then is cancelled and
-put back in the queue (retried, never lost).
+`Worker` builds four services that share the worker's state (`worker.services`, in start
+order; `serve.Server` runs them with maintenance in one TaskGroup):
+
+1. `settle` (`settle.Settling`): the settle batcher; stopped last, so it drains every
+   outcome.
+2. `heartbeat`: extends the leases of running jobs; stops once they have all ended.
+3. `jobs` (`JobRunner`): one task per running job, sync handlers on daemon threads, batch
+   tasks' runners. Its stop is phase two of shutdown: running jobs get `grace` seconds,
+   then the rest are cancelled and put back in the queue (retried, never lost).
+4. `fetch` (`fetch.Fetch`): the claim loop; ready when the store answered a claim (the
+   worker is claiming). Its stop is phase one of shutdown: no more claims.
 """
 
 from __future__ import annotations
@@ -13,35 +20,32 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable
 
 from conveyor.backends.base import Backend
 from conveyor.clock import Clock
-from conveyor.errors import BackendError
 from conveyor.job import AttemptError, Failed, Lease, Outcome, Retrying
-from conveyor.primitives import Batcher
 from conveyor.registry import Registry
 from conveyor.task import BatchTask
 from conveyor.worker.batch import BatchRunner
-from conveyor.worker.config import QueueSelector, WorkerConfig
+from conveyor.worker.config import WorkerConfig
 from conveyor.worker.execute import execute, precheck
+from conveyor.worker.fetch import Fetch
 from conveyor.worker.lease import Running, heartbeat
-from conveyor.worker.stats import WorkerStats, record
+from conveyor.worker.service import Service
+from conveyor.worker.settle import Settling
+from conveyor.worker.stats import WorkerStats
 from conveyor.worker.threads import DaemonThreadPool
 
-__all__ = ["Worker", "WorkerStats"]
+__all__ = ["Heartbeat", "JobRunner", "Worker", "WorkerStats"]
 
 log = logging.getLogger("conveyor.worker")
 
-# Backoff while the store is unreachable, in seconds.
-_BACKOFF_MIN, _BACKOFF_MAX = 0.05, 2.0
-_REFILL_WAIT = 0.005  # longest a claim waits for more free slots while jobs run
-
 
 class Worker:
-    """Runs jobs from `backend` for the tasks in `registry`.
+    """Runs jobs from `backend` for the tasks in `registry`, as a list of services.
 
-    Use `await worker.run()` (returns after `stop()`, or when idle in burst mode).
+    Run it through `serve.Server` (what `app.worker()` returns), which adds maintenance.
 
     Args:
         backend: the job store.
@@ -59,170 +63,155 @@ class Worker:
         self.clock = clock
         self.name = config.name or f"{socket.gethostname()}:{os.getpid()}"
         self.stats = WorkerStats()
-        self._selector = QueueSelector(config.queues, config.strict)
-        self._running: dict[str, Running] = {}
-        self._slot_free = asyncio.Event()
-        self._idle_waiter: asyncio.Future[list[Lease]] | None = None
-        self._stopping = asyncio.Event()
-        self._hurry = asyncio.Event()  # second stop: cancel running jobs now
-        self._started = asyncio.Event()
-        self._threads: DaemonThreadPool | None = None
-        self._outage_since: float | None = None
-        self._backoff = _BACKOFF_MIN
-        self._settler: Batcher[list[tuple[Lease, Outcome]], list[bool]] | None = None
-        self._batches: dict[str, BatchRunner] = {}
+        self._stops = 0
+        running: dict[str, Running] = {}
+        slot_free = asyncio.Event()
+        self.settling = Settling(
+            backend, clock, self.stats, lease_for=config.lease_for, capacity=config.concurrency * 4
+        )
+        self.heartbeat = Heartbeat(backend, clock, config, self.stats, self.name, running)
+        self.jobs = JobRunner(
+            registry, config, clock, self.stats, self.name, running, slot_free, self.settling
+        )
+        self.fetch = Fetch(
+            backend,
+            config,
+            clock,
+            worker=self.name,
+            stats=self.stats,
+            running=running,
+            slot_free=slot_free,
+            spawn=self.jobs.spawn,
+        )
+        self.jobs.slot_freed = self.fetch.slot_freed  # a job ending frees a slot for claims
 
-    # -- control ---------------------------------------------------------------------------
+    @property
+    def services(self) -> list[Service]:
+        """The worker's services in start order (stopped in reverse)."""
+        return [self.settling, self.heartbeat, self.jobs, self.fetch]
 
     def stop(self, *, now: bool = False) -> None:
         """Stop claiming. Running jobs get `grace` seconds, or are cancelled at once if `now`
         (or on a second call)."""
-        if self._stopping.is_set() or now:
-            self._hurry.set()
-        self._stopping.set()
-        self._slot_free.set()
-        self._wake_idle()
-
-    @property
-    def stopping(self) -> bool:
-        """Whether `stop()` was called."""
-        return self._stopping.is_set()
-
-    async def started(self) -> None:
-        """Wait until the worker is claiming (the readiness handshake)."""
-        await self._started.wait()
+        self._stops += 1
+        if now or self._stops > 1:
+            self.jobs.hurry()
+        self.fetch.stop()
 
     @property
     def running(self) -> int:
         """Jobs running right now."""
-        return len(self._running)
+        return len(self.jobs.running)
 
-    # -- main ------------------------------------------------------------------------------
 
-    async def run(self) -> WorkerStats:
-        """Run until stopped (or idle, in burst mode). Returns the counters."""
+class Heartbeat(Service):
+    """Extends every running job's lease each `config.heartbeat` seconds (see `lease`)."""
+
+    name = "heartbeat"
+
+    def __init__(
+        self,
+        backend: Backend,
+        clock: Clock,
+        config: WorkerConfig,
+        stats: WorkerStats,
+        worker: str,
+        running: dict[str, Running],
+    ) -> None:
+        super().__init__()
+        self.backend = backend
+        self.clock = clock
+        self.config = config
+        self.stats = stats
+        self.worker = worker
+        self.running = running
+
+    async def run(self) -> None:
+        self.started()
+        beat = heartbeat(
+            self.backend,
+            self.running,
+            every=self.config.heartbeat,
+            lease_for=self.config.lease_for,
+            clock=self.clock,
+            stats=self.stats,
+            worker=self.worker,
+        )
+        await self.cancel_on_stop(beat)
+
+
+class JobRunner(Service):
+    """Runs claimed jobs, one task each (a batch task's claimed group shares one).
+
+    `stop()` waits up to `grace` for running jobs (measured on the injected clock), then
+    cancels the rest; they settle as `Retrying(now)` with an `Interrupted` error. `hurry()`
+    cuts the grace short.
+    """
+
+    name = "jobs"
+
+    def __init__(
+        self,
+        registry: Registry,
+        config: WorkerConfig,
+        clock: Clock,
+        stats: WorkerStats,
+        worker: str,
+        running: dict[str, Running],
+        slot_free: asyncio.Event,
+        settling: Settling,
+    ) -> None:
+        super().__init__()
+        self.registry = registry
+        self.config = config
+        self.clock = clock
+        self.stats = stats
+        self.worker = worker
+        self.running = running
+        # Called whenever a job ends; `Worker` puts the claim loop's here.
+        self.slot_freed: Callable[[], None] = slot_free.set
+        self._slot_free = slot_free
+        self._settle = settling.settle
+        self._hurry = asyncio.Event()
+        self._tg: asyncio.TaskGroup | None = None
+        self._threads: DaemonThreadPool | None = None
+        self._batches: dict[str, BatchRunner] = {}
+
+    def hurry(self) -> None:
+        """Cancel running jobs now instead of waiting for `grace`."""
+        self._hurry.set()
+
+    async def run(self) -> None:
         cfg = self.config
-        self._threads = DaemonThreadPool(cfg.threads or cfg.concurrency, "conveyor-job")
-        # Items are groups of outcomes (one job, or a batch task's group), so a group costs
-        # one future; the flush settles every group in one backend call.
-        settler: Batcher[list[tuple[Lease, Outcome]], list[bool]] = Batcher(
-            self._settle_groups,
-            max_size=64,
-            max_wait=0.0,
-            capacity=cfg.concurrency * 4,
-            name="settle",
-        )
-        log.info(
-            "worker %s starting: queues=%s concurrency=%d",
-            self.name,
-            ",".join(f"{n}={w}" for n, w in cfg.queues),
-            cfg.concurrency,
-        )
+        self._threads = threads = DaemonThreadPool(cfg.threads or cfg.concurrency, "conveyor-job")
         runners = {
-            t.name: BatchRunner(t, self.clock, self._threads)
+            t.name: BatchRunner(t, self.clock, threads)
             for t in self.registry
             if isinstance(t, BatchTask)
         }
         try:
             async with contextlib.AsyncExitStack() as stack:
-                # Exit order matters: job tasks finish, then batch runners drain, then the
-                # settle batcher drains.
-                await stack.enter_async_context(settler)
+                # Exit order matters: job tasks finish, then batch runners drain.
                 for runner in runners.values():
                     await stack.enter_async_context(runner.batcher)
-                tg = await stack.enter_async_context(asyncio.TaskGroup())
-                self._settler, self._batches = settler, runners
-                beat = heartbeat(
-                    self.backend,
-                    self._running,
-                    every=cfg.heartbeat,
-                    lease_for=cfg.lease_for,
-                    clock=self.clock,
-                    stats=self.stats,
-                    worker=self.name,
-                )
-                heartbeats = tg.create_task(beat, name="conveyor-heartbeat")
-                await self._fetch_loop(tg)
+                self._tg = await stack.enter_async_context(asyncio.TaskGroup())
+                self._batches = runners
+                self.started()
+                await self._stop.wait()
                 await self._drain()
-                heartbeats.cancel()
         finally:
-            self._settler, self._batches = None, {}
-            self._threads.shutdown(wait=False, cancel_futures=True)
-        log.info("worker %s stopped: %s", self.name, self.stats)
-        return self.stats
+            self._tg, self._batches = None, {}
+            threads.shutdown(wait=False, cancel_futures=True)
 
-    async def _fetch_loop(self, tg: asyncio.TaskGroup) -> None:
-        cfg = self.config
-        # With jobs running, wait (briefly) for a few slots to free before claiming again:
-        # one claim of 16 costs the store far less than 16 claims of 1.
-        refill = max(1, min(cfg.claim_batch, cfg.concurrency) // 4)
-        while not self._stopping.is_set():
-            free = cfg.concurrency - len(self._running)
-            if free <= 0:
-                self._slot_free.clear()
-                await self._slot_free.wait()
-                continue
-            if free < refill and self._running:
-                await self._slots_or_timeout(refill, _REFILL_WAIT)
-            try:
-                leases = await self.backend.claim(
-                    self._selector.order(), min(free, cfg.claim_batch), cfg.lease_for, self.name
-                )
-            except BackendError as exc:
-                if not self._started.is_set():
-                    raise  # a store that fails at start is a configuration error: say so
-                await self._outage(exc)
-                continue
-            if self._outage_since is not None:
-                log.warning(
-                    "worker %s: the store is back after %.1fs",
-                    self.name,
-                    self.clock.monotonic() - self._outage_since,
-                )
-                self._outage_since, self._backoff = None, _BACKOFF_MIN
-            self._started.set()  # ready: the store answered a claim
-            if self._stopping.is_set() and leases:
-                # Claimed as the stop arrived: hand them straight back, unstarted.
-                await self._release(leases)
-                break
-            self._spawn(tg, leases)
-            self.stats.claimed += len(leases)
-            if leases:
-                continue
-            if cfg.burst and not self._running:
-                break
-            handed = await self._idle(cfg.poll)
-            if handed:  # a job enqueued while we waited, leased to us on the way
-                if self._stopping.is_set():
-                    await self._release(handed)
-                    break
-                self._spawn(tg, handed)
-                self.stats.claimed += len(handed)
-                await asyncio.sleep(0)  # let it start before the next claim's round trip
-
-    async def _slots_or_timeout(self, want: int, timeout: float) -> None:
-        """Until `want` slots are free, or `timeout` seconds pass (so slow jobs never keep
-        ready work waiting longer than that), or a stop."""
-        loop = asyncio.get_running_loop()
-        end = loop.time() + timeout
-        while self.config.concurrency - len(self._running) < want and not self._stopping.is_set():
-            left = end - loop.time()
-            if left <= 0:
-                return
-            self._slot_free.clear()
-            try:
-                async with asyncio.timeout(left):
-                    await self._slot_free.wait()
-            except TimeoutError:
-                return
-
-    def _spawn(self, tg: asyncio.TaskGroup, leases: list[Lease]) -> None:
+    def spawn(self, leases: list[Lease]) -> None:
         """One task per job; jobs of a batch task share one task per claimed group."""
+        tg = self._tg
+        assert tg is not None
         now = self.clock.monotonic()
         groups: dict[str, list[Running]] = {}
         for lease in leases:
             entry = Running(lease, started=now)
-            self._running[lease.id] = entry
+            self.running[lease.id] = entry
             if lease.job.task in self._batches:
                 groups.setdefault(lease.job.task, []).append(entry)
             else:
@@ -232,97 +221,34 @@ class Worker:
             for entry in entries:
                 entry.task, entry.grouped = task, True
 
-    async def _outage(self, exc: BaseException) -> None:
-        """The store failed mid-run: log once, then wait with capped backoff and try again."""
-        if self._outage_since is None:
-            self._outage_since = self.clock.monotonic()
-            log.error("worker %s: the store failed (%s); retrying with backoff", self.name, exc)
-        await self._idle_for(self._backoff)
-        self._backoff = min(self._backoff * 2, _BACKOFF_MAX)
-
-    async def _idle_for(self, seconds: float) -> None:
-        """Sleep, but wake early on a stop."""
-        try:
-            async with asyncio.timeout(seconds):
-                await self._stopping.wait()
-        except TimeoutError:
-            pass
-
-    async def _idle(self, timeout: float) -> list[Lease]:
-        """Wait for work: the backend's hint, or a job it hands over. A stop interrupts the
-        wait, and so does the last running job ending in burst mode (when a burst is over);
-        a job handed over at that very moment goes back to the queue (the backend's duty)."""
-        if self._stopping.is_set():
-            return []
-        cfg = self.config
-        waiter = asyncio.ensure_future(
-            self.backend.wait_for_lease(cfg.queue_names, timeout, self.name, cfg.lease_for)
-        )
-        self._idle_waiter = waiter
-        try:
-            return await waiter
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise  # this worker is being cancelled, not just woken
-            return []
-        except BackendError as exc:
-            await self._outage(exc)
-            return []
-        finally:
-            self._idle_waiter = None
-
-    def _wake_idle(self) -> None:
-        waiter = self._idle_waiter
-        if waiter is not None and not waiter.done():
-            waiter.cancel()
-
-    def _slot_freed(self) -> None:
-        self._slot_free.set()
-        if self.config.burst and not self._running:
-            self._wake_idle()  # the last job ended: the burst may be over
-
-    async def _release(self, leases: list[Lease]) -> None:
-        """Hand back leases claimed as the stop arrived: unstarted, so not an attempt."""
-        try:
-            await self.backend.release(leases)
-        except BackendError as exc:
-            # Not lost: their leases expire and maintenance puts them back.
-            log.warning(
-                "worker %s: could not hand back %d unstarted job(s) (%s); they return to the "
-                "queue when their leases expire",
-                self.name,
-                len(leases),
-                exc,
-            )
-
     async def _drain(self) -> None:
         """Phase two of shutdown: wait `grace` for running jobs, then cancel the rest."""
-        if not self._running:
+        if not self.running:
             return
+        clock = self.clock
         hurry = asyncio.ensure_future(self._hurry.wait())
         try:
-            end = asyncio.get_running_loop().time() + self.config.grace
-            while self._running and not self._hurry.is_set():
-                left = end - asyncio.get_running_loop().time()
+            end = clock.monotonic() + self.config.grace
+            while self.running and not self._hurry.is_set():
+                left = end - clock.monotonic()
                 if left <= 0:
                     break
                 self._slot_free.clear()
                 waiter = asyncio.ensure_future(self._slot_free.wait())
-                await asyncio.wait(
-                    {waiter, hurry}, timeout=left, return_when=asyncio.FIRST_COMPLETED
-                )
+                timer = asyncio.ensure_future(clock.sleep(left))
+                await asyncio.wait({waiter, hurry, timer}, return_when=asyncio.FIRST_COMPLETED)
                 waiter.cancel()
+                timer.cancel()
         finally:
             hurry.cancel()
-        if self._running:
+        if self.running:
             log.warning(
                 "worker %s: cancelling %d job(s) still running after grace; they will be retried",
-                self.name,
-                len(self._running),
+                self.worker,
+                len(self.running),
             )
         tasks = set()
-        for entry in list(self._running.values()):
+        for entry in list(self.running.values()):
             entry.interrupted = True
             if entry.task is not None:
                 tasks.add(entry.task)
@@ -352,8 +278,8 @@ class Worker:
                 return
             await self._settle([(entry, outcome)])
         finally:
-            self._running.pop(lease.id, None)
-            self._slot_freed()
+            self.running.pop(lease.id, None)
+            self.slot_freed()
 
     async def _run_group(self, name: str, entries: list[Running]) -> None:
         """Jobs of one batch task claimed together: one submit, one settle."""
@@ -381,8 +307,8 @@ class Worker:
             await self._settle([(e, outcomes[e.lease.id]) for e in entries if not e.lost])
         finally:
             for entry in entries:
-                self._running.pop(entry.lease.id, None)
-            self._slot_freed()
+                self.running.pop(entry.lease.id, None)
+            self.slot_freed()
 
     def _interrupted(self, lease: Lease) -> Outcome:
         now = self.clock.now()
@@ -394,49 +320,3 @@ class Worker:
         now = self.clock.now()
         msg = f"{type(exc).__name__}: {exc}"
         return Failed(AttemptError(lease.job.attempts, "InternalError", msg, "", now))
-
-    async def _settle_groups(
-        self, groups: Sequence[list[tuple[Lease, Outcome]]]
-    ) -> list[list[bool] | BaseException]:
-        """The settle batcher's handler: every group's outcomes in one backend call."""
-        try:
-            results = await self.backend.settle([pair for group in groups for pair in group])
-        except BackendError as exc:
-            return [exc] * len(groups)
-        out: list[list[bool] | BaseException] = []
-        start = 0
-        for group in groups:
-            out.append(results[start : start + len(group)])
-            start += len(group)
-        return out
-
-    async def _settle(self, pairs: list[tuple[Running, Outcome]]) -> None:
-        """Record outcomes through the settle batcher, then count and log them. While the
-        store is down, retry until the leases would have expired anyway (then the jobs are
-        rescued and run again: at-least-once)."""
-        assert self._settler is not None
-        if not pairs:
-            return
-        for entry, _ in pairs:
-            entry.settling = True
-        items = [(entry.lease, outcome) for entry, outcome in pairs]
-        give_up = self.clock.monotonic() + 3 * self.config.lease_for
-        pause = _BACKOFF_MIN
-        while True:
-            try:
-                settled = await asyncio.shield(self._settler.submit(items))
-                break
-            except BackendError as exc:
-                if self.clock.monotonic() >= give_up:
-                    log.error(
-                        "%d job(s) could not record their outcome (%s); they will run again",
-                        len(items),
-                        exc,
-                    )
-                    settled = [False] * len(items)
-                    break
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, _BACKOFF_MAX)
-        now = self.clock.monotonic()
-        for (entry, outcome), ok in zip(pairs, settled, strict=True):
-            record(self.stats, entry.lease.job, outcome, ok, now - entry.started, self.clock)

@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 
 from conveyor.backends import rules
-from conveyor.backends.base import Backend
+from conveyor.backends.base import Backend, ClaimRequest
 from conveyor.backends.redis import handoff
 from conveyor.backends.redis.codec import Keys, decode, enqueue_args, text
 from conveyor.backends.redis.connect import Clients, Conn, parse_url, wrap_errors
@@ -26,7 +26,6 @@ from conveyor.backends.redis.reads import SWEEP, Reads, pairs
 from conveyor.clock import Clock, SystemClock
 from conveyor.errors import ClosedError, ConfigError
 from conveyor.job import (
-    TERMINAL,
     Cancelled,
     Completed,
     Failed,
@@ -152,9 +151,7 @@ class RedisBackend(Reads, Backend):
 
     # -- producing -------------------------------------------------------------------------
 
-    async def enqueue(self, jobs: Sequence[Job]) -> list[bool]:
-        if not jobs:
-            return []
+    async def _enqueue(self, jobs: Sequence[Job], now: float) -> list[str]:
         conn = await self._conn()
         out = [False] * len(jobs)
         with self._errors("enqueue"):
@@ -176,21 +173,30 @@ class RedisBackend(Reads, Backend):
                     )
                     for i, ok in zip(part, res, strict=True):
                         out[i] = bool(ok)
-            if self.keys.cluster and not all(out):
+            if all(out):
+                return [job.id for job in jobs]
+            if self.keys.cluster:
                 await conn.call(
                     "HDEL",
                     self.keys.idx,
                     *(j.id for j, ok in zip(jobs, out, strict=True) if not ok),
                 )
-        return out
+            # Duplicates (rare): which job holds each key.
+            dups = [j for j, ok in zip(jobs, out, strict=True) if not ok]
+            holders = await conn.many(
+                [("HGET", f"{self.keys.slot(j.queue)}:uniq", j.key or "") for j in dups]
+            )
+            held = {j.id: h for j, h in zip(dups, holders, strict=True)}
+        return [
+            job.id if ok or held.get(job.id) is None else text(held[job.id])
+            for job, ok in zip(jobs, out, strict=True)
+        ]
 
     # -- running ---------------------------------------------------------------------------
 
-    async def claim(
-        self, queues: Sequence[str], limit: int, lease_for: float, worker: str
-    ) -> list[Lease]:
-        if limit <= 0 or not queues:
-            return []
+    async def _claim(self, request: ClaimRequest, now: float) -> list[Lease]:
+        queues, limit = request.queues, request.limit
+        lease_for, worker = request.lease_for, request.worker
         conn = await self._conn()
         leases: list[Lease] = []
         with self._errors("claim"):
@@ -213,19 +219,21 @@ class RedisBackend(Reads, Backend):
                         leases.append(Lease(job, int(res[k]), expires))
         return leases
 
-    async def extend(self, leases: Sequence[Lease], lease_for: float) -> list[Lease | None]:
+    async def _extend(
+        self, leases: Sequence[Lease], lease_for: float, now: float
+    ) -> list[Lease | None]:
         res = await self._fenced("extend", leases, [repr(float(lease_for))])
         return [
             None if exp is None else Lease(lease.job, lease.token, float(exp))
             for lease, exp in zip(leases, res, strict=True)
         ]
 
-    async def settle(self, outcomes: Sequence[tuple[Lease, Outcome]]) -> list[bool]:
+    async def _settle(self, outcomes: Sequence[tuple[Lease, Outcome]], now: float) -> list[bool]:
         extra = [_outcome_args(outcome) for _, outcome in outcomes]
         res = await self._fenced("settle", [lease for lease, _ in outcomes], [], extra)
         return [bool(ok) for ok in res]
 
-    async def release(self, leases: Sequence[Lease]) -> list[bool]:
+    async def _release(self, leases: Sequence[Lease], now: float) -> list[bool]:
         return [bool(ok) for ok in await self._fenced("release", leases, [])]
 
     async def _fenced(
@@ -278,17 +286,15 @@ class RedisBackend(Reads, Backend):
                         break
         return total
 
-    async def promote(self) -> int:
+    async def _promote(self, now: float) -> int:
         return await self._sweep("promote", "promote", [SWEEP])
 
-    async def rescue(self) -> int:
+    async def _rescue(self, now: float) -> int:
         return await self._sweep("rescue", "rescue", [_LEASE_EXPIRED, SWEEP])
 
-    async def purge(self, states: Iterable[JobState], before: float | None = None) -> int:
-        wanted = sorted(s.value for s in set(states) & TERMINAL)
+    async def _purge(self, states: frozenset[JobState], before: float | None, now: float) -> int:
+        wanted = sorted(s.value for s in states)
         conn = await self._conn()
-        if not wanted:
-            return 0
         deleted: list[bytes] = []
         with self._errors("purge"):
             queues = await self._queues(conn)
@@ -339,7 +345,7 @@ class RedisBackend(Reads, Backend):
             q = await conn.call("HGET", self.keys.job("", job_id), "queue")
         return None if q is None else text(q)
 
-    async def cancel(self, job_id: str, reason: str = "cancelled") -> JobState | None:
+    async def _cancel(self, job_id: str, reason: str, now: float) -> JobState | None:
         conn = await self._conn()
         with self._errors("cancel"):
             queue = await self._queue_of(conn, job_id)
@@ -350,17 +356,20 @@ class RedisBackend(Reads, Backend):
             )
         return None if state is None else JobState(state.decode())
 
-    async def requeue(self, job_id: str) -> bool:
+    async def _requeue(self, ids: Sequence[str], now: float) -> list[bool]:
         conn = await self._conn()
+        out: list[bool] = []
         with self._errors("requeue"):
-            queue = await self._queue_of(conn, job_id)
-            if queue is None:
-                return False
-            return bool(
-                await conn.scripts["requeue"](
+            for job_id in ids:
+                queue = await self._queue_of(conn, job_id)
+                if queue is None:
+                    out.append(False)
+                    continue
+                ok = await conn.scripts["requeue"](
                     [self.keys.route(queue)], [*self._args(), queue, job_id]
                 )
-            )
+                out.append(bool(ok))
+        return out
 
     async def wait_for_lease(
         self, queues: Sequence[str], timeout: float, worker: str, lease_for: float
@@ -370,9 +379,7 @@ class RedisBackend(Reads, Backend):
         it was stored instead of two (see `handoff`). Single Redis only."""
         return await handoff.wait_for_lease(self, queues, timeout, worker, lease_for)
 
-    async def wait(self, queues: Sequence[str], timeout: float) -> None:
-        if timeout <= 0 or not queues:
-            return
+    async def _wait(self, queues: Sequence[str], timeout: float) -> None:
         conn = await self._conn()
         groups = self._by_queue(queues)
         with self._errors("wait"):
@@ -405,10 +412,7 @@ class RedisBackend(Reads, Backend):
                 )
             )
 
-    async def aclose(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
+    async def _aclose(self) -> None:
         await self._clients.aclose()
 
 

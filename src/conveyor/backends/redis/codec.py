@@ -23,16 +23,14 @@ from collections.abc import Sequence
 import msgspec
 
 from conveyor.backends.redis.scripts import FIELDS
-from conveyor.job import AttemptError, Job, JobState
+from conveyor.fields import NAMES, decode_job
+from conveyor.job import Job
 
 __all__ = ["Keys", "decode", "enqueue_args", "text", "unpack_lease"]
 
 _msgpack = msgspec.msgpack.Encoder()
 _json = msgspec.json.Encoder()
-_errors = msgspec.json.Decoder(tuple[AttemptError, ...])
-_meta = msgspec.json.Decoder(dict[str, object])
-_STATES = {s.value.encode(): s for s in JobState}
-assert FIELDS[0] == "id" and FIELDS[-1] == "cancel_reason"
+assert (*NAMES, "cancel_reason") == FIELDS  # the record's fields, then one of this store's
 
 
 class Keys:
@@ -87,84 +85,20 @@ def enqueue_args(jobs: Sequence[Job]) -> list[bytes]:
     return out
 
 
-def _str(v: bytes | None) -> str | None:
-    return None if v is None else v.decode("utf-8", "replace")
-
-
-def _float(v: bytes | None, default: float | None = None) -> float | None:
-    if v is None:
-        return default
-    try:
-        return float(v)
-    except ValueError:
-        return default
-
-
-def _int(v: bytes | None, default: int = 0) -> int:
-    if v is None:
-        return default
-    try:
-        return int(v)
-    except ValueError:
-        f = _float(v)
-        return default if f is None or f != f else int(f)
-
-
 def decode(row: Sequence[bytes | None]) -> Job | None:
     """A `Job` from the `FIELDS` of its hash; `None` if the hash is missing.
 
-    Garbage written into a hash by hand never raises here: unreadable numbers fall back to
-    their defaults, unreadable meta/errors to empty, and an unknown state is reported as
-    failed with the raw value in ``meta["invalid_state"]`` (the worker then fails such a job
-    with a reason when it claims it).
+    Poison (garbage written into a hash by hand) decodes as on every store
+    (`fields.decode_job`): unreadable values fall back to their defaults and are named in
+    ``meta["invalid_record"]``; an unknown state reads as failed, the raw value in
+    ``meta["invalid_state"]`` (the worker then fails such a job with a reason when it
+    claims it). The cancel reason, kept beside the record, joins `meta`.
     """
-    (id_, task, payload, queue, priority, state, run_at, enqueued_at, attempts, max_attempts,
-     timeout, deadline, key, unique_until, keep_for, meta, result, errors, started_at,
-     finished_at, worker, cancel_requested, cancel_reason) = row  # fmt: skip
-    if id_ is None:
+    if row[0] is None:
         return None
-    meta_d: dict[str, object] = {}
-    if meta:
-        try:
-            meta_d = _meta.decode(meta)
-        except msgspec.DecodeError:
-            meta_d = {"invalid_meta": meta.decode("utf-8", "replace")}
-    if cancel_reason is not None:
-        meta_d["cancel_reason"] = cancel_reason.decode("utf-8", "replace")
-    st = _STATES.get(state or b"")
-    if st is None:
-        st = JobState.FAILED
-        meta_d["invalid_state"] = _str(state)
-    errs: tuple[AttemptError, ...] = ()
-    if errors and errors != b"[]":
-        try:
-            errs = _errors.decode(errors)
-        except msgspec.DecodeError:
-            errs = ()
-    return Job(
-        id=id_.decode(),
-        task=_str(task) or "",
-        payload=payload or b"",
-        queue=_str(queue) or "default",
-        priority=_int(priority),
-        state=st,
-        run_at=_float(run_at, 0.0),  # type: ignore[arg-type]
-        enqueued_at=_float(enqueued_at, 0.0),  # type: ignore[arg-type]
-        attempts=_int(attempts),
-        max_attempts=_int(max_attempts, 1),
-        timeout=_float(timeout),
-        deadline=_float(deadline),
-        key=_str(key),
-        unique_until=_float(unique_until),
-        keep_for=_float(keep_for, 86_400.0),  # type: ignore[arg-type]
-        meta=meta_d,
-        result=result,
-        errors=errs,
-        started_at=_float(started_at),
-        finished_at=_float(finished_at),
-        worker=_str(worker),
-        cancel_requested=cancel_requested == b"1",
-    )
+    reason = row[-1]
+    extra = None if reason is None else {"cancel_reason": reason.decode("utf-8", "replace")}
+    return decode_job(row[:-1], extra)
 
 
 def text(value: bytes | str) -> str:

@@ -28,6 +28,7 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from conveyor.backends.base import ClaimRequest
 from conveyor.backends.redis.codec import decode, text, unpack_lease
 from conveyor.job import Lease
 
@@ -88,7 +89,7 @@ async def _wait(
         [*backend._args(), worker, repr(float(lease_for)), repr(max(0.0, block - 0.05)), *qs],
     )
     if due == b"inbox":
-        return await backend.claim(qs, 1, lease_for, worker)
+        return await backend.claim(ClaimRequest(qs, 1, lease_for, worker))
     if due == b"0":
         return []
     if due is not None:

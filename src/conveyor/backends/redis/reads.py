@@ -15,12 +15,13 @@ from conveyor.backends.base import JobFilter, Page
 from conveyor.backends.redis.codec import Keys, decode, text
 from conveyor.backends.redis.connect import Conn
 from conveyor.backends.redis.scripts import FIELDS
+from conveyor.fields import STATES
 from conveyor.job import Job, JobState
 
 __all__ = ["SWEEP", "Reads", "pairs"]
 
 SWEEP = 1000  # ids per round trip, and jobs per queue per promote/rescue/purge call
-_STATES = tuple(JobState)
+_STATES = STATES
 
 
 class Reads(abc.ABC):
@@ -37,14 +38,12 @@ class Reads(abc.ABC):
     @abc.abstractmethod
     async def _queues(self, conn: Conn) -> list[str]: ...
 
-    async def get(self, ids: Sequence[str]) -> list[Job | None]:
-        if not ids:
-            return []
+    async def _get(self, ids: Sequence[str]) -> list[Job | None]:
         conn = await self._conn()
         with self._errors("get"):
-            return await self._get(conn, list(ids))
+            return await self._get_all(conn, list(ids))
 
-    async def _get(self, conn: Conn, ids: list[str]) -> list[Job | None]:
+    async def _get_all(self, conn: Conn, ids: list[str]) -> list[Job | None]:
         out: list[Job | None] = [None] * len(ids)
         for s in range(0, len(ids), SWEEP):
             chunk = ids[s : s + SWEEP]
@@ -62,7 +61,7 @@ class Reads(abc.ABC):
                 out[s + i] = decode(row)
         return out
 
-    async def counts(self, queue: str | None = None) -> dict[str, dict[JobState, int]]:
+    async def _counts(self, queue: str | None) -> dict[str, dict[JobState, int]]:
         conn = await self._conn()
         with self._errors("counts"):
             queues = [queue] if queue is not None else await self._queues(conn)
@@ -72,21 +71,28 @@ class Reads(abc.ABC):
                 [("ZCARD", self.keys.q(q, f"state:{s.value}")) for q in queues for s in _STATES]
             )
         out: dict[str, dict[JobState, int]] = {}
+        width = len(_STATES)
         for n, q in enumerate(queues):
-            per = {s: int(c) for s, c in zip(_STATES, sizes[n * 6 : n * 6 + 6], strict=True) if c}
+            row = sizes[n * width : (n + 1) * width]
+            per = {s: int(c) for s, c in zip(_STATES, row, strict=True) if c}
             if per:
                 out[q] = per
         return out
 
-    async def query(self, filter: JobFilter, after: str | None = None, limit: int = 100) -> Page:
+    def _valid_cursor(self, after: str) -> bool:
+        """Cursors here are ``<seq>/<queue>`` (see `_query`)."""
+        seq, sep, _ = after.partition("/")
+        return after == "" or (seq.isascii() and seq.isdigit() and bool(sep))
+
+    async def _query(self, filter: JobFilter, after: str | None, limit: int) -> Page:
         conn = await self._conn()
         with self._errors("query"):
             queues = [filter.queue] if filter.queue else await self._queues(conn)
             states = [filter.state] if filter.state else list(_STATES)
             sources = [(q, self.keys.q(q, f"state:{s.value}")) for q in queues for s in states]
-            return await self._query(conn, filter, sources, _cursor(after), max(1, limit))
+            return await self._merge(conn, filter, sources, _cursor(after), limit)
 
-    async def _query(
+    async def _merge(
         self,
         conn: Conn,
         filter: JobFilter,

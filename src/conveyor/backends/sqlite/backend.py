@@ -17,29 +17,68 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import os
 import sqlite3
+import stat
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from conveyor.backends._wake import Wakeup
-from conveyor.backends.base import Backend, JobFilter, Page
-from conveyor.backends.sqlite import ops
+from conveyor.backends.base import Backend, ClaimRequest, JobFilter, Page
+from conveyor.backends.sqlite import ops, shared
 from conveyor.backends.sqlite.schema import migrate
+from conveyor.capabilities import LockInfo, WorkerInfo
 from conveyor.clock import Clock, SystemClock
-from conveyor.errors import BackendError, ClosedError, StoreUnavailable
+from conveyor.errors import BackendError, ClosedError, ConfigError, StoreUnavailable
 from conveyor.job import Job, JobState, Lease, Outcome
 
 __all__ = ["SQLiteBackend"]
+
+log = logging.getLogger("conveyor.backends.sqlite")
 
 T = TypeVar("T")
 
 # How often an idle `wait` looks for commits by other processes. PRAGMA data_version reads
 # shared memory only, so this costs a few microseconds per look.
 _POLL = 0.002
+
+
+def _create_private(path: str) -> None:
+    """Make sure the database file exists with mode 0600, whatever stands at `path`.
+
+    A symlink (even a dangling one) is followed to its target, which is created 0600 if
+    missing; SQLite gives the -wal and -shm files the database's mode. A file or directory
+    that other users may write is logged as a warning: they could alter or swap the jobs.
+    """
+    real = os.path.realpath(path)
+    try:
+        fd = os.open(real, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o600)
+        os.close(fd)
+    except FileExistsError:
+        pass  # it exists (or another process created it first): left as its owner made it
+    except OSError as exc:
+        raise StoreUnavailable(
+            f"cannot create the job database {path!r}: {exc.strerror}"
+            + (f" (the path leads to {real!r})" if real != os.path.abspath(path) else "")
+        ) from exc
+    try:
+        st = os.stat(real)
+    except OSError:
+        return
+    if not stat.S_ISREG(st.st_mode):
+        raise StoreUnavailable(f"cannot open the job database {path!r}: not a regular file")
+    parent = os.stat(os.path.dirname(real) or ".")
+    if st.st_mode & stat.S_IWOTH:
+        log.warning("the job database %r is writable by every user; chmod 600 it", real)
+    elif parent.st_mode & stat.S_IWOTH and not parent.st_mode & stat.S_ISVTX:
+        log.warning(
+            "the job database's directory %r is writable by every user, who could replace "
+            "the file; keep it in a private directory",
+            os.path.dirname(real),
+        )
 
 
 class SQLiteBackend(Backend):
@@ -69,7 +108,9 @@ class SQLiteBackend(Backend):
         self.clock = clock or SystemClock()
         self.busy_timeout = busy_timeout
         if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
-            raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}")
+            raise ConfigError(
+                f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}"
+            )
         self.synchronous = synchronous.upper()
         self._pid = -1
         self._executor: ThreadPoolExecutor | None = None
@@ -81,23 +122,13 @@ class SQLiteBackend(Backend):
         self._fast_commits = 0
         self._checkpointing = False
         self._data_version = -1
-        self._wakeup = Wakeup()
-        self._closed = False
         self._open_lock = threading.Lock()
 
     # -- plumbing --------------------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
-        if self.path != ":memory:" and not os.path.exists(self.path):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-                os.close(fd)
-            except FileExistsError:
-                pass  # another process created it first
-            except OSError as exc:
-                raise StoreUnavailable(
-                    f"cannot create the job database {self.path!r}: {exc.strerror}"
-                ) from exc
+        if self.path != ":memory:":
+            _create_private(self.path)
         try:
             conn = sqlite3.connect(
                 self.path, isolation_level=None, check_same_thread=False, timeout=self.busy_timeout
@@ -229,97 +260,114 @@ class SQLiteBackend(Backend):
     async def _ro(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         return await self._call(functools.partial(self._read, fn))
 
-    # -- the contract ----------------------------------------------------------------------
+    # -- the contract (storage hooks; `Backend` owns guards, `now` and wake-ups) ----------
 
-    async def enqueue(self, jobs: Sequence[Job]) -> list[bool]:
-        if not jobs:
-            return []
-        now = self.clock.now()
-        out = await self._tx(lambda c: ops.enqueue(c, jobs, now))
-        self._wakeup.notify()
-        return out
+    async def _enqueue(self, jobs: Sequence[Job], now: float) -> list[str]:
+        return await self._tx(lambda c: ops.enqueue(c, jobs, now))
 
-    async def claim(
-        self, queues: Sequence[str], limit: int, lease_for: float, worker: str
-    ) -> list[Lease]:
-        if limit <= 0 or not queues:
-            return []
-        now = self.clock.now()
-        return await self._tx(lambda c: ops.claim(c, queues, limit, lease_for, worker, now))
+    async def _claim(self, request: ClaimRequest, now: float) -> list[Lease]:
+        return await self._tx(lambda c: ops.claim(c, request, now))
 
-    async def extend(self, leases: Sequence[Lease], lease_for: float) -> list[Lease | None]:
-        if not leases:
-            return []
-        now = self.clock.now()
+    async def _extend(
+        self, leases: Sequence[Lease], lease_for: float, now: float
+    ) -> list[Lease | None]:
         return await self._tx(lambda c: ops.extend(c, leases, lease_for, now))
 
-    async def settle(self, outcomes: Sequence[tuple[Lease, Outcome]]) -> list[bool]:
-        if not outcomes:
-            return []
-        now = self.clock.now()
-        out = await self._tx(lambda c: ops.settle(c, outcomes, now))
-        self._wakeup.notify()  # a retry may have made a job ready
-        return out
+    async def _settle(self, outcomes: Sequence[tuple[Lease, Outcome]], now: float) -> list[bool]:
+        return await self._tx(lambda c: ops.settle(c, outcomes, now))
 
-    async def release(self, leases: Sequence[Lease]) -> list[bool]:
-        if not leases:
-            return []
-        now = self.clock.now()
-        out = await self._tx(lambda c: ops.release(c, leases, now))
-        self._wakeup.notify()
-        return out
+    async def _release(self, leases: Sequence[Lease], now: float) -> list[bool]:
+        return await self._tx(lambda c: ops.release(c, leases, now))
 
-    async def promote(self) -> int:
-        now = self.clock.now()
+    async def _promote(self, now: float) -> int:
         return await self._tx(lambda c: ops.promote(c, now))
 
-    async def rescue(self) -> int:
-        now = self.clock.now()
-        n = await self._tx(lambda c: ops.rescue(c, now))
-        if n:
-            self._wakeup.notify()
-        return n
+    async def _rescue(self, now: float) -> int:
+        return await self._tx(lambda c: ops.rescue(c, now))
 
-    async def purge(self, states: Iterable[JobState], before: float | None = None) -> int:
-        now, wanted = self.clock.now(), list(states)
-        return await self._tx(lambda c: ops.purge(c, wanted, before, now))
+    async def _purge(self, states: frozenset[JobState], before: float | None, now: float) -> int:
+        return await self._tx(lambda c: ops.purge(c, states, before, now))
 
-    async def cancel(self, job_id: str, reason: str = "cancelled") -> JobState | None:
-        now = self.clock.now()
+    async def _cancel(self, job_id: str, reason: str, now: float) -> JobState | None:
         return await self._tx(lambda c: ops.cancel(c, job_id, reason, now))
 
-    async def requeue(self, job_id: str) -> bool:
-        now = self.clock.now()
-        ok = await self._tx(lambda c: ops.requeue(c, job_id, now))
-        if ok:
-            self._wakeup.notify()
-        return ok
+    async def _requeue(self, ids: Sequence[str], now: float) -> list[bool]:
+        return await self._tx(lambda c: ops.requeue(c, ids, now))
 
-    async def get(self, ids: Sequence[str]) -> list[Job | None]:
+    async def _get(self, ids: Sequence[str]) -> list[Job | None]:
         return await self._ro(lambda c: ops.get(c, list(ids)))
 
-    async def counts(self, queue: str | None = None) -> dict[str, dict[JobState, int]]:
+    async def _counts(self, queue: str | None) -> dict[str, dict[JobState, int]]:
         return await self._ro(lambda c: ops.counts(c, queue))
 
-    async def query(self, filter: JobFilter, after: str | None = None, limit: int = 100) -> Page:
+    async def _query(self, filter: JobFilter, after: str | None, limit: int) -> Page:
         return await self._ro(lambda c: ops.query(c, filter, after, limit))
 
-    async def wait(self, queues: Sequence[str], timeout: float) -> None:
+    async def _wait(self, queues: Sequence[str], timeout: float) -> None:
         now = self.clock.now()
         due = await self._ro(lambda c: ops.next_due(c, queues, now))
         if due == 0.0:
             return
         if due is not None:
             timeout = min(timeout, due)
-        loop = asyncio.get_running_loop()
-        end = loop.time() + timeout
         self._changed()  # take the current version as the baseline
-        while (left := end - loop.time()) > 0:
-            # Commits in this process wake us at once; other processes' commits are seen by
-            # the data_version poll.
-            await self._wakeup.wait(min(_POLL, left))
-            if self._changed():
-                return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while True:
+                    # Commits in this process wake us at once; other processes' commits are
+                    # seen by the data_version poll.
+                    await self.local_wakeup.wait(_POLL)
+                    if self._changed():
+                        return
+
+    # -- capabilities (see `conveyor.capabilities`) ----------------------------------------
+
+    async def incr(self, key: str, amount: int, ttl: float) -> int:
+        """`Counters`: add to a fixed-window counter."""
+        self._open()
+        now = self.clock.now()
+        return await self._tx(lambda c: shared.incr(c, key, amount, ttl, now))
+
+    async def acquire_lock(self, name: str, owner: str, ttl: float) -> int | None:
+        """`Locks`: take a free or expired lock; its new fencing token."""
+        self._open()
+        now = self.clock.now()
+        return await self._tx(lambda c: shared.acquire_lock(c, name, owner, ttl, now))
+
+    async def extend_lock(self, name: str, token: int, ttl: float) -> bool:
+        """`Locks`: hold for `ttl` more seconds if `token` still holds it."""
+        self._open()
+        now = self.clock.now()
+        return await self._tx(lambda c: shared.extend_lock(c, name, token, ttl, now))
+
+    async def release_lock(self, name: str, token: int) -> bool:
+        """`Locks`: free the lock if `token` still holds it."""
+        self._open()
+        now = self.clock.now()
+        return await self._tx(lambda c: shared.release_lock(c, name, token, now))
+
+    async def locks(self) -> list[LockInfo]:
+        """`Locks`: the locks held now."""
+        self._open()
+        now = self.clock.now()
+        return await self._ro(lambda c: shared.locks(c, now))
+
+    async def beat(self, worker: WorkerInfo, ttl: float) -> None:
+        """`Presence`: record `worker` as alive for `ttl` seconds."""
+        self._open()
+        now = self.clock.now()
+        await self._tx(lambda c: shared.beat(c, worker, ttl, now))
+
+    async def workers(self) -> list[WorkerInfo]:
+        """`Presence`: workers heard from within their ttl."""
+        self._open()
+        now = self.clock.now()
+        return await self._tx(lambda c: shared.workers(c, now))
+
+    async def leave(self, worker_id: str) -> None:
+        """`Presence`: forget `worker_id`."""
+        self._open()
+        await self._tx(lambda c: shared.leave(c, worker_id))
 
     def _changed(self) -> bool:
         """Whether any connection committed since the last look (cheap: no disk I/O)."""
@@ -333,11 +381,7 @@ class SQLiteBackend(Backend):
             self._data_version = version
             return bool(changed)
 
-    async def aclose(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._wakeup.notify()
+    async def _aclose(self) -> None:
         executor, conn = self._executor, self._conn
         if executor is not None and self._pid == os.getpid():
             if conn is not None:

@@ -7,14 +7,14 @@ transition is atomic and writers queue for the lock up front instead of failing 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
-from typing import TypeVar
+from collections.abc import Iterable, Sequence
 
 import msgspec
 
 from conveyor.backends import rules
-from conveyor.backends.base import JobFilter, Page
-from conveyor.backends.sqlite.schema import COLUMNS
+from conveyor.backends.base import ClaimRequest, JobFilter, Page
+from conveyor.backends.sqlite.schema import COLUMNS, INSERTED
+from conveyor.fields import ENQUEUED, NAMES, decode_job
 from conveyor.job import (
     TERMINAL,
     AttemptError,
@@ -27,52 +27,15 @@ from conveyor.job import (
     Retrying,
 )
 
-T = TypeVar("T")
 _json = msgspec.json.Encoder()
-_errors_type = msgspec.json.Decoder(tuple[AttemptError, ...])
-_meta_type: msgspec.json.Decoder[Mapping[str, object]] = msgspec.json.Decoder(dict[str, object])
 _STATES = {s.value: s for s in JobState}
+# Positions in a `COLUMNS` row: seq, the record's fields, token.
+_PRIORITY, _RUN_AT = 1 + NAMES.index("priority"), 1 + NAMES.index("run_at")
 
 
-def row_to_job(row: tuple[object, ...]) -> Job:
-    (_, id_, task, queue, priority, state, payload, run_at, enqueued_at, attempts, max_attempts,
-     timeout, deadline, key, unique_until, keep_for, meta, result, errors, started_at,
-     finished_at, worker, cancel_requested, _token) = row  # fmt: skip
-    return Job(
-        id=id_,  # type: ignore[arg-type]
-        task=task,  # type: ignore[arg-type]
-        payload=payload,  # type: ignore[arg-type]
-        queue=queue,  # type: ignore[arg-type]
-        priority=priority,  # type: ignore[arg-type]
-        state=_STATES[state],  # type: ignore[index]
-        run_at=run_at,  # type: ignore[arg-type]
-        enqueued_at=enqueued_at,  # type: ignore[arg-type]
-        attempts=attempts,  # type: ignore[arg-type]
-        max_attempts=max_attempts,  # type: ignore[arg-type]
-        timeout=timeout,  # type: ignore[arg-type]
-        deadline=deadline,  # type: ignore[arg-type]
-        key=key,  # type: ignore[arg-type]
-        unique_until=unique_until,  # type: ignore[arg-type]
-        keep_for=keep_for,  # type: ignore[arg-type]
-        meta=_decode(_meta_type, meta, {}),
-        result=result,  # type: ignore[arg-type]
-        errors=_decode(_errors_type, errors, ()),
-        started_at=started_at,  # type: ignore[arg-type]
-        finished_at=finished_at,  # type: ignore[arg-type]
-        worker=worker,  # type: ignore[arg-type]
-        cancel_requested=bool(cancel_requested),
-    )
-
-
-def _decode(decoder: msgspec.json.Decoder[T], raw: object, empty: T) -> T:
-    """Decode a JSON column; a corrupt one (written by hand, say) decodes as empty rather than
-    making the whole claim fail — the job itself then fails on its own merits."""
-    if raw in ("{}", "[]", None):
-        return empty
-    try:
-        return decoder.decode(raw)  # type: ignore[arg-type]
-    except (msgspec.DecodeError, TypeError):
-        return empty
+def row_to_job(row: Sequence[object]) -> Job:
+    """The `Job` of a `COLUMNS` row (a poison row decodes as `fields.decode_job` says)."""
+    return decode_job(row[1:-1])
 
 
 def _release_stale_key(conn: sqlite3.Connection, key: str, now: float) -> None:
@@ -85,36 +48,36 @@ def _release_stale_key(conn: sqlite3.Connection, key: str, now: float) -> None:
 
 
 _INSERT = (
-    "INSERT {verb} INTO jobs (id, task, queue, priority, state, payload, run_at, enqueued_at, "
-    "max_attempts, timeout, deadline, key, key_lock, unique_until, keep_for, meta) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    f"INSERT {{verb}} INTO jobs ({', '.join(INSERTED)}) VALUES ({', '.join('?' * len(INSERTED))})"
 )
 _INSERT_PLAIN = _INSERT.format(verb="")
 _INSERT_KEYED = _INSERT.format(verb="OR IGNORE")
+_ENQUEUED = tuple(f.name for f in ENQUEUED)
+assert _ENQUEUED[-1] == "meta"  # encoded below, the rest as they are
 
 
 def _insert_row(job: Job, now: float) -> tuple[object, ...]:
-    state = "scheduled" if job.run_at > now else "queued"
     meta = _json.encode(job.meta).decode() if job.meta else "{}"
-    return (
-        job.id, job.task, job.queue, job.priority, state, job.payload, job.run_at,
-        job.enqueued_at, job.max_attempts, job.timeout, job.deadline, job.key, job.key,
-        job.unique_until, job.keep_for, meta,
-    )  # fmt: skip
+    state = "scheduled" if job.run_at > now else "queued"
+    return (*(getattr(job, name) for name in _ENQUEUED[:-1]), meta, state, job.key)
 
 
-def enqueue(conn: sqlite3.Connection, jobs: Sequence[Job], now: float) -> list[bool]:
+def enqueue(conn: sqlite3.Connection, jobs: Sequence[Job], now: float) -> list[str]:
     if all(job.key is None for job in jobs):
         conn.executemany(_INSERT_PLAIN, [_insert_row(job, now) for job in jobs])
-        return [True] * len(jobs)
-    out: list[bool] = []
+        return [job.id for job in jobs]
+    out: list[str] = []
     for job in jobs:
         if job.key is None:
             conn.execute(_INSERT_PLAIN, _insert_row(job, now))
-            out.append(True)
+            out.append(job.id)
             continue
         _release_stale_key(conn, job.key, now)
-        out.append(conn.execute(_INSERT_KEYED, _insert_row(job, now)).rowcount == 1)
+        if conn.execute(_INSERT_KEYED, _insert_row(job, now)).rowcount == 1:
+            out.append(job.id)
+            continue
+        holder = conn.execute("SELECT id FROM jobs WHERE key_lock = ?", (job.key,)).fetchone()
+        out.append(job.id if holder is None else holder[0])
     return out
 
 
@@ -132,24 +95,17 @@ _CLAIM = (
 )
 
 
-def claim(
-    conn: sqlite3.Connection,
-    queues: Sequence[str],
-    limit: int,
-    lease_for: float,
-    worker: str,
-    now: float,
-) -> list[Lease]:
+def claim(conn: sqlite3.Connection, request: ClaimRequest, now: float) -> list[Lease]:
     promote(conn, now)
-    expires = now + lease_for
+    expires = now + request.lease_for
     leases: list[Lease] = []
-    for queue in queues:
-        want = limit - len(leases)
+    for queue in request.queues:
+        want = request.limit - len(leases)
         if want <= 0:
             break
-        rows = conn.execute(_CLAIM, (expires, worker, now, queue, want)).fetchall()
+        rows = conn.execute(_CLAIM, (expires, request.worker, now, queue, want)).fetchall()
         # RETURNING gives no order guarantee; restore the claim order.
-        rows.sort(key=lambda r: (-r[4], r[7], r[0]))
+        rows.sort(key=lambda r: (-r[_PRIORITY], r[_RUN_AT], r[0]))
         leases.extend(Lease(row_to_job(r), r[-1], expires) for r in rows)
     return leases
 
@@ -291,8 +247,6 @@ def purge(
     conn: sqlite3.Connection, states: Iterable[JobState], before: float | None, now: float
 ) -> int:
     wanted = sorted(s.value for s in set(states) & TERMINAL)
-    if not wanted:
-        return 0
     marks = ",".join("?" * len(wanted))
     if before is None:
         sql = f"DELETE FROM jobs WHERE expires_at <= ? AND state IN ({marks})"
@@ -305,7 +259,7 @@ def cancel(conn: sqlite3.Connection, job_id: str, reason: str, now: float) -> Jo
     row = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
     if row is None:
         return None
-    state = _STATES[row[0]]
+    state = _STATES.get(row[0], JobState.FAILED)  # an unknown state reads as failed
     if state in (JobState.SCHEDULED, JobState.QUEUED):
         conn.execute(
             f"UPDATE jobs SET state = 'cancelled', key_lock = NULL, {_DONE}, "
@@ -322,7 +276,11 @@ def cancel(conn: sqlite3.Connection, job_id: str, reason: str, now: float) -> Jo
     return state
 
 
-def requeue(conn: sqlite3.Connection, job_id: str, now: float) -> bool:
+def requeue(conn: sqlite3.Connection, ids: Sequence[str], now: float) -> list[bool]:
+    return [_requeue_one(conn, job_id, now) for job_id in ids]
+
+
+def _requeue_one(conn: sqlite3.Connection, job_id: str, now: float) -> bool:
     row = conn.execute("SELECT state, key FROM jobs WHERE id = ?", (job_id,)).fetchone()
     if row is None or row[0] not in ("failed", "cancelled"):
         return False
@@ -358,13 +316,15 @@ def counts(conn: sqlite3.Connection, queue: str | None) -> dict[str, dict[JobSta
         args = (queue,)
     out: dict[str, dict[JobState, int]] = {}
     for q, state, n in conn.execute(sql + " GROUP BY queue, state", args):
-        out.setdefault(q, {})[_STATES[state]] = n
+        per = out.setdefault(q, {})
+        st = _STATES.get(state, JobState.FAILED)  # an unknown state reads as failed
+        per[st] = per.get(st, 0) + n
     return out
 
 
 def query(conn: sqlite3.Connection, filter: JobFilter, after: str | None, limit: int) -> Page:
     where = ["seq > ?"]
-    args: list[object] = [int(after) if after and after.isdigit() else 0]
+    args: list[object] = [int(after) if after else 0]
     for column, value in (
         ("queue", filter.queue),
         ("state", filter.state.value if filter.state else None),

@@ -1,19 +1,82 @@
-"""The SQLite schema, its version, and the migrations that move old files forward."""
+"""The SQLite schema, its version, and the migrations that move old files forward.
+
+The `jobs` table's record columns derive from `conveyor.fields`: `COLUMNS` (what every
+SELECT/RETURNING reads), `INSERTED` (what an enqueue writes) and, for a field added to `Job`
+after a file was created, `sync_columns` adds its column on open. Columns only this store
+needs (`seq`, `token`, `key_lock`, `lease_expires`, `expires_at`) and the indexes are in the
+migrations, which are history: never edit one, add the next.
+"""
 
 from __future__ import annotations
 
 import sqlite3
 
-__all__ = ["COLUMNS", "SCHEMA_VERSION", "migrate"]
+from conveyor.errors import StoreUnavailable
+from conveyor.fields import ENQUEUED, FIELDS, NAMES, Field, Kind
 
-SCHEMA_VERSION = 1
+__all__ = ["COLUMNS", "INSERTED", "SCHEMA_VERSION", "column_decl", "migrate", "sync_columns"]
 
-# The order of the columns every SELECT/RETURNING uses; `row_to_job` depends on it.
-COLUMNS = (
-    "seq, id, task, queue, priority, state, payload, run_at, enqueued_at, attempts, "
-    "max_attempts, timeout, deadline, key, unique_until, keep_for, meta, result, errors, "
-    "started_at, finished_at, worker, cancel_requested, token"
-)
+SCHEMA_VERSION = 2
+
+#: Every SELECT/RETURNING reads `seq`, the record's fields in `fields.FIELDS` order, then
+#: `token`; `ops.row_to_job` depends on it.
+COLUMNS = ", ".join(("seq", *NAMES, "token"))
+#: The columns an enqueue writes: the producer's fields (`fields.ENQUEUED`), then `state`
+#: and `key_lock`.
+INSERTED = (*(f.name for f in ENQUEUED), "state", "key_lock")
+
+_SQL_TYPE = {
+    Kind.TEXT: "TEXT NOT NULL",
+    Kind.OPT_TEXT: "TEXT",
+    Kind.INT: "INTEGER NOT NULL",
+    Kind.FLOAT: "REAL NOT NULL",
+    Kind.OPT_FLOAT: "REAL",
+    Kind.BYTES: "BLOB NOT NULL",
+    Kind.OPT_BYTES: "BLOB",
+    Kind.FLAG: "INTEGER NOT NULL",
+    Kind.STATE: "TEXT NOT NULL",
+    Kind.META: "TEXT NOT NULL",
+    Kind.ERRORS: "TEXT NOT NULL",
+}
+
+
+def column_decl(field: Field) -> str:
+    """The column declaration of a record field (used for fields added after version 1)."""
+    decl = f"{field.name} {_SQL_TYPE[field.kind]}"
+    if field.kind.optional:
+        return decl
+    default = field.default
+    if field.kind is Kind.META:
+        return decl + " DEFAULT '{}'"
+    if field.kind is Kind.ERRORS:
+        return decl + " DEFAULT '[]'"
+    if isinstance(default, bool):
+        return decl + f" DEFAULT {int(default)}"
+    if isinstance(default, int | float):
+        return decl + f" DEFAULT {default!r}"
+    if isinstance(default, str):
+        return decl + " DEFAULT '" + default.replace("'", "''") + "'"
+    return decl + " DEFAULT x''"
+
+
+def sync_columns(conn: sqlite3.Connection) -> None:
+    """Add the column of every record field the file lacks (a field added to `Job` since
+    the file was made). Idempotent; safe to race (each ALTER runs in its own transaction)."""
+    have = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+    for field in FIELDS:
+        if field.name in have:
+            continue
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            have = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+            if field.name not in have:
+                conn.execute(f"ALTER TABLE jobs ADD COLUMN {column_decl(field)}")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
 
 _V1 = """
 CREATE TABLE jobs (
@@ -55,8 +118,29 @@ CREATE UNIQUE INDEX jobs_key_lock ON jobs (key_lock) WHERE key_lock IS NOT NULL;
 CREATE INDEX jobs_key ON jobs (key) WHERE key IS NOT NULL;
 """
 
+# Version 2: the optional capabilities' tables (`conveyor.capabilities`).
+_V2 = """
+CREATE TABLE counters (
+    key        TEXT PRIMARY KEY,
+    value      INTEGER NOT NULL,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE locks (
+    name       TEXT PRIMARY KEY,
+    owner      TEXT,                               -- NULL while free
+    token      INTEGER NOT NULL,                   -- fencing token: +1 on every acquire
+    expires_at REAL
+) WITHOUT ROWID;
+CREATE TABLE presence (
+    id         TEXT PRIMARY KEY,
+    info       BLOB NOT NULL,                      -- the WorkerInfo record, JSON
+    seen_at    REAL NOT NULL,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
+"""
+
 # MIGRATIONS[n] moves a file at version n to version n + 1.
-MIGRATIONS: dict[int, str] = {0: _V1}
+MIGRATIONS: dict[int, str] = {0: _V1, 1: _V2}
 
 
 def migrate(conn: sqlite3.Connection) -> None:
@@ -68,11 +152,11 @@ def migrate(conn: sqlite3.Connection) -> None:
             if version >= SCHEMA_VERSION:
                 conn.execute("COMMIT")
                 if version > SCHEMA_VERSION:
-                    raise RuntimeError(
+                    raise StoreUnavailable(
                         f"the job database has schema version {version}, newer than this "
                         f"Conveyor understands ({SCHEMA_VERSION}); upgrade Conveyor"
                     )
-                return
+                break
             for statement in _statements(MIGRATIONS[version]):
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {version + 1}")
@@ -81,6 +165,7 @@ def migrate(conn: sqlite3.Connection) -> None:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+    sync_columns(conn)
 
 
 def _statements(script: str) -> list[str]:

@@ -1,0 +1,115 @@
+"""The SQL of the optional capabilities (`conveyor.capabilities`): counters, locks, presence.
+
+Each function runs inside the caller's `BEGIN IMMEDIATE` transaction, so each is atomic
+across every process using the file. Times are the backend clock's.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+import msgspec
+
+from conveyor.capabilities import LockInfo, WorkerInfo
+
+__all__ = [
+    "acquire_lock",
+    "beat",
+    "extend_lock",
+    "incr",
+    "leave",
+    "locks",
+    "release_lock",
+    "workers",
+]
+
+_encode = msgspec.json.Encoder().encode
+_decode_worker = msgspec.json.Decoder(WorkerInfo).decode
+
+
+def incr(conn: sqlite3.Connection, key: str, amount: int, ttl: float, now: float) -> int:
+    (value,) = conn.execute(
+        "INSERT INTO counters (key, value, expires_at) VALUES (?, ?, ?) "
+        "ON CONFLICT (key) DO UPDATE SET "
+        "value = CASE WHEN expires_at <= ? THEN excluded.value ELSE value + excluded.value END, "
+        "expires_at = CASE WHEN expires_at <= ? THEN excluded.expires_at ELSE expires_at END "
+        "RETURNING value",
+        (key, amount, now + ttl, now, now),
+    ).fetchone()
+    # Expired windows of keys nobody increments again would stay forever: sweep a few.
+    conn.execute(
+        "DELETE FROM counters WHERE key IN (SELECT key FROM counters WHERE expires_at <= ? "
+        "LIMIT 16)",
+        (now,),
+    )
+    return int(value)
+
+
+def acquire_lock(
+    conn: sqlite3.Connection, name: str, owner: str, ttl: float, now: float
+) -> int | None:
+    row = conn.execute(
+        "INSERT INTO locks (name, owner, token, expires_at) VALUES (?, ?, 1, ?) "
+        "ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, token = token + 1, "
+        "expires_at = excluded.expires_at WHERE owner IS NULL OR expires_at <= ? "
+        "RETURNING token",
+        (name, owner, now + ttl, now),
+    ).fetchone()
+    return None if row is None else int(row[0])
+
+
+def extend_lock(conn: sqlite3.Connection, name: str, token: int, ttl: float, now: float) -> bool:
+    return (
+        conn.execute(
+            "UPDATE locks SET expires_at = ? WHERE name = ? AND token = ? "
+            "AND owner IS NOT NULL AND expires_at > ?",
+            (now + ttl, name, token, now),
+        ).rowcount
+        == 1
+    )
+
+
+def release_lock(conn: sqlite3.Connection, name: str, token: int, now: float) -> bool:
+    # The row stays (owner NULL) so the next holder's token keeps growing.
+    return (
+        conn.execute(
+            "UPDATE locks SET owner = NULL, expires_at = NULL WHERE name = ? AND token = ? "
+            "AND owner IS NOT NULL AND expires_at > ?",
+            (name, token, now),
+        ).rowcount
+        == 1
+    )
+
+
+def locks(conn: sqlite3.Connection, now: float) -> list[LockInfo]:
+    rows = conn.execute(
+        "SELECT name, owner, token, expires_at FROM locks "
+        "WHERE owner IS NOT NULL AND expires_at > ? ORDER BY name",
+        (now,),
+    )
+    return [LockInfo(name, owner, token, expires) for name, owner, token, expires in rows]
+
+
+def beat(conn: sqlite3.Connection, worker: WorkerInfo, ttl: float, now: float) -> None:
+    info = _encode(msgspec.structs.replace(worker, seen_at=now))
+    conn.execute(
+        "INSERT INTO presence (id, info, seen_at, expires_at) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT (id) DO UPDATE SET info = excluded.info, seen_at = excluded.seen_at, "
+        "expires_at = excluded.expires_at",
+        (worker.id, info, now, now + ttl),
+    )
+
+
+def workers(conn: sqlite3.Connection, now: float) -> list[WorkerInfo]:
+    conn.execute("DELETE FROM presence WHERE expires_at <= ?", (now,))
+    out: list[WorkerInfo] = []
+    for (info,) in conn.execute("SELECT info FROM presence ORDER BY id"):
+        try:
+            out.append(_decode_worker(info))
+        except msgspec.DecodeError:
+            continue  # a row written by something else: not a worker we can show
+    return out
+
+
+def leave(conn: sqlite3.Connection, worker_id: str) -> None:
+    conn.execute("DELETE FROM presence WHERE id = ?", (worker_id,))

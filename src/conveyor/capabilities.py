@@ -1,0 +1,141 @@
+"""The optional store capabilities, in one place: shared state that features need beside jobs.
+
+A store implements a capability by having its methods (memory, SQLite and Redis implement
+all of these); a feature that needs one asks with `require`, which fails at start with a
+`ConfigError` naming the store and the capability instead of an `AttributeError` later.
+Each capability has its own contract mixin in `conveyor.testing.contract`.
+
+==============  =====================================================================
+capability      for
+==============  =====================================================================
+`Counters`      distributed rate limits (`RateLimiter(counters=...)`), metric rollups
+`Locks`         distributed locks with fencing tokens (`app.lock`), singletons
+`Presence`      worker heartbeats: who runs where, with what (inspect, dashboard)
+==============  =====================================================================
+
+Every time these use is the store's clock (the server's `TIME` on Redis), so hosts whose
+clocks disagree still agree on expiry.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, TypeVar, runtime_checkable
+
+import msgspec
+
+from conveyor.errors import ConfigError
+
+__all__ = ["Counters", "LockInfo", "Locks", "Presence", "WorkerInfo", "require"]
+
+
+@runtime_checkable
+class Counters(Protocol):
+    """Shared counters in fixed windows."""
+
+    async def incr(self, key: str, amount: int, ttl: float) -> int:
+        """Add `amount` to `key`'s counter and return the new value. The counter's window
+        (`ttl` seconds) starts at the increment that creates it; then it starts from 0."""
+        ...
+
+
+class LockInfo(msgspec.Struct, frozen=True):
+    """A held lock, as `Locks.locks` lists it.
+
+    Attributes:
+        name: the lock's name.
+        owner: who holds it (free text chosen by the holder: host, pid, purpose).
+        token: the fencing token of this holding; larger for every later holding of `name`.
+        expires_at: when the lock frees itself unless extended (store time, epoch seconds).
+    """
+
+    name: str
+    owner: str
+    token: int
+    expires_at: float
+
+
+@runtime_checkable
+class Locks(Protocol):
+    """Named locks with a time to live and fencing tokens.
+
+    A lock is held by at most one owner until it is released or its `ttl` passes. Each
+    acquisition gets a token larger than any earlier one for that name, so a resource that
+    records the last token it saw can refuse a holder whose lock expired meanwhile.
+    """
+
+    async def acquire_lock(self, name: str, owner: str, ttl: float) -> int | None:
+        """Take `name` for `ttl` seconds if it is free (or expired): its new fencing token,
+        or `None` if someone else holds it."""
+        ...
+
+    async def extend_lock(self, name: str, token: int, ttl: float) -> bool:
+        """Hold `name` for another `ttl` seconds from now, if `token` still holds it."""
+        ...
+
+    async def release_lock(self, name: str, token: int) -> bool:
+        """Free `name` if `token` still holds it; `False` (no change) if not."""
+        ...
+
+    async def locks(self) -> list[LockInfo]:
+        """The locks held now, by name."""
+        ...
+
+
+class WorkerInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """What a worker says about itself in its presence beats.
+
+    Attributes:
+        id: the worker's name (unique per process: ``host:pid`` by default).
+        host, pid: where it runs.
+        queues: the queues it serves.
+        concurrency: its job slots.
+        running: jobs it is running at the time of the beat.
+        started_at: when it started (epoch seconds).
+        version: the Conveyor version it runs.
+        seen_at: when the store last heard from it (store time; set by the store).
+    """
+
+    id: str
+    host: str = ""
+    pid: int = 0
+    queues: tuple[str, ...] = ()
+    concurrency: int = 0
+    running: int = 0
+    started_at: float = 0.0
+    version: str = ""
+    seen_at: float = 0.0
+
+
+@runtime_checkable
+class Presence(Protocol):
+    """Workers announce themselves with beats; a worker not heard from for its `ttl` is gone."""
+
+    async def beat(self, worker: WorkerInfo, ttl: float) -> None:
+        """Record `worker` as alive for `ttl` seconds (replacing its previous beat)."""
+        ...
+
+    async def workers(self) -> list[WorkerInfo]:
+        """Workers whose last beat has not expired, by id, with `seen_at` set."""
+        ...
+
+    async def leave(self, worker_id: str) -> None:
+        """Forget `worker_id` at once (a clean stop)."""
+        ...
+
+
+C = TypeVar("C")
+
+
+def require(store: object, capability: type[C], feature: str) -> C:
+    """`store` as a `capability`, or a `ConfigError` naming both and the feature needing it.
+
+    Example:
+        locks = require(app.backend, Locks, "app.lock()")
+    """
+    if isinstance(store, capability):
+        return store
+    raise ConfigError(
+        f"{feature} needs the {capability.__name__} capability, which the store "
+        f"{store!r} does not have; use a store that provides it (memory, sqlite and redis "
+        "all do)"
+    )
