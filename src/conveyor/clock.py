@@ -18,6 +18,8 @@ import threading
 import time
 from typing import Protocol
 
+from conveyor.errors import ConfigError
+
 __all__ = ["Clock", "FakeClock", "SystemClock"]
 
 
@@ -67,7 +69,7 @@ class FakeClock:
     def advance(self, seconds: float) -> None:
         """Move time forward by `seconds` and wake every sleeper whose deadline has passed."""
         if seconds < 0:
-            raise ValueError(f"FakeClock.advance: seconds must be >= 0, got {seconds}")
+            raise ConfigError(f"FakeClock.advance: seconds must be >= 0, got {seconds}")
         with self._lock:
             self._now += seconds
             due: list[asyncio.Future[None]] = []

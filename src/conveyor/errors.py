@@ -3,21 +3,25 @@
 Library errors share one root::
 
     ConveyorError
-    ├── ConfigError               bad URL, option or setting; fix the configuration
+    ├── ConfigError               bad URL, option, setting or argument; fix the call (a ValueError)
     │   └── MissingDependency     an optional extra is not installed (names the pip command)
     ├── EnqueueError              the request was refused; nothing was written
     │   ├── UnknownTask           no task registered under that name
-    │   ├── InvalidArguments      arguments don't bind to the task's signature (names the parameter)
+    │   ├── InvalidArguments      arguments don't bind to the task's signature (names the
+    │   │                         parameter), or nest deeper than `serde.MAX_DEPTH` levels
     │   ├── SerializationError    a value can't be encoded, or a stored payload can't be decoded
+    │   │   └── ResultTooLarge    a task's result is over `serde.MAX_RESULT` (the job fails)
     │   ├── PayloadTooLarge       the encoded arguments exceed the configured maximum
-    │   └── InvalidOption         a job option is out of range or misnamed
+    │   └── InvalidOption         a job option is out of range or misnamed (a ValueError)
     ├── BackendError              the store failed (driver errors are wrapped in this)
     │   └── StoreUnavailable      the store can't be opened or written at all
     ├── JobNotFound               no job with that id (or it was purged)
     ├── JobFailed                 awaited a result; the job ended failed (dead-lettered)
     ├── JobCancelled              awaited a result; the job was cancelled
     ├── ResultTimeout             awaited a result; it did not arrive in time
-    ├── ClosedError               used after close (a worker, batcher, channel or backend)
+    ├── StateError                used at the wrong point of its life: before `async with`,
+    │   │                         entered twice, released more than acquired (a RuntimeError)
+    │   └── ClosedError           used after close (a worker, batcher, channel or backend)
     ├── QueueFull                 a bounded buffer is full and its policy is to reject
     └── Dropped                   an item was shed by a drop_oldest / drop_newest policy
 
@@ -52,8 +56,10 @@ __all__ = [
     "PayloadTooLarge",
     "QueueFull",
     "ResultTimeout",
+    "ResultTooLarge",
     "Retry",
     "SerializationError",
+    "StateError",
     "StoreUnavailable",
     "TaskSignal",
     "UnknownTask",
@@ -65,8 +71,9 @@ class ConveyorError(Exception):
     """Root of every error raised by Conveyor itself."""
 
 
-class ConfigError(ConveyorError):
-    """A URL, option or setting is invalid. The message says which and what is allowed."""
+class ConfigError(ConveyorError, ValueError):
+    """A URL, option, setting or argument is invalid. The message says which and what is
+    allowed. Also a `ValueError`, which is what such mistakes raise elsewhere in Python."""
 
 
 class MissingDependency(ConfigError):
@@ -87,6 +94,10 @@ class InvalidArguments(EnqueueError):
 
 class SerializationError(EnqueueError):
     """A value could not be encoded, or stored bytes could not be decoded."""
+
+
+class ResultTooLarge(SerializationError):
+    """A task returned a result larger than `serde.MAX_RESULT` once encoded; the job fails."""
 
 
 class PayloadTooLarge(EnqueueError):
@@ -136,7 +147,12 @@ class ResultTimeout(ConveyorError, TimeoutError):
     """A job's result did not arrive within the timeout; the job itself is untouched."""
 
 
-class ClosedError(ConveyorError, RuntimeError):
+class StateError(ConveyorError, RuntimeError):
+    """An object was used at the wrong point of its lifecycle: before it was started (``async
+    with``), entered a second time, or released more often than acquired."""
+
+
+class ClosedError(StateError):
     """An object was used after it was closed."""
 
 
@@ -163,8 +179,8 @@ class Retry(TaskSignal):
     """
 
     def __init__(self, delay: float | None = None, reason: str = "retry requested") -> None:
-        if delay is not None and delay < 0:
-            raise ValueError(f"Retry(delay=...) must be >= 0, got {delay}")
+        if delay is not None and not 0 <= delay < float("inf"):
+            raise ConfigError(f"Retry(delay=...) must be a finite number >= 0 seconds, got {delay}")
         super().__init__(reason)
         self.delay = delay
         self.reason = reason

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from conveyor.errors import Fail, NonRetryable
+from conveyor.errors import ConfigError, Fail, NonRetryable
 
 __all__ = ["RetryPolicy"]
 
@@ -42,13 +42,13 @@ class RetryPolicy:
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
-            raise ValueError(f"RetryPolicy.max_attempts must be >= 1, got {self.max_attempts}")
+            raise ConfigError(f"RetryPolicy.max_attempts must be >= 1, got {self.max_attempts}")
         if self.base_delay < 0 or self.max_delay < 0:
-            raise ValueError("RetryPolicy delays must be >= 0")
+            raise ConfigError("RetryPolicy delays must be >= 0")
         if self.factor < 1:
-            raise ValueError(f"RetryPolicy.factor must be >= 1, got {self.factor}")
+            raise ConfigError(f"RetryPolicy.factor must be >= 1, got {self.factor}")
         if not 0 <= self.jitter <= 1:
-            raise ValueError(f"RetryPolicy.jitter must be within [0, 1], got {self.jitter}")
+            raise ConfigError(f"RetryPolicy.jitter must be within [0, 1], got {self.jitter}")
 
     def delay(self, attempts: int, rng: random.Random | None = None) -> float:
         """Seconds to wait after `attempts` failed attempts (attempts >= 1)."""

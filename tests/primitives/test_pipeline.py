@@ -82,6 +82,31 @@ async def test_batch_waits_for_a_fuller_batch_then_gives_up() -> None:
     assert out == [[1, 2], [3]]
 
 
+async def test_batch_waits_on_the_injected_clock() -> None:
+    clock = FakeClock(start=0.0)
+    source: asyncio.Queue[int | None] = asyncio.Queue()
+
+    async def items() -> AsyncIterator[int]:
+        while (x := await source.get()) is not None:
+            yield x
+
+    async with Pipeline(items(), clock=clock).batch(10, wait=5).stream() as out:
+        first = asyncio.ensure_future(anext(out))
+        source.put_nowait(1)
+        source.put_nowait(2)
+        await advance(clock, 4.9)  # real time passes too, but only the clock counts
+        await asyncio.sleep(0.02)
+        assert not first.done()
+        source.put_nowait(3)
+        await advance(clock, 0.1)
+        assert await asyncio.wait_for(first, 1) == [1, 2, 3]  # not 5 s of real time
+        second = asyncio.ensure_future(anext(out))
+        source.put_nowait(4)
+        source.put_nowait(None)  # the input ends: the partial batch leaves at once
+        assert await second == [4]
+    assert leftover_tasks() == set()
+
+
 async def test_limit_paces_items_on_the_clock() -> None:
     clock = FakeClock(start=0.0)
     async with Pipeline(range(4), clock=clock).limit(2, burst=2).stream() as out:

@@ -18,7 +18,7 @@ from types import TracebackType
 from typing import Generic, Self, TypeVar, get_args
 
 from conveyor.clock import Clock, SystemClock
-from conveyor.errors import ClosedError, ConveyorError
+from conveyor.errors import ClosedError, ConfigError, ConveyorError, StateError
 from conveyor.primitives._batch_types import BatcherStats, Entry, Handler, Overflow
 from conveyor.retry import RetryPolicy
 
@@ -52,11 +52,11 @@ class Engine(abc.ABC, Generic[T, R]):
             ("max_concurrency", max_concurrency),
         ):
             if value < 1:
-                raise ValueError(f"{kind} {name!r}: {label} must be >= 1, got {value}")
+                raise ConfigError(f"{kind} {name!r}: {label} must be >= 1, got {value}")
         if max_wait < 0:
-            raise ValueError(f"{kind} {name!r}: max_wait must be >= 0 seconds, got {max_wait}")
+            raise ConfigError(f"{kind} {name!r}: max_wait must be >= 0 seconds, got {max_wait}")
         if overflow not in get_args(Overflow):
-            raise ValueError(
+            raise ConfigError(
                 f"{kind} {name!r}: overflow must be one of {get_args(Overflow)}, got {overflow!r}"
             )
         self._label = f"{kind} {name!r}"
@@ -131,7 +131,7 @@ class Engine(abc.ABC, Generic[T, R]):
 
     async def __aenter__(self) -> Self:
         if self._state is not NEW:
-            raise RuntimeError(f"{self._label} is {self._state}; it can be entered once")
+            raise StateError(f"{self._label} is {self._state}; it can be entered once")
         self._loop = asyncio.get_running_loop()
         tg = asyncio.TaskGroup()
         await tg.__aenter__()
@@ -197,7 +197,7 @@ class Engine(abc.ABC, Generic[T, R]):
 
     def _not_open(self) -> Exception:
         if self._state is NEW:
-            return RuntimeError(f"{self._label} is not running: use `async with` before submitting")
+            return StateError(f"{self._label} is not running: use `async with` before submitting")
         return ClosedError(f"{self._label} is closed; it accepts no more items")
 
     # -- room in the queue (`block` policy) --------------------------------------------

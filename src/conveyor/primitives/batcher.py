@@ -81,7 +81,7 @@ class Batcher(Engine[T, R]):
             QueueFull: the queue is full and the policy is ``block`` or ``reject``.
             Dropped: the queue is full and the policy is ``drop_newest``.
             ClosedError: the batcher is closing or closed.
-            RuntimeError: the batcher was never entered.
+            StateError: the batcher was never entered.
         """
         if self._state is not OPEN:
             raise self._not_open()

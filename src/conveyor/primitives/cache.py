@@ -18,7 +18,7 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import TYPE_CHECKING, Generic, Literal, Protocol, TypeAlias, TypeVar
 
 from conveyor.clock import Clock, SystemClock
-from conveyor.errors import MissingDependency
+from conveyor.errors import ConfigError, MissingDependency
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -85,7 +85,7 @@ class MemoryCache(Generic[K, V]):
 
     def __init__(self, max_entries: int = 10_000, *, clock: Clock | None = None) -> None:
         if max_entries < 1:
-            raise ValueError(f"MemoryCache max_entries must be >= 1, got {max_entries}")
+            raise ConfigError(f"MemoryCache max_entries must be >= 1, got {max_entries}")
         self._max = max_entries
         self._clock: Clock = clock or SystemClock()
         self._data: OrderedDict[K, tuple[Stored[V], float]] = OrderedDict()

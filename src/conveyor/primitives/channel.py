@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from conveyor.errors import ClosedError, QueueFull
+from conveyor.errors import ClosedError, ConfigError, QueueFull
 
 __all__ = ["Channel", "ChannelStats"]
 
@@ -70,7 +70,7 @@ class Channel(Generic[T]):
 
     def __init__(self, capacity: int) -> None:
         if capacity < 0:
-            raise ValueError(f"Channel capacity must be >= 0, got {capacity}")
+            raise ConfigError(f"Channel capacity must be >= 0, got {capacity}")
         self._capacity = capacity
         self._buffer: deque[T] = deque()
         # Blocked senders keep their item until it is taken: (item, waiter). A waiter of

@@ -19,6 +19,7 @@ from types import TracebackType
 from typing import Protocol
 
 from conveyor.clock import Clock, SystemClock
+from conveyor.errors import ConfigError, StateError
 
 __all__ = ["CapacityLimiter", "CapacityStats", "Counters", "RateLimiter"]
 
@@ -69,13 +70,13 @@ class RateLimiter:
         window: float = 1.0,
     ) -> None:
         if rate <= 0:
-            raise ValueError(f"RateLimiter rate must be > 0 per second, got {rate}")
+            raise ConfigError(f"RateLimiter rate must be > 0 per second, got {rate}")
         if burst is not None and burst < 1:
-            raise ValueError(f"RateLimiter burst must be >= 1, got {burst}")
+            raise ConfigError(f"RateLimiter burst must be >= 1, got {burst}")
         if window <= 0:
-            raise ValueError(f"RateLimiter window must be > 0 seconds, got {window}")
+            raise ConfigError(f"RateLimiter window must be > 0 seconds, got {window}")
         if (counters is None) != (key is None):
-            raise ValueError("RateLimiter needs both `counters` and `key` to be distributed")
+            raise ConfigError("RateLimiter needs both `counters` and `key` to be distributed")
         self._rate = rate
         self._burst = burst if burst is not None else max(1, math.ceil(rate))
         self._clock: Clock = clock or SystemClock()
@@ -98,7 +99,7 @@ class RateLimiter:
         Returns False (taking nothing) when they are not, or when others are waiting.
 
         Raises:
-            ValueError: `n` is below 1 or above `capacity` (it could never succeed).
+            ConfigError: `n` is below 1 or above `capacity` (it could never succeed).
         """
         self._check(n)
         if self._turn.locked():
@@ -109,7 +110,7 @@ class RateLimiter:
         """Take `n` units, waiting until they are available.
 
         Raises:
-            ValueError: `n` is below 1 or above `capacity` (it could never succeed).
+            ConfigError: `n` is below 1 or above `capacity` (it could never succeed).
         """
         self._check(n)
         async with self._turn:
@@ -118,7 +119,7 @@ class RateLimiter:
 
     def _check(self, n: int) -> None:
         if not 1 <= n <= self.capacity:
-            raise ValueError(f"RateLimiter: n must be within [1, {self.capacity}], got {n}")
+            raise ConfigError(f"RateLimiter: n must be within [1, {self.capacity}], got {n}")
 
     async def _attempt(self, n: int) -> float:
         """Take `n` units now and return 0, or take nothing and return seconds to wait."""
@@ -172,7 +173,7 @@ class CapacityLimiter:
 
     def __init__(self, total_tokens: int) -> None:
         if total_tokens < 1:
-            raise ValueError(f"CapacityLimiter total_tokens must be >= 1, got {total_tokens}")
+            raise ConfigError(f"CapacityLimiter total_tokens must be >= 1, got {total_tokens}")
         self._total = total_tokens
         self._borrowed = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
@@ -213,10 +214,10 @@ class CapacityLimiter:
         """Give a token back (to the first waiter, if any).
 
         Raises:
-            RuntimeError: no token is borrowed.
+            StateError: no token is borrowed.
         """
         if self._borrowed <= 0:
-            raise RuntimeError("CapacityLimiter.release() without a matching acquire()")
+            raise StateError("CapacityLimiter.release() without a matching acquire()")
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Generic, Self, TypeAlias, TypeVar
 
-from conveyor.errors import ClosedError
+from conveyor.errors import ClosedError, ConfigError, StateError
 from conveyor.primitives.cache import MISS, NOT_FOUND, Cache, CacheMark, Stored
 from conveyor.primitives.limiter import CapacityLimiter
 
@@ -105,13 +105,13 @@ class Loader(Generic[K, V]):
         name: str = "loader",
     ) -> None:
         if max_batch_size < 1:
-            raise ValueError(f"Loader {name!r}: max_batch_size must be >= 1, got {max_batch_size}")
+            raise ConfigError(f"Loader {name!r}: max_batch_size must be >= 1, got {max_batch_size}")
         if max_concurrency < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"Loader {name!r}: max_concurrency must be >= 1, got {max_concurrency}"
             )
         if ttl <= 0 or negative_ttl < 0:
-            raise ValueError(f"Loader {name!r}: ttl must be > 0 and negative_ttl >= 0")
+            raise ConfigError(f"Loader {name!r}: ttl must be > 0 and negative_ttl >= 0")
         self._batch_fn = batch_fn
         self._max_batch = max_batch_size
         self._slots = CapacityLimiter(max_concurrency)
@@ -134,7 +134,7 @@ class Loader(Generic[K, V]):
 
     async def __aenter__(self) -> Self:
         if self._tg is not None or self._closed:
-            raise RuntimeError(f"Loader {self._name!r} can be entered once")
+            raise StateError(f"Loader {self._name!r} can be entered once")
         self._loop = asyncio.get_running_loop()
         self._tg = asyncio.TaskGroup()
         await self._tg.__aenter__()
@@ -170,7 +170,7 @@ class Loader(Generic[K, V]):
 
         Raises:
             ClosedError: the loader is closed.
-            RuntimeError: the loader was never entered.
+            StateError: the loader was never entered.
 
         The future raises the `batch_fn` error of the batch that held this key.
         """
@@ -183,7 +183,7 @@ class Loader(Generic[K, V]):
         if self._tg is None:
             if self._closed:
                 raise ClosedError(f"Loader {self._name!r} is closed")
-            raise RuntimeError(f"Loader {self._name!r} is not running: use `async with` first")
+            raise StateError(f"Loader {self._name!r} is not running: use `async with` first")
         assert self._loop is not None
         return self._loop
 
@@ -226,10 +226,10 @@ class Loader(Generic[K, V]):
         """Put a known value in the cache tier (and answer a queued load of `key` with it).
 
         Raises:
-            RuntimeError: the loader has no cache tier to hold the value.
+            StateError: the loader has no cache tier to hold the value.
         """
         if self._cache is None:
-            raise RuntimeError(f"Loader {self._name!r}: prime() needs a cache tier")
+            raise StateError(f"Loader {self._name!r}: prime() needs a cache tier")
         self._resolve(key, value)
         await self._cache_write([(key, value, self._ttl)])
 
@@ -283,7 +283,7 @@ class Loader(Generic[K, V]):
             async with self._cache_slots:  # bound cache reads like source calls
                 found = await self._guard(self._cache.mget(keys))
             if len(found) != len(keys):
-                raise ValueError(f"cache returned {len(found)} values for {len(keys)} keys")
+                raise ConfigError(f"cache returned {len(found)} values for {len(keys)} keys")
         except Exception:
             self._cache_errors += 1  # cache down or broken: every key goes to the source
             misses = keys

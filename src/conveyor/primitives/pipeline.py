@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import enum
 from collections.abc import (
     AsyncIterable,
     AsyncIterator,
@@ -26,8 +27,8 @@ from collections.abc import (
 from contextlib import asynccontextmanager
 from typing import Any, Generic, TypeAlias, TypeVar
 
-from conveyor.clock import Clock
-from conveyor.errors import ClosedError
+from conveyor.clock import Clock, SystemClock
+from conveyor.errors import ClosedError, ConfigError
 from conveyor.primitives.channel import Channel
 from conveyor.primitives.limiter import CapacityLimiter, RateLimiter
 
@@ -56,7 +57,8 @@ class Pipeline(Generic[T]):
     Args:
         source: any iterable or async iterable.
         buffer: capacity of the channel after each stage (>= 1).
-        clock: time source for `limit` stages (inject `FakeClock` in tests).
+        clock: time source for `batch` waits and `limit` stages (inject `FakeClock` in
+            tests).
 
     Example:
         totals = await Pipeline(range(10)).map(square, concurrency=4).collect()
@@ -70,7 +72,7 @@ class Pipeline(Generic[T]):
         clock: Clock | None = None,
     ) -> None:
         if buffer < 1:
-            raise ValueError(f"Pipeline buffer must be >= 1, got {buffer}")
+            raise ConfigError(f"Pipeline buffer must be >= 1, got {buffer}")
         self._source: Iterable[Any] | AsyncIterable[Any] = source
         self._buffer = buffer
         self._clock = clock
@@ -114,38 +116,23 @@ class Pipeline(Generic[T]):
     def batch(self, size: int, wait: float = 0.0) -> Pipeline[list[T]]:
         """Group items into lists of up to `size`.
 
-        A list leaves when full, `wait` seconds (event-loop time) after its first item
-        arrived, or when the input ends. `wait=0` passes on whatever is ready at once.
+        A list leaves when full, `wait` seconds (on the pipeline's clock) after its first
+        item arrived, or when the input ends. `wait=0` passes on whatever is ready at once.
         """
         _check("size", size)
         if wait < 0:
-            raise ValueError(f"Pipeline.batch wait must be >= 0 seconds, got {wait}")
+            raise ConfigError(f"Pipeline.batch wait must be >= 0 seconds, got {wait}")
+        clock = self._clock or SystemClock()
 
         async def stage(inp: Channel[Any], out: Channel[Any]) -> None:
-            loop = asyncio.get_running_loop()
-            while True:
-                try:
-                    items = [await inp.receive()]
-                except ClosedError:
-                    break
-                deadline = loop.time() + wait
-                while len(items) < size:
+            async with asyncio.TaskGroup() as tg:  # scopes each batch's timer
+                while True:
                     try:
-                        items.append(inp.receive_nowait())
-                        continue
-                    except asyncio.QueueEmpty:
-                        pass
+                        items = [await inp.receive()]
                     except ClosedError:
                         break
-                    if loop.time() >= deadline:
-                        break
-                    try:
-                        # Cancelling receive() never loses an item (see Channel).
-                        async with asyncio.timeout_at(deadline):
-                            items.append(await inp.receive())
-                    except (TimeoutError, ClosedError):
-                        break
-                await out.send(items)
+                    await _fill(items, size, inp, clock, clock.monotonic() + wait, tg)
+                    await out.send(items)
             out.close()
 
         return self._then(stage)
@@ -193,7 +180,7 @@ class Pipeline(Generic[T]):
 
 def _check(label: str, value: int) -> None:
     if value < 1:
-        raise ValueError(f"Pipeline {label} must be >= 1, got {value}")
+        raise ConfigError(f"Pipeline {label} must be >= 1, got {value}")
 
 
 def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -208,6 +195,59 @@ def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
             leaves.append(exc)
     real = [e for e in leaves if not isinstance(e, asyncio.CancelledError)]
     return (real or leaves)[0]
+
+
+class _End(enum.Enum):
+    END = enum.auto()
+
+
+async def _next(inp: Channel[Any]) -> Any:
+    """The next item of `inp`, or `_End.END` once it is closed and drained."""
+    try:
+        return await inp.receive()
+    except ClosedError:
+        return _End.END
+
+
+async def _fill(
+    items: list[Any],
+    size: int,
+    inp: Channel[Any],
+    clock: Clock,
+    deadline: float,
+    tg: asyncio.TaskGroup,
+) -> None:
+    """Add items from `inp` to `items` until it holds `size`, the input ends, or the clock's
+    `monotonic()` reaches `deadline`."""
+    alarm: asyncio.Task[None] | None = None
+    try:
+        while len(items) < size:
+            try:
+                items.append(inp.receive_nowait())
+                continue
+            except asyncio.QueueEmpty:
+                pass
+            except ClosedError:
+                return
+            if clock.monotonic() >= deadline:
+                return
+            if alarm is None:
+                # Absolute deadline: a FakeClock advanced before this task ran fires at once.
+                alarm = tg.create_task(clock.sleep(deadline - clock.monotonic()))
+            receiving = tg.create_task(_next(inp))
+            await asyncio.wait((receiving, alarm), return_when=asyncio.FIRST_COMPLETED)
+            if not receiving.done():
+                receiving.cancel()  # a cancelled receive never loses an item (see Channel)
+                await asyncio.wait((receiving,))
+            if receiving.cancelled():
+                return  # the deadline passed first
+            item = receiving.result()
+            if item is _End.END:
+                return
+            items.append(item)
+    finally:
+        if alarm is not None:
+            alarm.cancel()
 
 
 async def _feed(source: Iterable[Any] | AsyncIterable[Any], out: Channel[Any]) -> None:
