@@ -14,7 +14,7 @@ Library errors share one root::
     │   ├── PayloadTooLarge       the encoded arguments exceed the configured maximum
     │   └── InvalidOption         a job option is out of range or misnamed (a ValueError)
     ├── BackendError              the store failed (driver errors are wrapped in this)
-    │   └── StoreUnavailable      the store can't be opened or written at all
+    │   └── StoreUnavailable      the store can't be opened or written (`.transient`: may pass)
     ├── JobNotFound               no job with that id (or it was purged)
     ├── JobFailed                 awaited a result; the job ended failed (dead-lettered)
     ├── JobCancelled              awaited a result; the job was cancelled
@@ -113,7 +113,18 @@ class BackendError(ConveyorError):
 
 
 class StoreUnavailable(BackendError):
-    """The job store cannot be opened or written (path, permissions, server down)."""
+    """The job store cannot be opened or written (path, permissions, server down).
+
+    Attributes:
+        transient: whether it may pass by itself (the server is down, restarting or out of
+            reach), rather than needing a fix (a path that can't be created, wrong
+            credentials, a certificate that does not verify). A worker starting up waits
+            out a transient one and fails at once on the others.
+    """
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 class JobNotFound(ConveyorError, LookupError):

@@ -1,8 +1,26 @@
-"""One process's service: a worker and the maintenance loop under one TaskGroup."""
+"""One process's service: the worker's services and maintenance, run as one `ServiceGroup`.
+
+`Server.services`, in start order (each ready before the next starts; stopped in reverse,
+each finished before the one before it is told to stop; see `worker.service`):
+
+1. ``settle``: the settle batcher. Stopped last: it drains every outcome.
+2. ``heartbeat``: extends running jobs' leases, until the last job has ended.
+3. ``jobs``: running jobs. Stopping it is phase two of shutdown: `grace` seconds for
+   running jobs, then the rest are cancelled and put back (retried, never lost).
+4. ``fetch``: the claim loop, ready once the store answered a claim (a store unreachable
+   at start is waited for). Stopping it is phase one of shutdown: no more claims. In burst
+   mode it ends by itself when no job is ready, which stops the rest.
+5. ``maintenance`` (unless disabled): promote, rescue, purge. Started once the worker is
+   claiming (so the store is known to answer), stopped first.
+
+A later loop (cron scheduler, presence beats, a metrics exporter, the autoscaler) is one
+more `Service` appended after maintenance, before `run()`.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from types import TracebackType
 from typing import Self
 
@@ -12,15 +30,19 @@ from conveyor.errors import ClosedError, unwrap_group
 from conveyor.registry import Registry
 from conveyor.scheduler import Maintenance
 from conveyor.worker import Worker, WorkerConfig, WorkerStats
+from conveyor.worker.service import Service, ServiceGroup
 
 __all__ = ["Server"]
+
+log = logging.getLogger("conveyor.worker")
 
 
 class Server:
     """A worker plus maintenance, run together. `app.worker()` returns one.
 
     Run it to completion with `await server.run()`, or in the background of an existing
-    asyncio program with `async with server:` (it stops gracefully on exit).
+    asyncio program with `async with server:`, which returns once the worker is claiming
+    (and raises if it cannot start) and stops it gracefully on exit.
 
     Example:
         async with app.worker(queues="default", concurrency=32):
@@ -39,7 +61,12 @@ class Server:
             purge_every=config.purge_every,
             failed_retention=config.failed_retention,
         )
-        self._group: asyncio.TaskGroup | None = None
+        #: Started in this order, stopped in reverse (see the module docstring).
+        self.services: list[Service] = self.worker.services
+        if config.maintenance:
+            self.services.append(self.maintenance)
+        self._group = ServiceGroup(self.services)
+        self._host: asyncio.TaskGroup | None = None
         self._used = False
 
     async def run(self) -> WorkerStats:
@@ -47,33 +74,41 @@ class Server:
         if self._used:
             raise ClosedError("a Server runs once; create another with app.worker()")
         self._used = True
+        cfg, name = self.config, self.worker.name
+        queues = ",".join(f"{n}={w}" for n, w in cfg.queues)
+        log.info("worker %s starting: queues=%s concurrency=%d", name, queues, cfg.concurrency)
         try:
-            async with asyncio.TaskGroup() as tg:
-                upkeep = (
-                    tg.create_task(self.maintenance.run(), name="conveyor-maintenance")
-                    if self.config.maintenance
-                    else None
-                )
-                try:
-                    stats = await self.worker.run()
-                finally:
-                    if upkeep is not None:
-                        upkeep.cancel()
+            await self._group.run()
         except BaseExceptionGroup as eg:
             raise unwrap_group(eg) from None
-        return stats
+        log.info("worker %s stopped: %s", name, self.worker.stats)
+        return self.worker.stats
 
     def stop(self, *, now: bool = False) -> None:
         """Begin a graceful stop (a second call, or `now=True`, cancels running jobs)."""
         self.worker.stop(now=now)
+        self._group.stop()
+
+    async def ready(self) -> None:
+        """Wait until every service is ready: the worker is claiming."""
+        await self._group.ready()
 
     async def __aenter__(self) -> Self:
-        # Touch the store first, so a bad path or a down server fails here, plainly.
-        await self.worker.backend.promote()
-        group = asyncio.TaskGroup()
-        await group.__aenter__()
-        group.create_task(self.run(), name="conveyor-server")
-        self._group = group
+        host = asyncio.TaskGroup()
+        await host.__aenter__()
+        self._host = host
+        running = host.create_task(self.run(), name="conveyor-server")
+        ready = host.create_task(self.ready(), name="conveyor-server-ready")
+        try:
+            # Return once claiming, so a bad path or bad credentials fail here, plainly.
+            await asyncio.wait({ready, running}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError as exc:  # the run failed (the host cancels us) or we were
+            await self._leave(type(exc), exc, exc.__traceback__)
+            raise
+        finally:
+            ready.cancel()
+        if running.done():  # ended before it was ready: a stop, or an error to raise
+            await self._leave(None, None, None)
         return self
 
     async def __aexit__(
@@ -83,9 +118,17 @@ class Server:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
-        group, self._group = self._group, None
-        if group is not None:
+        await self._leave(exc_type, exc, tb)
+
+    async def _leave(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        host, self._host = self._host, None
+        if host is not None:
             try:
-                await group.__aexit__(exc_type, exc, tb)
+                await host.__aexit__(exc_type, exc, tb)
             except BaseExceptionGroup as eg:
                 raise unwrap_group(eg) from None
