@@ -13,14 +13,24 @@ from conveyor.backends.sqlite.schema import SCHEMA_VERSION
 from conveyor.clock import FakeClock
 from conveyor.errors import StoreUnavailable
 from conveyor.job import JobState
-from conveyor.testing.contract import BackendContract, make_job
+from conveyor.testing.contract import BackendContract, Corrupt, PoisonContract, make_job
 
 
-class TestSQLiteBackend(BackendContract):
+class TestSQLiteBackend(BackendContract, PoisonContract):
     @pytest.fixture
     async def backend(self, clock: FakeClock, tmp_path: Path) -> AsyncIterator[SQLiteBackend]:
         async with SQLiteBackend(tmp_path / "jobs.db", clock=clock) as b:
             yield b
+
+    @pytest.fixture
+    def corrupt(self, tmp_path: Path) -> Corrupt:
+        async def corrupt(job_id: str, field: str, raw: str) -> None:
+            conn = sqlite3.connect(tmp_path / "jobs.db")
+            with conn:
+                conn.execute(f"UPDATE jobs SET {field} = ? WHERE id = ?", (raw, job_id))
+            conn.close()
+
+        return corrupt
 
 
 async def test_file_is_private_and_versioned(tmp_path: Path) -> None:

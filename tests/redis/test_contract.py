@@ -8,14 +8,22 @@ import pytest
 
 from conveyor.backends.redis import RedisBackend
 from conveyor.clock import FakeClock
-from conveyor.testing.contract import BackendContract
+from conveyor.testing.contract import BackendContract, Corrupt, PoisonContract
 
 
-class TestRedisBackend(BackendContract):
+class TestRedisBackend(BackendContract, PoisonContract):
     @pytest.fixture
     async def backend(self, clock: FakeClock, redis_url: str) -> AsyncIterator[RedisBackend]:
         async with RedisBackend(redis_url, clock=clock) as b:
             yield b
+
+    @pytest.fixture
+    def corrupt(self, backend: RedisBackend) -> Corrupt:
+        async def corrupt(job_id: str, field: str, raw: str) -> None:
+            conn = await backend._conn()
+            await conn.call("HSET", backend.keys.job("", job_id), field, raw)
+
+        return corrupt
 
 
 class TestRedisBackendWithPrefix(BackendContract):

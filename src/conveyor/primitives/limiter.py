@@ -16,23 +16,12 @@ import math
 from collections import deque
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Protocol
 
+from conveyor.capabilities import Counters
 from conveyor.clock import Clock, SystemClock
 from conveyor.errors import ConfigError, StateError
 
 __all__ = ["CapacityLimiter", "CapacityStats", "Counters", "RateLimiter"]
-
-
-class Counters(Protocol):
-    """Shared counters with expiry, the seam for distributed limits (backends implement it)."""
-
-    async def incr(self, key: str, amount: int, ttl: float) -> int:
-        """Add `amount` to the counter `key` (created at 0 with a `ttl`-second expiry).
-
-        Returns the counter's value after the addition.
-        """
-        ...
 
 
 class RateLimiter:

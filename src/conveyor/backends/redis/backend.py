@@ -23,6 +23,7 @@ from conveyor.backends.redis import handoff
 from conveyor.backends.redis.codec import Keys, decode, enqueue_args, text
 from conveyor.backends.redis.connect import Clients, Conn, parse_url, wrap_errors
 from conveyor.backends.redis.reads import SWEEP, Reads, pairs
+from conveyor.capabilities import LockInfo, WorkerInfo
 from conveyor.clock import Clock, SystemClock
 from conveyor.errors import ClosedError, ConfigError
 from conveyor.job import (
@@ -41,6 +42,8 @@ __all__ = ["RedisBackend"]
 log = logging.getLogger("conveyor.backends.redis")
 
 _json = msgspec.json.Encoder()
+_worker_info = msgspec.json.Decoder(WorkerInfo).decode
+_STATES = {s.value: s for s in JobState}
 _CHUNK = 500  # jobs per script call: bounds how long one call holds the server
 _LEASE_EXPIRED = rules.lease_expired_error(0, 0.0).message
 
@@ -354,7 +357,9 @@ class RedisBackend(Reads, Backend):
             state = await conn.scripts["cancel"](
                 [self.keys.route(queue)], [*self._args(), queue, job_id, reason]
             )
-        return None if state is None else JobState(state.decode())
+        if state is None:
+            return None
+        return _STATES.get(text(state), JobState.FAILED)  # an unknown state reads as failed
 
     async def _requeue(self, ids: Sequence[str], now: float) -> list[bool]:
         conn = await self._conn()
@@ -401,16 +406,59 @@ class RedisBackend(Reads, Backend):
                 return
             await conn.blpop([self.keys.q(q, "wake") for q in groups[0]], timeout)
 
-    async def incr(self, key: str, amount: int, ttl: float) -> int:
-        """The `Counters` capability: add `amount` to a fixed-window counter; the window
-        (`ttl` seconds) starts at the first increment."""
+    # -- capabilities (see `conveyor.capabilities`; every key in the prefix's slot) -------
+
+    async def _capability(self, script: str, args: list[Any], key: str | None = None) -> Any:
+        self._open()
         conn = await self._conn()
-        with self._errors("incr"):
-            return int(
-                await conn.scripts["incr"](
-                    [self.keys.counter(key)], [int(amount), max(1, int(ttl * 1000))]
-                )
-            )
+        with self._errors(script):
+            return await conn.scripts[script]([key or self.keys.route("")], [*self._args(), *args])
+
+    async def incr(self, key: str, amount: int, ttl: float) -> int:
+        """`Counters`: add `amount` to a fixed-window counter; the window (`ttl` seconds)
+        starts at the increment that creates it."""
+        res = await self._capability(
+            "counter", [int(amount), repr(float(ttl))], self.keys.counter(key)
+        )
+        return int(res)
+
+    async def acquire_lock(self, name: str, owner: str, ttl: float) -> int | None:
+        """`Locks`: take a free or expired lock; its new fencing token."""
+        token = await self._capability("lock_acquire", [name, owner, repr(float(ttl))])
+        return None if token is None else int(token)
+
+    async def extend_lock(self, name: str, token: int, ttl: float) -> bool:
+        """`Locks`: hold for `ttl` more seconds if `token` still holds it."""
+        return bool(await self._capability("lock_extend", [name, token, repr(float(ttl))]))
+
+    async def release_lock(self, name: str, token: int) -> bool:
+        """`Locks`: free the lock if `token` still holds it."""
+        return bool(await self._capability("lock_release", [name, token]))
+
+    async def locks(self) -> list[LockInfo]:
+        """`Locks`: the locks held now, by name."""
+        rows = await self._capability("locks", [])
+        locks = [LockInfo(text(n), text(o), int(t), float(e)) for n, o, t, e in rows]
+        return sorted(locks, key=lambda lock: lock.name)
+
+    async def beat(self, worker: WorkerInfo, ttl: float) -> None:
+        """`Presence`: record `worker` as alive for `ttl` seconds."""
+        await self._capability("beat", [worker.id, _json.encode(worker), repr(float(ttl))])
+
+    async def workers(self) -> list[WorkerInfo]:
+        """`Presence`: workers heard from within their ttl, by id."""
+        out: list[WorkerInfo] = []
+        for _, info, seen in await self._capability("workers", []):
+            try:
+                worker = _worker_info(info)
+            except msgspec.DecodeError:
+                continue  # written by something else: not a worker we can show
+            out.append(msgspec.structs.replace(worker, seen_at=float(seen)))
+        return sorted(out, key=lambda w: w.id)
+
+    async def leave(self, worker_id: str) -> None:
+        """`Presence`: forget `worker_id`."""
+        await self._capability("leave", [worker_id])
 
     async def _aclose(self) -> None:
         await self._clients.aclose()

@@ -1,14 +1,4 @@
-"""The backend contract as a reusable test class: every backend must pass it unchanged.
-
-Subclass `BackendContract` and provide a `backend` fixture built on the `clock` fixture
-(a `FakeClock`), so lease, delay and retention tests run instantly::
-
-    class TestMyBackend(BackendContract):
-        @pytest.fixture
-        async def backend(self, clock, tmp_path):
-            async with MyBackend(..., clock=clock) as b:
-                yield b
-"""
+"""The core of the backend contract: the job lifecycle every store must implement alike."""
 
 from __future__ import annotations
 
@@ -32,7 +22,7 @@ from conveyor.job import (
     new_job_id,
 )
 
-__all__ = ["BackendContract", "make_job", "stored"]
+__all__ = ["CoreContract", "err", "make_job", "stored"]
 
 W = "worker-1"
 
@@ -64,8 +54,8 @@ def err(attempt: int = 1, message: str = "boom") -> AttemptError:
     return AttemptError(attempt, "ValueError", message, "Traceback...", 0.0)
 
 
-class BackendContract:
-    """The contract tests. Subclasses provide the `backend` fixture."""
+class CoreContract:
+    """The lifecycle tests. Subclasses provide the `backend` fixture."""
 
     @pytest.fixture
     def clock(self) -> FakeClock:

@@ -1,0 +1,48 @@
+"""The backend contract as reusable test classes: every backend must pass them unchanged.
+
+`CoreContract` is the job lifecycle; `CountersContract`, `LocksContract` and
+`PresenceContract` test the optional capabilities (`conveyor.capabilities`);
+`RecordContract` checks that every field of the job record round-trips. `BackendContract`
+is all of these: the stores we ship pass it. `PoisonContract` checks that rows corrupted in
+storage read the same way on every store; a store with storage to corrupt adds it, with a
+`corrupt` fixture.
+
+Subclass it and provide a `backend` fixture built on the `clock` fixture (a `FakeClock`),
+so lease, delay and retention tests run instantly::
+
+    class TestMyBackend(BackendContract):
+        @pytest.fixture
+        async def backend(self, clock, tmp_path):
+            async with MyBackend(..., clock=clock) as b:
+                yield b
+"""
+
+from __future__ import annotations
+
+from conveyor.testing.contract.capabilities import (
+    CountersContract,
+    LocksContract,
+    PresenceContract,
+)
+from conveyor.testing.contract.core import CoreContract, err, make_job, stored
+from conveyor.testing.contract.record import Corrupt, PoisonContract, RecordContract
+
+__all__ = [
+    "BackendContract",
+    "CoreContract",
+    "Corrupt",
+    "CountersContract",
+    "LocksContract",
+    "PoisonContract",
+    "PresenceContract",
+    "RecordContract",
+    "err",
+    "make_job",
+    "stored",
+]
+
+
+class BackendContract(
+    CoreContract, RecordContract, CountersContract, LocksContract, PresenceContract
+):
+    """Every contract test: the lifecycle, the record, and every capability."""

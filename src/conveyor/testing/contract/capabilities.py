@@ -1,0 +1,105 @@
+"""The contract of each optional capability (`conveyor.capabilities`), one mixin each.
+
+A store that provides a capability adds its mixin to its test class; the stores we ship
+provide all of them, so `BackendContract` includes every mixin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from conveyor.capabilities import Counters, Locks, Presence, WorkerInfo, require
+from conveyor.clock import FakeClock
+
+__all__ = ["CountersContract", "LocksContract", "PresenceContract"]
+
+
+class CountersContract:
+    """`Counters`: fixed windows that start at the first increment."""
+
+    async def test_counters_count_within_a_window(self, backend: object, clock: FakeClock) -> None:
+        counters = require(backend, Counters, "the counters contract")
+        assert await counters.incr("c", 1, 10) == 1
+        assert await counters.incr("c", 2, 10) == 3
+        assert await counters.incr("other", 5, 10) == 5
+        clock.advance(9.9)
+        assert await counters.incr("c", 1, 10) == 4
+        clock.advance(0.2)  # the window that began at the first increment is over
+        assert await counters.incr("c", 1, 10) == 1
+        assert await counters.incr("c", -1, 10) == 0  # giving units back
+
+    async def test_counters_are_atomic_under_concurrency(
+        self, backend: object, clock: FakeClock
+    ) -> None:
+        counters = require(backend, Counters, "the counters contract")
+        seen = await asyncio.gather(*(counters.incr("race", 1, 60) for _ in range(50)))
+        assert sorted(seen) == list(range(1, 51))
+
+
+class LocksContract:
+    """`Locks`: one holder at a time, a ttl, and fencing tokens that only grow."""
+
+    async def test_a_lock_has_one_holder_until_released(
+        self, backend: object, clock: FakeClock
+    ) -> None:
+        locks = require(backend, Locks, "the locks contract")
+        first = await locks.acquire_lock("report", "a", 30)
+        assert first is not None
+        assert await locks.acquire_lock("report", "b", 30) is None
+        assert await locks.acquire_lock("other", "b", 30) is not None
+        held = await locks.locks()
+        assert [(x.name, x.owner, x.token) for x in held] == [
+            ("other", "b", held[0].token),
+            ("report", "a", first),
+        ]
+        assert held[1].expires_at == clock.now() + 30
+        assert await locks.release_lock("report", first + 1) is False  # not the holder
+        assert await locks.release_lock("report", first) is True
+        assert await locks.release_lock("report", first) is False  # already free
+        second = await locks.acquire_lock("report", "b", 30)
+        assert second is not None and second > first  # tokens grow across holders
+
+    async def test_a_lock_expires_and_its_old_token_is_fenced(
+        self, backend: object, clock: FakeClock
+    ) -> None:
+        locks = require(backend, Locks, "the locks contract")
+        token = await locks.acquire_lock("job", "a", 10)
+        assert token is not None
+        clock.advance(5)
+        assert await locks.extend_lock("job", token, 10) is True  # now until +15
+        clock.advance(9)
+        assert await locks.acquire_lock("job", "b", 10) is None  # still held
+        clock.advance(1.5)
+        assert await locks.locks() == []  # expired: not listed
+        newer = await locks.acquire_lock("job", "b", 10)
+        assert newer is not None and newer > token
+        assert await locks.extend_lock("job", token, 10) is False  # the old holder is fenced
+        assert await locks.release_lock("job", token) is False
+        assert [x.owner for x in await locks.locks()] == ["b"]
+
+    async def test_racing_acquires_have_one_winner(self, backend: object, clock: FakeClock) -> None:
+        locks = require(backend, Locks, "the locks contract")
+        tokens = await asyncio.gather(*(locks.acquire_lock("x", f"w{i}", 30) for i in range(20)))
+        assert len([t for t in tokens if t is not None]) == 1
+
+
+class PresenceContract:
+    """`Presence`: beats that expire, replaced per worker, gone on leave."""
+
+    async def test_beats_list_live_workers(self, backend: object, clock: FakeClock) -> None:
+        presence = require(backend, Presence, "the presence contract")
+        a = WorkerInfo(id="host:1", host="host", pid=1, queues=("default",), concurrency=8)
+        await presence.beat(a, ttl=10)
+        await presence.beat(WorkerInfo(id="host:2", host="host", pid=2), ttl=30)
+        seen = await presence.workers()
+        assert [w.id for w in seen] == ["host:1", "host:2"]
+        assert seen[0].queues == ("default",) and seen[0].concurrency == 8
+        assert seen[0].seen_at == clock.now()
+        clock.advance(5)
+        await presence.beat(WorkerInfo(id="host:1", host="host", pid=1, running=3), ttl=10)
+        (first, _) = await presence.workers()
+        assert first.running == 3 and first.seen_at == clock.now()  # replaced, not added
+        clock.advance(20)  # host:1's last beat expired; host:2's has 5 s left
+        assert [w.id for w in await presence.workers()] == ["host:2"]
+        await presence.leave("host:2")
+        assert await presence.workers() == []
