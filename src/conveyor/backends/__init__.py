@@ -8,12 +8,11 @@ redis+cluster://host:7000?prefix=myapp      Redis Cluster (rediss+cluster:// for
 
 from __future__ import annotations
 
-from conveyor.backends.base import Backend, Counters, JobFilter, Page
+from conveyor.backends.base import Backend, ClaimRequest, Counters, JobFilter, Page
+from conveyor.backends.registry import factory
 from conveyor.clock import Clock
-from conveyor.errors import ConfigError
-from conveyor.urls import mask
 
-__all__ = ["Backend", "Counters", "JobFilter", "Page", "from_url"]
+__all__ = ["Backend", "ClaimRequest", "Counters", "JobFilter", "Page", "from_url"]
 
 
 def from_url(url: str, clock: Clock | None = None) -> Backend:
@@ -25,29 +24,7 @@ def from_url(url: str, clock: Clock | None = None) -> Backend:
 
     Redis URLs: ``redis://`` (``rediss://`` for TLS, certificates checked), an ACL user and
     password in the URL, ``?prefix=`` for the key namespace (default ``conveyor``), and
-    ``redis+cluster://`` for Redis Cluster. See `conveyor.backends.redis`.
+    ``redis+cluster://`` for Redis Cluster. See `conveyor.backends.redis`. Schemes are
+    looked up in `conveyor.backends.registry` (plugins add theirs by entry point).
     """
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        raise ConfigError(
-            f"backend URL {mask(url)!r} has no scheme; use sqlite:///path.db, memory:// or redis://..."
-        )
-    if scheme == "memory":
-        from conveyor.backends.memory import MemoryBackend
-
-        return MemoryBackend(clock=clock)
-    if scheme == "sqlite":
-        from conveyor.backends.sqlite import SQLiteBackend
-
-        path = rest[1:] if rest.startswith("/") else rest
-        if not path:
-            raise ConfigError(f"backend URL {mask(url)!r} names no file; use sqlite:///jobs.db")
-        return SQLiteBackend(path, clock=clock)
-    if scheme in ("redis", "rediss", "redis+cluster", "rediss+cluster"):
-        from conveyor.backends.redis import RedisBackend
-
-        return RedisBackend(url, clock=clock)
-    raise ConfigError(
-        f"unknown backend scheme {scheme!r} in {mask(url)!r}; supported: sqlite, memory, redis, "
-        "rediss, redis+cluster"
-    )
+    return factory(url)(url, clock)

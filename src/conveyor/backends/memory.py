@@ -28,7 +28,7 @@ from conveyor.job import (
     Retrying,
 )
 
-__all__ = ["MemoryBackend"]
+__all__ = ["MemoryBackend", "from_url"]
 
 _Entry = tuple[int, float, int, int, str]  # (-priority, run_at, seq, version, id)
 
@@ -442,3 +442,8 @@ class MemoryBackend(Backend):
         self._open()
         with self._lock:
             self._presence.pop(worker_id, None)
+
+
+def from_url(url: str, clock: Clock | None = None) -> MemoryBackend:
+    """``memory://``: a new, empty in-process store."""
+    return MemoryBackend(clock=clock)

@@ -27,5 +27,11 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from conveyor.backends.redis.backend import RedisBackend
+from conveyor.clock import Clock
 
-__all__ = ["RedisBackend"]
+__all__ = ["RedisBackend", "from_url"]
+
+
+def from_url(url: str, clock: Clock | None = None) -> RedisBackend:
+    """``redis://``, ``rediss://``, ``redis+cluster://``, ``rediss+cluster://``."""
+    return RedisBackend(url, clock=clock)
