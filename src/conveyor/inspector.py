@@ -2,32 +2,46 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 
 from conveyor.backends.base import Backend, JobFilter, Page
 from conveyor.errors import JobNotFound
+from conveyor.fields import STATES
 from conveyor.job import TERMINAL, Job, JobState
 
 __all__ = ["Inspector", "QueueCounts"]
 
 
+_BY_NAME = {s.value: s for s in STATES}
+
+
 @dataclass(frozen=True, slots=True)
 class QueueCounts:
-    """Jobs in one queue, by state."""
+    """Jobs in one queue, by state: ``counts.queued``, ``counts.failed``, ... (one attribute
+    per `JobState`, derived from the state table) or ``counts[JobState.QUEUED]``.
+
+    Attributes:
+        queue: the queue's name.
+        by_state: the count of every state (0 for states with no jobs).
+    """
 
     queue: str
-    scheduled: int = 0
-    queued: int = 0
-    running: int = 0
-    completed: int = 0
-    failed: int = 0
-    cancelled: int = 0
+    by_state: Mapping[JobState, int] = field(default_factory=dict)
+
+    def __getitem__(self, state: JobState) -> int:
+        return self.by_state.get(state, 0)
+
+    def __getattr__(self, name: str) -> int:
+        state = _BY_NAME.get(name)
+        if state is None:
+            raise AttributeError(f"QueueCounts has no attribute {name!r}")
+        return self.by_state.get(state, 0)
 
     @property
     def total(self) -> int:
         """All jobs stored for this queue."""
-        return sum(getattr(self, s.value) for s in JobState)
+        return sum(self.by_state.values())
 
 
 class Inspector:
@@ -46,7 +60,7 @@ class Inspector:
         """Counts per queue and state, sorted by queue name."""
         counts = await self.backend.counts(queue)
         return [
-            QueueCounts(q, **{state.value: n for state, n in per.items()})
+            QueueCounts(q, {state: per.get(state, 0) for state in STATES})
             for q, per in sorted(counts.items())
         ]
 
@@ -86,13 +100,38 @@ class Inspector:
         """Put one failed or cancelled job back in its queue (history kept)."""
         return await self.backend.requeue(job_id)
 
-    async def requeue_all_failed(self, *, queue: str | None = None, task: str | None = None) -> int:
-        """Requeue every failed (dead-letter) job matching the filters. Returns how many."""
-        ids = [job.id async for job in self.iter(state=JobState.FAILED, queue=queue, task=task)]
-        n = 0
-        for job_id in ids:
-            n += await self.backend.requeue(job_id)
-        return n
+    async def requeue_all_failed(
+        self,
+        *,
+        queue: str | None = None,
+        task: str | None = None,
+        progress: Callable[[int], object] | None = None,
+    ) -> int:
+        """Requeue every failed (dead-letter) job matching the filters, one store call per
+        page of jobs. Returns how many; `progress(n)` is called after each page with the
+        number requeued so far.
+
+        The cursor moves on in enqueue order, so a job that fails again meanwhile is not
+        requeued twice by one call; one that can't be requeued (its unique key is held by a
+        newer job) is passed over.
+        """
+        done, after = 0, None
+        wanted = JobFilter(queue=queue, state=JobState.FAILED, task=task)
+        while True:
+            page = await self.backend.query(wanted, after, 500)
+            if not page.jobs:
+                return done
+            done += sum(await self.backend.requeue_many([job.id for job in page.jobs]))
+            if progress is not None:
+                progress(done)
+            if page.next is None:
+                return done
+            after = page.next
+
+    async def count(self, state: JobState, *, queue: str | None = None) -> int:
+        """How many jobs are in `state` (in `queue`, or in all queues)."""
+        counts = await self.backend.counts(queue)
+        return sum(per.get(state, 0) for per in counts.values())
 
     async def cancel(self, job_id: str, reason: str = "cancelled by an operator") -> JobState:
         """Cancel one job; a running one stops at its next heartbeat. Raises `JobNotFound`."""
