@@ -74,21 +74,23 @@ class JobHandle(Generic[R]):
             JobCancelled: the job was cancelled.
             ResultTimeout: not finished within `timeout` seconds.
         """
-        loop = asyncio.get_running_loop()
-        end = None if timeout is None else loop.time() + timeout
         delay = poll
-        while True:
-            job = await self.get()
-            if job.state is JobState.COMPLETED:
-                return cast("R", decode_result(job.result, self._return_type))
-            if job.state is JobState.FAILED:
-                raise JobFailed(self.id, job.last_error.message if job.last_error else None)
-            if job.state is JobState.CANCELLED:
-                raise JobCancelled(self.id, str(job.meta.get("cancel_reason", "")) or None)
-            if end is not None and loop.time() + delay > end:
-                raise ResultTimeout(f"job {self.id} did not finish within {timeout} s")
-            await asyncio.sleep(delay)
-            delay = min(delay * 1.5, 0.25)
+        try:
+            async with asyncio.timeout(timeout):  # the event loop's timer: no clock read here
+                while True:
+                    job = await self.get()
+                    if job.state is JobState.COMPLETED:
+                        return cast("R", decode_result(job.result, self._return_type))
+                    if job.state is JobState.FAILED:
+                        message = job.last_error.message if job.last_error else None
+                        raise JobFailed(self.id, message)
+                    if job.state is JobState.CANCELLED:
+                        reason = str(job.meta.get("cancel_reason", "")) or None
+                        raise JobCancelled(self.id, reason)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 1.5, 0.25)
+        except TimeoutError:
+            raise ResultTimeout(f"job {self.id} did not finish within {timeout} s") from None
 
     def result_sync(self, timeout: float | None = None) -> R:
         """`result()` for synchronous code."""

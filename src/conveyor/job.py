@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import enum
 import os
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -162,8 +161,9 @@ class Cancelled:
 Outcome = Completed | Retrying | Failed | Cancelled
 
 
-def new_job_id(now: float | None = None) -> str:
-    """A new 32-hex-digit job id: 48 bits of milliseconds then 80 random bits.
+def new_job_id(now: float) -> str:
+    """A new 32-hex-digit job id: 48 bits of milliseconds of `now` (the caller's clock, in
+    epoch seconds) then 80 random bits.
 
     Ids sort by creation time (so B-tree inserts append), and collide with negligible odds
     across processes.
@@ -171,9 +171,9 @@ def new_job_id(now: float | None = None) -> str:
     return new_job_ids(1, now)[0]
 
 
-def new_job_ids(n: int, now: float | None = None) -> list[str]:
+def new_job_ids(n: int, now: float) -> list[str]:
     """`n` new job ids (see `new_job_id`), with one call for all the randomness."""
-    ms = int((time.time() if now is None else now) * 1000) & 0xFFFF_FFFF_FFFF
+    ms = int(now * 1000) & 0xFFFF_FFFF_FFFF
     prefix = f"{ms:012x}"
     rand = os.urandom(10 * n).hex()
     return [prefix + rand[i : i + 20] for i in range(0, 20 * n, 20)]

@@ -9,8 +9,8 @@ import msgspec
 import pytest
 
 import conveyor
-from conveyor.backends.sqlite.ops import _INSERT_PLAIN
-from conveyor.job import new_job_id
+from conveyor.backends.sqlite.ops import _INSERT_PLAIN, _insert_row
+from conveyor.job import Job, new_job_id
 from tests.faults.conftest import Cluster
 
 pytestmark = pytest.mark.timeout(60)
@@ -23,7 +23,7 @@ async def test_poison_rows_fail_with_a_reason_and_good_jobs_complete(
     good = [h.id for h in await record.enqueue_many([(i,) for i in range(20)])]
     victims = [h.id for h in await record.enqueue_many([(100,), (101,), (102,), (103,)])]
     not_json, wrong_shape, wrong_type, renamed = victims
-    unknown_direct = new_job_id()
+    unknown_direct = new_job_id(time.time())
     now = time.time()
     with cluster.sql() as conn:
         conn.execute("UPDATE jobs SET payload = ? WHERE id = ?", (b"\x00{not json", not_json))
@@ -31,9 +31,9 @@ async def test_poison_rows_fail_with_a_reason_and_good_jobs_complete(
         conn.execute("UPDATE jobs SET payload = ? WHERE id = ?", (b'{"n": "x"}', wrong_type))
         conn.execute("UPDATE jobs SET task = 'no_such_task' WHERE id = ?", (renamed,))
         # A row written with the backend's own INSERT, for a task no worker knows.
-        row = (unknown_direct, "ghost.task", "default", 0, "queued", b'{"n": 1}', now, now)
-        row += (3, None, None, None, None, None, 86_400.0, "{}")
-        conn.execute(_INSERT_PLAIN, row)
+        ghost = Job(id=unknown_direct, task="ghost.task", payload=b'{"n": 1}', run_at=now,
+                    enqueued_at=now, max_attempts=3)  # fmt: skip
+        conn.execute(_INSERT_PLAIN, _insert_row(ghost, now))
         conn.commit()
     conn.close()
 
