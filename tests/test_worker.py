@@ -180,7 +180,7 @@ async def test_unknown_task_and_poison_payload_fail_alone(app: conveyor.App) -> 
     now = app.clock.now()
 
     def raw(task: str, payload: bytes) -> Job:
-        return Job(id=new_job_id(), task=task, payload=payload, run_at=now, enqueued_at=now)
+        return Job(id=new_job_id(now), task=task, payload=payload, run_at=now, enqueued_at=now)
 
     ghost = raw("ghost", b"{}")
     garbage = raw("good", b"\xff{not json")
@@ -368,3 +368,32 @@ async def test_a_busy_worker_claims_a_few_slots_at_a_time(app: conveyor.App) -> 
     claimed = [n for n in calls if n]
     assert len(claimed) < 400 / 4, claimed  # far fewer claims than jobs
     assert sum(claimed) == 400
+
+
+async def test_grace_is_measured_on_the_injected_clock(fapp: conveyor.App) -> None:
+    """The stop's grace runs on the app's clock: real time passing does not end it, the
+    clock reaching it does (and the job goes back to the queue)."""
+    started = asyncio.Event()
+
+    @fapp.task
+    async def hold() -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    h = await hold.enqueue()
+    server = fapp.worker(grace=30, maintenance=False)
+    async with asyncio.TaskGroup() as tg:
+        run = tg.create_task(server.run())
+        await asyncio.wait_for(started.wait(), 5)
+        server.stop()
+        await asyncio.sleep(0.3)
+        assert not run.done() and server.worker.running == 1  # still within grace
+        advance(fapp, 29)
+        await asyncio.sleep(0.05)
+        assert not run.done()
+        advance(fapp, 1)
+        await asyncio.wait_for(asyncio.shield(run), 5)
+    assert run.result().interrupted == 1
+    job = await h.get()
+    assert job.state is JobState.QUEUED
+    assert job.errors[-1].type == "Interrupted"

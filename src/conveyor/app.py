@@ -161,9 +161,15 @@ class App:
     ) -> Server:
         """A worker (with maintenance) for this app; see `WorkerConfig` for every option.
 
+        Without `queues` it serves ``default`` and every queue the app's tasks declare
+        (``@app.task(queue=...)``); its start-up log line names them.
+
         Example:
             await app.worker("critical=6,default=3,low=1", concurrency=64).run()
         """
+        if queues is None:
+            declared = (t.defaults.queue or "default" for t in self.registry)
+            queues = list(dict.fromkeys(["default", *declared]))
         cfg = WorkerConfig(
             queues=parse_queues(queues), concurrency=concurrency, strict=strict, **config
         )

@@ -44,7 +44,8 @@ class WorkerConfig:
     """How a worker runs. Every field has a working default.
 
     Attributes:
-        queues: (name, weight) pairs, in priority order for `strict`.
+        queues: (name, weight) pairs, in priority order for `strict` (`App.worker()`
+            without queues: ``default`` and every queue the app's tasks declare).
         strict: take queues strictly in order (a lower queue runs only when the ones
             before it are empty) instead of weighted random order per claim.
         concurrency: jobs running at once in this process.

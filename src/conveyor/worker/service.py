@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-__all__ = ["Service", "ServiceGroup"]
+__all__ = ["Loop", "Service", "ServiceGroup"]
 
 
 class Service(abc.ABC):
@@ -77,6 +77,25 @@ class Service(abc.ABC):
             await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
             task.cancel()
             stop.cancel()
+
+
+class Loop(Service):
+    """A service made of one loop with nothing to finish on a stop: ready at once, the loop
+    cancelled by `stop()` (a heartbeat, say).
+
+    Args:
+        name: the service's name.
+        loop: makes the loop's coroutine when the service starts.
+    """
+
+    def __init__(self, name: str, loop: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        super().__init__()
+        self.name = name
+        self._loop = loop
+
+    async def run(self) -> None:
+        self.started()
+        await self.cancel_on_stop(self._loop())
 
 
 class ServiceGroup:

@@ -5,7 +5,8 @@ order; `serve.Server` runs them with maintenance in one TaskGroup):
 
 1. `settle` (`settle.Settling`): the settle batcher; stopped last, so it drains every
    outcome.
-2. `heartbeat`: extends the leases of running jobs; stops once they have all ended.
+2. `heartbeat` (`lease.heartbeat` as a `service.Loop`): extends the leases of running
+   jobs; stops once they have all ended.
 3. `jobs` (`JobRunner`): one task per running job, sync handlers on daemon threads, batch
    tasks' runners. Its stop is phase two of shutdown: running jobs get `grace` seconds,
    then the rest are cancelled and put back in the queue (retried, never lost).
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -32,12 +34,12 @@ from conveyor.worker.config import WorkerConfig
 from conveyor.worker.execute import execute, precheck
 from conveyor.worker.fetch import Fetch
 from conveyor.worker.lease import Running, heartbeat
-from conveyor.worker.service import Service
+from conveyor.worker.service import Loop, Service
 from conveyor.worker.settle import Settling
 from conveyor.worker.stats import WorkerStats
 from conveyor.worker.threads import DaemonThreadPool
 
-__all__ = ["Heartbeat", "JobRunner", "Worker", "WorkerStats"]
+__all__ = ["JobRunner", "Worker", "WorkerStats"]
 
 log = logging.getLogger("conveyor.worker")
 
@@ -69,7 +71,11 @@ class Worker:
         self.settling = Settling(
             backend, clock, self.stats, lease_for=config.lease_for, capacity=config.concurrency * 4
         )
-        self.heartbeat = Heartbeat(backend, clock, config, self.stats, self.name, running)
+        beat = functools.partial(
+            heartbeat, backend, running, every=config.heartbeat, lease_for=config.lease_for,
+            clock=clock, stats=self.stats, worker=self.name,
+        )  # fmt: skip
+        self.heartbeat = Loop("heartbeat", beat)
         self.jobs = JobRunner(
             registry, config, clock, self.stats, self.name, running, slot_free, self.settling
         )
@@ -102,42 +108,6 @@ class Worker:
     def running(self) -> int:
         """Jobs running right now."""
         return len(self.jobs.running)
-
-
-class Heartbeat(Service):
-    """Extends every running job's lease each `config.heartbeat` seconds (see `lease`)."""
-
-    name = "heartbeat"
-
-    def __init__(
-        self,
-        backend: Backend,
-        clock: Clock,
-        config: WorkerConfig,
-        stats: WorkerStats,
-        worker: str,
-        running: dict[str, Running],
-    ) -> None:
-        super().__init__()
-        self.backend = backend
-        self.clock = clock
-        self.config = config
-        self.stats = stats
-        self.worker = worker
-        self.running = running
-
-    async def run(self) -> None:
-        self.started()
-        beat = heartbeat(
-            self.backend,
-            self.running,
-            every=self.config.heartbeat,
-            lease_for=self.config.lease_for,
-            clock=self.clock,
-            stats=self.stats,
-            worker=self.worker,
-        )
-        await self.cancel_on_stop(beat)
 
 
 class JobRunner(Service):

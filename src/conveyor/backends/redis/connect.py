@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import ssl
 import threading
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -292,9 +293,29 @@ def wrap_errors(settings: Settings, what: str) -> Iterator[None]:
         rexc.BusyLoadingError,
         rexc.ClusterDownError,
     ) as exc:
+        refused = isinstance(exc, rexc.AuthenticationError | rexc.AuthorizationError)
+        if refused or _tls_refused(exc):  # retrying can't fix credentials or a certificate
+            raise StoreUnavailable(
+                f"Redis at {settings.safe_url} refused the connection ({what}): "
+                f"{str(exc).rstrip('.')}. Check the user, password and TLS options in the URL."
+            ) from exc
         raise StoreUnavailable(
             f"Redis at {settings.safe_url} is unavailable ({what}): {exc}. Check that the "
-            "server is up and reachable; the call can be retried."
+            "server is up and reachable; the call can be retried.",
+            transient=True,
         ) from exc
     except rexc.RedisError as exc:
         raise BackendError(f"Redis at {settings.safe_url} failed ({what}): {exc}") from exc
+
+
+def _tls_refused(exc: BaseException) -> bool:
+    """Whether a connection error came from TLS itself (a certificate or host name that
+    does not verify, TLS spoken to a plain port), not from the network."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # the cause chain, bounded (chains can loop)
+        if seen is None:
+            return False
+        if isinstance(seen, ssl.SSLError) and not isinstance(seen, ssl.SSLEOFError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
