@@ -61,8 +61,8 @@ async def test_options(app: conveyor.App) -> None:
     assert job.state is JobState.SCHEDULED
     assert job.run_at == pytest.approx(now + 60, abs=1)
     assert (job.priority, job.queue, dict(job.meta)) == (5, "low", {"who": "me"})
-    at = dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)
-    job2 = await (await t.options(at=at, deadline=10).enqueue(2)).get()
+    at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5)  # before the deadline
+    job2 = await (await t.options(at=at, deadline_in=10).enqueue(2)).get()
     assert job2.run_at == pytest.approx(at.timestamp())
     assert job2.deadline == pytest.approx(now + 10, abs=1)
 

@@ -159,7 +159,7 @@ async def test_deadline_passed_before_start(fapp: conveyor.App) -> None:
         nonlocal ran
         ran = True
 
-    h = await urgent.options(deadline=10).enqueue()
+    h = await urgent.options(deadline_in=10).enqueue()
     advance(fapp, 11)
     await drain(fapp)
     job = await h.get()

@@ -11,9 +11,11 @@ import asyncio
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Self, TypedDict
+
+import msgspec
 
 from conveyor.backends.base import Backend
 from conveyor.clock import Clock
@@ -21,8 +23,11 @@ from conveyor.errors import InvalidOption
 from conveyor.job import Job, new_job_ids
 from conveyor.names import check_key, check_queue
 from conveyor.primitives import Batcher
+from conveyor.serde import MAX_DEPTH, nested_deeper_than
 
 __all__ = [
+    "AT_WINDOW",
+    "MAX_META",
     "MAX_PRIORITY",
     "MIN_PRIORITY",
     "JobOptions",
@@ -34,16 +39,26 @@ __all__ = [
 
 MIN_PRIORITY, MAX_PRIORITY = -100, 100
 
+MAX_META = 64 << 10
+"""Largest `meta` accepted, in bytes once encoded as JSON (64 KiB)."""
+
+AT_WINDOW = 10 * 365 * 86_400.0
+"""How far (seconds, either way) a float `at` may be from now: outside this it can only be a
+mistake (seconds from now, which is `delay`; or milliseconds), so it is refused."""
+
+_meta_encoder = msgspec.json.Encoder()
+
 
 class OptionsDict(TypedDict, total=False):
     """Keyword form of `JobOptions`, for `task.options(**opts)`."""
 
     queue: str
     priority: int
-    delay: float
+    delay: float | timedelta
     at: datetime | float
     timeout: float | None
-    deadline: datetime | float | None
+    deadline: datetime | None
+    deadline_in: float | timedelta | None
     max_attempts: int
     key: str | None
     unique_for: float | None
@@ -58,25 +73,32 @@ class JobOptions:
     Attributes:
         queue: queue name (1-64 chars of ``A-Za-z0-9_.:-``).
         priority: -100..100, higher runs first within a queue (default 0).
-        delay: seconds from now before the job may run.
-        at: when the job may run (a timezone-aware `datetime` or epoch seconds).
+        delay: how long from now before the job may run: seconds or a `timedelta`.
+        at: when the job may run: a timezone-aware `datetime` (or epoch seconds within
+            `AT_WINDOW`, 10 years, of now; anything else is refused as a mistake). Give
+            `delay` or `at`, not both.
         timeout: seconds one attempt may run before it is cancelled and counted as failed.
-        deadline: if the job has not *started* by then it fails: a `datetime`, or seconds
-            from enqueue.
+        deadline: when the job must have *started* by, or it fails: a timezone-aware
+            `datetime` (absolute, like `at`). A number is refused: use `deadline_in`.
+        deadline_in: the same as seconds (or a `timedelta`) from enqueue (relative, like
+            `delay`). Give `deadline` or `deadline_in`, not both. A job whose `delay` or
+            `at` falls after its deadline is refused: it could never start.
         max_attempts: total attempts allowed (overrides the task's `RetryPolicy`).
         key: unique key; a second enqueue with the same key returns the existing job.
         unique_for: seconds from enqueue that the key stays held even after the job ends
             (default: held until the job's record is purged).
         keep_for: seconds to keep the finished job and its result (default 1 day).
-        meta: free-form JSON-serializable metadata stored with the job.
+        meta: free-form JSON-serializable metadata stored with the job, at most `MAX_META`
+            (64 KiB) encoded and `serde.MAX_DEPTH` levels deep.
     """
 
     queue: str | None = None
     priority: int | None = None
-    delay: float | None = None
+    delay: float | timedelta | None = None
     at: datetime | float | None = None
     timeout: float | None = None
-    deadline: datetime | float | None = None
+    deadline: datetime | None = None
+    deadline_in: float | timedelta | None = None
     max_attempts: int | None = None
     key: str | None = None
     unique_for: float | None = None
@@ -102,22 +124,77 @@ class JobOptions:
 
 
 def _seconds(name: str, value: object, *, allow_zero: bool = True) -> float:
+    """Seconds from a number or a `timedelta`, finite and >= 0 (> 0 without `allow_zero`)."""
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
     if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-        raise InvalidOption(f"job option {name} must be a number of seconds, got {value!r}")
+        raise InvalidOption(
+            f"job option {name} must be a number of seconds or a timedelta, got {value!r}"
+        )
     if value < 0 or (value == 0 and not allow_zero) or math.isinf(value):
-        raise InvalidOption(f"job option {name} must be a finite number >= 0, got {value!r}")
+        bound = ">= 0" if allow_zero else ">= 0 and non-zero"
+        raise InvalidOption(f"job option {name} must be a finite number {bound}, got {value!r}")
     return float(value)
 
 
-def _when(name: str, value: datetime | float) -> float:
+def _datetime(name: str, value: datetime) -> float:
+    if value.tzinfo is None:
+        raise InvalidOption(
+            f"job option {name} is a naive datetime; pass a timezone-aware one "
+            "(datetime.now(timezone.utc) + ...) so the time is unambiguous"
+        )
+    return value.timestamp()
+
+
+def _at(value: object, now: float) -> float:
     if isinstance(value, datetime):
-        if value.tzinfo is None:
-            raise InvalidOption(
-                f"job option {name} is a naive datetime; pass a timezone-aware one "
-                "(datetime.now(timezone.utc) + ...) so the time is unambiguous"
-            )
-        return value.timestamp()
-    return _seconds(name, value)
+        return _datetime("at", value)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidOption(f"job option at must be a datetime or epoch seconds, got {value!r}")
+    if abs(value - now) > AT_WINDOW:
+        hint = "for seconds from now use delay=" if value < now else "milliseconds are not seconds"
+        raise InvalidOption(
+            f"job option at={value!r} is more than 10 years from now as epoch seconds, so it "
+            f"can only be a mistake ({hint}); pass a timezone-aware datetime"
+        )
+    return float(value)
+
+
+def _deadline(opts: JobOptions, now: float) -> float | None:
+    if opts.deadline is not None and opts.deadline_in is not None:
+        raise InvalidOption("give either deadline or deadline_in, not both")
+    if opts.deadline_in is not None:
+        return now + _seconds("deadline_in", opts.deadline_in, allow_zero=False)
+    if opts.deadline is None:
+        return None
+    if not isinstance(opts.deadline, datetime):
+        # A number would be ambiguous (absolute like `at`, or relative like `delay`?).
+        raise InvalidOption(
+            f"job option deadline takes a timezone-aware datetime, got {opts.deadline!r}; "
+            "for seconds from enqueue use deadline_in="
+        )
+    return _datetime("deadline", opts.deadline)
+
+
+def _meta(meta: Mapping[str, object] | None) -> dict[str, object]:
+    if not meta:
+        return {}
+    value = dict(meta)
+    too_deep = f"job option meta nests deeper than {MAX_DEPTH} levels"
+    try:
+        size = len(_meta_encoder.encode(value))
+    except RecursionError:
+        raise InvalidOption(too_deep) from None
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InvalidOption(f"job option meta is not JSON-serializable: {exc}") from None
+    if size > 2 * MAX_DEPTH and nested_deeper_than(value, MAX_DEPTH + 1):
+        raise InvalidOption(too_deep)
+    if size > MAX_META:
+        raise InvalidOption(
+            f"job option meta is {size} bytes encoded, over the maximum of {MAX_META}; "
+            "keep meta small (ids, tags) and store data elsewhere"
+        )
+    return value
 
 
 def resolve(opts: JobOptions, now: float) -> dict[str, object]:
@@ -136,13 +213,13 @@ def resolve(opts: JobOptions, now: float) -> dict[str, object]:
     if opts.delay is not None:
         run_at = now + _seconds("delay", opts.delay)
     elif opts.at is not None:
-        run_at = _when("at", opts.at)
+        run_at = _at(opts.at, now)
     timeout = None if opts.timeout is None else _seconds("timeout", opts.timeout, allow_zero=False)
-    deadline = None
-    if opts.deadline is not None:
-        d = opts.deadline
-        deadline = (
-            _when("deadline", d) if isinstance(d, datetime) else now + _seconds("deadline", d)
+    deadline = _deadline(opts, now)
+    if deadline is not None and run_at > deadline:
+        raise InvalidOption(
+            f"the job may start only {run_at - deadline:.3f} s after its deadline, so it could "
+            "never start; move the deadline later or the delay/at earlier"
         )
     attempts = 1 if opts.max_attempts is None else opts.max_attempts
     if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
@@ -165,7 +242,7 @@ def resolve(opts: JobOptions, now: float) -> dict[str, object]:
         "key": key,
         "unique_until": unique_until,
         "keep_for": keep_for,
-        "meta": dict(opts.meta) if opts.meta else {},
+        "meta": _meta(opts.meta),
     }
 
 

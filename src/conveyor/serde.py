@@ -4,34 +4,95 @@ A task's arguments are bound to its signature at enqueue time and stored as a JS
 (parameter name → value). At run time they are decoded *into the annotated types*, so a
 task taking a `datetime`, a `dataclass` or a `msgspec.Struct` receives one. Pickle is never
 used.
+
+Limits, so that what is stored can always be read back: a value may nest lists, tuples, sets
+and dicts at most `MAX_DEPTH` levels deep (msgspec, like `json`, recurses once per level and
+fails near Python's recursion limit, which the caller's own stack depth eats into), and a
+task's result is at most `MAX_RESULT` bytes encoded.
 """
 
 from __future__ import annotations
 
 import inspect
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
-from conveyor.errors import InvalidArguments, PayloadTooLarge, SerializationError
+from conveyor.errors import (
+    InvalidArguments,
+    PayloadTooLarge,
+    ResultTooLarge,
+    SerializationError,
+)
 
-__all__ = ["ArgsCodec", "decode_result", "encode_result"]
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_RESULT",
+    "ArgsCodec",
+    "decode_result",
+    "encode_result",
+    "nested_deeper_than",
+]
+
+MAX_DEPTH = 256
+"""Most levels of lists, tuples, sets and dicts inside one argument, result or `meta`."""
+
+MAX_RESULT = 1 << 20
+"""Largest encoded task result stored, in bytes (1 MiB); a larger one fails its job."""
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder()
+_NESTING = frozenset({list, tuple, dict, set, frozenset})
 
 
-def encode_result(value: object) -> bytes:
-    """Encode a task's return value (`None` encodes to `b"null"`)."""
+def nested_deeper_than(value: object, limit: int = MAX_DEPTH) -> bool:
+    """Whether `value` nests lists, tuples, sets or dicts more than `limit` levels deep.
+
+    Walks one level at a time and stops at `limit + 1`, so a cyclic value ends too.
+    (Other containers, such as dataclasses, are caught by the encoder's `RecursionError`.)
+    """
+    level: list[Any] = [value] if type(value) in _NESTING else []
+    depth = 0
+    while level:
+        depth += 1
+        if depth > limit:
+            return True
+        below: list[Any] = []
+        for x in level:
+            items: Iterable[Any] = x.values() if type(x) is dict else x
+            if not _NESTING.isdisjoint(set(map(type, items))):  # skip flat ones in C
+                below.extend(y for y in items if type(y) in _NESTING)
+        level = below
+    return False
+
+
+def encode_result(value: object, max_size: int = MAX_RESULT) -> bytes:
+    """Encode a task's return value (`None` encodes to `b"null"`).
+
+    Raises:
+        SerializationError: the value can't be encoded, or nests deeper than `MAX_DEPTH`.
+        ResultTooLarge: it encodes to more than `max_size` bytes.
+    """
+    too_deep = f"task result nests deeper than {MAX_DEPTH} levels; return a flatter value"
     try:
-        return _encoder.encode(value)
+        data = _encoder.encode(value)
+    except RecursionError:
+        raise SerializationError(too_deep) from None
     except (TypeError, ValueError, OverflowError) as exc:
         raise SerializationError(
             f"task result of type {type(value).__name__} is not JSON-serializable: {exc}"
         ) from exc
+    if len(data) > 2 * MAX_DEPTH and nested_deeper_than(value):
+        raise SerializationError(too_deep)
+    if len(data) > max_size:
+        raise ResultTooLarge(
+            f"task result is {len(data)} bytes encoded, over the maximum of {max_size}; "
+            "store large results elsewhere and return a reference"
+        )
+    return data
 
 
 def decode_result(data: bytes | None, type_: object = Any) -> object:
@@ -42,7 +103,7 @@ def decode_result(data: bytes | None, type_: object = Any) -> object:
         if type_ is Any:
             return _decoder.decode(data)
         return msgspec.json.decode(data, type=type_)
-    except (msgspec.DecodeError, msgspec.ValidationError, TypeError) as exc:
+    except (msgspec.DecodeError, msgspec.ValidationError, TypeError, RecursionError) as exc:
         raise SerializationError(f"stored result could not be decoded: {exc}") from exc
 
 
@@ -101,8 +162,14 @@ class ArgsCodec:
         arguments = self.bind(args, kwargs)
         try:
             payload = _encoder.encode(arguments)
+        except RecursionError:
+            raise InvalidArguments(_which_arg_too_deep(self.name, arguments)) from None
         except (TypeError, ValueError, OverflowError) as exc:
             raise SerializationError(_which_arg_fails(self.name, arguments, exc)) from None
+        # Nesting deeper than MAX_DEPTH takes at least 2 bytes per level: small payloads
+        # (every benchmark's) skip the walk.
+        if len(payload) > 2 * MAX_DEPTH and nested_deeper_than(arguments, MAX_DEPTH + 1):
+            raise InvalidArguments(_which_arg_too_deep(self.name, arguments))
         if len(payload) > self.max_payload:
             raise PayloadTooLarge(
                 f"task {self.name!r}: encoded arguments are {len(payload)} bytes, over the "
@@ -125,7 +192,7 @@ class ArgsCodec:
             struct: msgspec.Struct = msgspec.json.decode(payload, type=self._type)
         except msgspec.ValidationError as exc:
             raise InvalidArguments(f"task {self.name!r}: {exc}") from None
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, RecursionError) as exc:
             raise SerializationError(f"task {self.name!r}: undecodable payload: {exc}") from None
         return {f: getattr(struct, f) for f in struct.__struct_fields__}
 
@@ -160,6 +227,24 @@ def _which_arg_fails(task: str, arguments: Mapping[str, object], exc: Exception)
                 f"JSON-serializable: {inner}"
             )
     return f"task {task!r}: arguments are not JSON-serializable: {exc}"
+
+
+def _which_arg_too_deep(task: str, arguments: Mapping[str, object]) -> str:
+    for name, value in arguments.items():
+        try:
+            _encoder.encode(value)
+        except RecursionError:
+            pass
+        except (TypeError, ValueError, OverflowError):
+            continue
+        else:
+            if not nested_deeper_than(value):
+                continue
+        return (
+            f"task {task!r}: argument {name!r} nests deeper than {MAX_DEPTH} levels; "
+            "pass a flatter value"
+        )
+    return f"task {task!r}: arguments nest deeper than {MAX_DEPTH} levels; pass flatter values"
 
 
 def _hints(fn: Callable[..., object]) -> dict[str, Any]:

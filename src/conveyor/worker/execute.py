@@ -1,4 +1,10 @@
-"""Running one leased job: decode, call the handler under its timeout, decide the `Outcome`."""
+"""Running one leased job: decode, call the handler under its timeout, decide the `Outcome`.
+
+What a run stores is bounded: a result over `serde.MAX_RESULT` (1 MiB) encoded fails the job
+(``ResultTooLarge``) instead of being stored, and each attempt's error keeps at most
+`MAX_ERROR_MESSAGE` bytes of message (the start) and `MAX_TRACEBACK` bytes of traceback (the
+end, where the failing frame and the error are), each cut marked ``… (truncated N bytes)``.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +17,27 @@ from concurrent.futures import Executor
 from typing import Protocol
 
 from conveyor.clock import Clock
-from conveyor.errors import Cancel, ConveyorError, Fail, Retry, UnknownTask
+from conveyor.errors import Cancel, ConveyorError, Fail, ResultTooLarge, Retry, UnknownTask
 from conveyor.job import AttemptError, Cancelled, Completed, Failed, Lease, Outcome, Retrying
 from conveyor.registry import Registry
 from conveyor.serde import encode_result
 from conveyor.task import Task
 
-__all__ = ["BatchRunnerLike", "attempt_error", "execute", "precheck", "retry_or_fail"]
+__all__ = [
+    "MAX_ERROR_MESSAGE",
+    "MAX_TRACEBACK",
+    "BatchRunnerLike",
+    "attempt_error",
+    "execute",
+    "precheck",
+    "retry_or_fail",
+]
+
+MAX_ERROR_MESSAGE = 4 << 10
+"""Bytes of an attempt's error message kept (4 KiB, UTF-8); the rest is cut, marked."""
+
+MAX_TRACEBACK = 16 << 10
+"""Bytes of an attempt's traceback kept (16 KiB, its end); the rest is cut, marked."""
 
 
 class BatchRunnerLike(Protocol):
@@ -26,12 +46,29 @@ class BatchRunnerLike(Protocol):
     async def run(self, lease: Lease) -> Outcome: ...
 
 
+def _clip(text: str, limit: int, *, keep_end: bool = False) -> str:
+    """`text` cut to `limit` UTF-8 bytes (its start, or its end), the cut marked."""
+    if len(text) * 4 <= limit:  # no character is more than 4 bytes: nothing to measure
+        return text
+    data = text.encode(errors="replace")
+    if len(data) <= limit:
+        return text
+    # "ignore" drops a character the cut split in two.
+    kept = (data[-limit:] if keep_end else data[:limit]).decode(errors="ignore")
+    marker = f"… (truncated {len(data) - len(kept.encode())} bytes)"
+    return f"{marker}\n{kept}" if keep_end else f"{kept}{marker}"
+
+
 def attempt_error(
     lease: Lease, exc: BaseException, now: float, kind: str | None = None
 ) -> AttemptError:
+    """The record of one failed attempt, its message and traceback cut to their limits."""
     tb = "".join(traceback.format_exception(exc)) if exc.__traceback__ else ""
     name = kind or f"{type(exc).__module__}.{type(exc).__qualname__}".removeprefix("builtins.")
-    return AttemptError(lease.job.attempts, name, str(exc) or type(exc).__name__, tb, now)
+    message = _clip(str(exc) or type(exc).__name__, MAX_ERROR_MESSAGE)
+    return AttemptError(
+        lease.job.attempts, name, message, _clip(tb, MAX_TRACEBACK, keep_end=True), now
+    )
 
 
 def retry_or_fail(
@@ -140,5 +177,7 @@ async def execute(
         return retry_or_fail(task, lease, exc5, clock)
     try:
         return Completed(encode_result(value))
-    except ConveyorError as exc6:
-        return Failed(attempt_error(lease, exc6, clock.now(), "ResultNotSerializable"))
+    except ResultTooLarge as exc6:
+        return Failed(attempt_error(lease, exc6, clock.now(), "ResultTooLarge"))
+    except ConveyorError as exc7:
+        return Failed(attempt_error(lease, exc7, clock.now(), "ResultNotSerializable"))
