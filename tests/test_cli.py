@@ -72,12 +72,26 @@ def test_enqueue_work_inspect_requeue(project: Path) -> None:
         (("worker", "myapp:nothing"), "error: module 'myapp' has no attribute 'nothing'"),
         (("worker", "myapp:app", "-q", "a=0"), "error: queue weight in 'a=0' must be >= 1"),
         (("inspect", "show", "deadbeef"), "error: no job with id 'deadbeef'"),
+        (("inspect", "ls", "--after", "²"), "Error: Invalid value for '--after': '²' is not a"),
+        (("inspect", "ls", "--limit", "-1"), "Error: Invalid value for '--limit': -1 is not in"),
+        (
+            ("enqueue", "add", "--args", "[" + "[" * 300 + "]" * 300 + ", 1]"),
+            "error: task 'add': argument 'a' nests deeper than 256 levels",
+        ),
+        (("enqueue", "add", "--args", "[" * 5000 + "]" * 5000), "nest deeper than 256 levels"),
     ],
 )
 def test_errors_are_one_clear_line(project: Path, args: tuple[str, ...], message: str) -> None:
     out = run(project, *args)
     assert out.returncode != 0
     assert message in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_version(project: Path) -> None:
+    out = run(project, "--version")
+    assert out.returncode == 0
+    assert out.stdout.startswith("conveyor, version ")
     assert "Traceback" not in out.stderr
 
 

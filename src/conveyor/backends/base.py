@@ -303,7 +303,8 @@ class Backend(abc.ABC):
     def _valid_cursor(self, after: str) -> bool:
         """Whether `after` can be one of this store's `Page.next` values (default: a
         decimal sequence number)."""
-        return after == "" or (after.isascii() and after.isdigit())
+        # At most 18 digits: SQLite integers are 64-bit (a longer one overflows, not misses).
+        return after == "" or (after.isascii() and after.isdigit() and len(after) <= 18)
 
     @abc.abstractmethod
     async def _query(self, filter: JobFilter, after: str | None, limit: int) -> Page: ...

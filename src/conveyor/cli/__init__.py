@@ -14,16 +14,18 @@ from collections.abc import Callable
 import click
 
 from conveyor.app import App
-from conveyor.cli.inspect_cmd import inspect_group
+from conveyor.cli.inspect_cmd import inspect_group, visible
 from conveyor.cli.load import load_app
 from conveyor.cli.worker import run_worker, supervise
 from conveyor.errors import ConveyorError
 from conveyor.producer import JobOptions
+from conveyor.serde import MAX_DEPTH
 
 __all__ = ["main"]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="conveyor", prog_name="conveyor")
 @click.option(
     "-A",
     "--app",
@@ -140,6 +142,10 @@ def enqueue_cmd(
         kwargs = json.loads(kwargs_json)
     except json.JSONDecodeError as exc:
         raise click.BadParameter(f"not valid JSON: {exc}") from None
+    except RecursionError:
+        raise click.BadParameter(
+            f"--args/--kwargs nest deeper than {MAX_DEPTH} levels; pass flatter values"
+        ) from None
     if not isinstance(args, list) or not isinstance(kwargs, dict):
         raise click.BadParameter("--args must be a JSON list and --kwargs a JSON object")
     app = get_app()
@@ -190,5 +196,6 @@ def main() -> None:
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except ConveyorError as exc:
-        click.echo(f"error: {exc}", err=True)
+        # The message may quote stored text (a job's error): no escape codes to the terminal.
+        click.echo(f"error: {visible(exc)}", err=True)
         sys.exit(2)

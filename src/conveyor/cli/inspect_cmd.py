@@ -1,4 +1,10 @@
-"""`conveyor inspect …`: readable tables over the inspector."""
+"""`conveyor inspect …`: readable tables over the inspector.
+
+Everything read from the store (names, arguments, results, error messages and tracebacks) is
+shown as literal text: never parsed as rich markup, and with control characters made visible
+(``\x1b`` prints as the four characters ``\x1b``), so a stored value can neither break the
+output nor send escape sequences to the operator's terminal.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +16,37 @@ from typing import TypeVar
 import click
 from rich.console import Console
 from rich.table import Column, Table
+from rich.text import Text
 
 from conveyor.app import App
+from conveyor.errors import InvalidOption
 from conveyor.inspector import Inspector
 from conveyor.job import Job, JobState
 
-__all__ = ["inspect_group"]
+__all__ = ["MAX_LIMIT", "inspect_group", "visible"]
 
 T = TypeVar("T")
 console = Console()
+
+MAX_LIMIT = 1000
+"""Most rows `inspect ls --limit` asks for in one page."""
+
+# C0 and C1 control characters, DEL, and the bidirectional overrides that reorder text.
+_CONTROLS = [*range(0x20), *range(0x7F, 0xA0), 0x61C, 0x200E, 0x200F]
+_CONTROLS += [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+_VISIBLE = {c: f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}" for c in _CONTROLS}
+_VISIBLE_LINES = {c: v for c, v in _VISIBLE.items() if c not in (0x09, 0x0A)}
+
+
+def visible(value: object, *, lines: bool = False) -> str:
+    """`str(value)` with control characters escaped (``\\x1b``); with `lines`, newlines and
+    tabs are kept."""
+    return str(value).translate(_VISIBLE_LINES if lines else _VISIBLE)
+
+
+def _text(value: object, *, lines: bool = False) -> Text:
+    """`value` as literal text (no markup), control characters made visible."""
+    return Text(visible(value, lines=lines))
 
 
 def _run(app: App, fn: Callable[[Inspector], Awaitable[T]]) -> T:
@@ -50,7 +78,7 @@ def stats(get_app: Callable[[], App], queue: str | None) -> None:
     rows = _run(get_app(), lambda i: i.stats(queue))
     table = Table("queue", *(s.value for s in JobState), "total")
     for q in rows:
-        table.add_row(q.queue, *(str(getattr(q, s.value)) for s in JobState), str(q.total))
+        table.add_row(_text(q.queue), *(str(getattr(q, s.value)) for s in JobState), str(q.total))
     console.print(table if rows else "no jobs")
 
 
@@ -58,7 +86,13 @@ def stats(get_app: Callable[[], App], queue: str | None) -> None:
 @click.option("--state", type=click.Choice([s.value for s in JobState]), help="Only this state.")
 @click.option("--queue", help="Only this queue.")
 @click.option("--task", help="Only this task.")
-@click.option("--limit", default=50, show_default=True, help="Rows per page.")
+@click.option(
+    "--limit",
+    default=50,
+    show_default=True,
+    type=click.IntRange(1, MAX_LIMIT),
+    help=f"Rows per page (1-{MAX_LIMIT}).",
+)
 @click.option("--after", help="Cursor printed at the end of the previous page.")
 @click.pass_obj
 def ls(
@@ -71,25 +105,31 @@ def ls(
 ) -> None:
     """List jobs, oldest first, a page at a time."""
     st = JobState(state) if state else None
-    page = _run(
-        get_app(), lambda i: i.list(state=st, queue=queue, task=task, after=after, limit=limit)
-    )
+    try:
+        page = _run(
+            get_app(), lambda i: i.list(state=st, queue=queue, task=task, after=after, limit=limit)
+        )
+    except InvalidOption as exc:  # the store knows its cursors: this is none of them
+        raise click.BadParameter(
+            f"{visible(exc)}; pass the value printed after 'more: --after' on the previous page",
+            param_hint="'--after'",
+        ) from None
     table = Table("task", "queue", "state", "attempts", "enqueued", "last error")
     table.columns.insert(0, Column("id", no_wrap=True, min_width=32))
     for job in page.jobs:
         err = job.last_error
         table.add_row(
-            job.id,
-            job.task,
-            job.queue,
+            _text(job.id),
+            _text(job.task),
+            _text(job.queue),
             job.state.value,
             f"{job.attempts}/{job.max_attempts}",
             _ts(job.enqueued_at),
-            f"{err.type}: {err.message}"[:60] if err else "",
+            _text(f"{err.type}: {err.message}"[:60] if err else ""),
         )
     console.print(table if page.jobs else "no matching jobs")
     if page.next:
-        console.print(f"more: --after {page.next}")
+        console.print(Text.assemble("more: --after ", _text(page.next)))
 
 
 @inspect_group.command("show")
@@ -110,18 +150,19 @@ def show(get_app: Callable[[], App], job_id: str) -> None:
         "key",
         "worker",
     ):
-        table.add_row(name, str(getattr(job, name)))
+        table.add_row(name, _text(getattr(job, name)))
     for name in ("enqueued_at", "run_at", "started_at", "finished_at", "deadline"):
         table.add_row(name, _ts(getattr(job, name)))
-    table.add_row("payload", job.payload.decode(errors="replace")[:500])
-    table.add_row("result", (job.result or b"").decode(errors="replace")[:500])
+    table.add_row("payload", _text(job.payload.decode(errors="replace")[:500]))
+    table.add_row("result", _text((job.result or b"").decode(errors="replace")[:500]))
     if job.meta:
-        table.add_row("meta", str(dict(job.meta)))
+        table.add_row("meta", _text(dict(job.meta)))
     console.print(table)
     for e in job.errors:
-        console.print(f"[bold]attempt {e.attempt}[/] {_ts(e.at)} {e.type}: {e.message}")
+        head = Text.assemble((f"attempt {e.attempt}", "bold"), f" {_ts(e.at)} ")
+        console.print(head + _text(f"{e.type}: {e.message}", lines=True))
         if e.traceback:
-            console.print(e.traceback.rstrip(), markup=False, highlight=False)
+            console.print(_text(e.traceback.rstrip(), lines=True))
 
 
 @inspect_group.command("requeue")
@@ -148,7 +189,7 @@ def requeue(
     ok = _run(get_app(), lambda i: i.requeue(job_id))
     if not ok:
         raise click.ClickException(f"job {job_id} is not failed or cancelled (or does not exist)")
-    console.print(f"requeued {job_id}")
+    console.print(Text(f"requeued {job_id}"))
 
 
 @inspect_group.command("cancel")
@@ -159,7 +200,8 @@ def cancel(get_app: Callable[[], App], job_id: str, reason: str) -> None:
     """Cancel a job (a running one stops at its next heartbeat)."""
     state = _run(get_app(), lambda i: i.cancel(job_id, reason))
     console.print(
-        f"{job_id}: {state.value}" + (" (cancel requested)" if state is JobState.RUNNING else "")
+        _text(f"{job_id}: {state.value}")
+        + (" (cancel requested)" if state is JobState.RUNNING else "")
     )
 
 
