@@ -18,12 +18,12 @@ in cluster mode, so every key of one queue shares a slot)::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import msgspec
 
-from conveyor.backends.redis.scripts import FIELDS
-from conveyor.fields import NAMES, decode_job
+from conveyor.backends.redis.scripts import ENQUEUE_FIELDS, ENQUEUE_RAW, FIELDS
+from conveyor.fields import ENQUEUED, NAMES, Kind, decode_job
 from conveyor.job import Job
 
 __all__ = ["Keys", "decode", "enqueue_args", "text", "unpack_lease"]
@@ -63,25 +63,52 @@ class Keys:
         return f"{self.prefix}:counter:{key}"
 
 
-def _opt(value: float | None) -> str:
-    return "" if value is None else repr(float(value))
+def _text(v: object) -> str:
+    return "" if v is None else v  # type: ignore[return-value]
+
+
+def _int(v: object) -> str:
+    return str(v)
+
+
+def _float(v: object) -> str:
+    return "" if v is None else repr(float(v))  # type: ignore[arg-type]
+
+
+def _meta(v: object) -> str:
+    return _json.encode(v).decode() if v else ""
+
+
+def _raw(v: object) -> str:
+    return ""  # sent as its own argument after the array
+
+
+_ENCODE: dict[Kind, Callable[[object], str]] = {
+    Kind.TEXT: _text,
+    Kind.OPT_TEXT: _text,
+    Kind.INT: _int,
+    Kind.FLOAT: _float,
+    Kind.OPT_FLOAT: _float,
+    Kind.META: _meta,
+    Kind.BYTES: _raw,
+    Kind.OPT_BYTES: _raw,
+}
+_PLAN = tuple((f.name, _ENCODE[f.kind]) for f in ENQUEUED)
+assert tuple(name for name, _ in _PLAN) == ENQUEUE_FIELDS
 
 
 def enqueue_args(jobs: Sequence[Job]) -> list[bytes]:
-    """The enqueue script's arguments, two per job: a msgpack array of its
-    `scripts.ENQUEUE_WIDTH` fields (the payload's slot empty) and the payload itself. Few
-    arguments keep the client's command packing cheap; numbers are sent as strings so Lua
-    never reformats (and rounds) them."""
+    """The enqueue script's arguments, derived from `fields.ENQUEUED`: per job, a msgpack
+    array of its `scripts.ENQUEUE_FIELDS` (bytes fields empty there) and then each bytes
+    field (`scripts.ENQUEUE_RAW`: the payload) as its own argument. Few arguments keep the
+    client's command packing cheap; numbers are sent as strings so Lua never reformats (and
+    rounds) them; an unset optional field is ``""``."""
     pack = _msgpack.encode
+    plan, raw = _PLAN, ENQUEUE_RAW
     out: list[bytes] = []
     for j in jobs:
-        out.append(pack((
-            j.id, j.task, "", j.queue, str(j.priority), repr(j.run_at),
-            repr(j.enqueued_at), str(j.max_attempts), _opt(j.timeout), _opt(j.deadline),
-            j.key or "", _opt(j.unique_until), repr(j.keep_for),
-            _json.encode(j.meta).decode() if j.meta else "",
-        )))  # fmt: skip
-        out.append(j.payload)
+        out.append(pack([encode(getattr(j, name)) for name, encode in plan]))
+        out += [getattr(j, name) or b"" for name in raw]
     return out
 
 

@@ -29,10 +29,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 
+from conveyor.fields import ENQUEUED, NAMES, Kind
 from conveyor.job import JobState
 
 __all__ = [
     "CONSTANTS",
+    "ENQUEUE_FIELDS",
+    "ENQUEUE_RAW",
     "ENQUEUE_WIDTH",
     "FIELDS",
     "HEADER",
@@ -42,15 +45,16 @@ __all__ = [
     "Script",
 ]
 
-# The job hash fields every read returns, in this order (`codec.decode` depends on it).
-FIELDS = (
-    "id", "task", "payload", "queue", "priority", "state", "run_at", "enqueued_at", "attempts",
-    "max_attempts", "timeout", "deadline", "key", "unique_until", "keep_for", "meta", "result",
-    "errors", "started_at", "finished_at", "worker", "cancel_requested", "cancel_reason",
-)  # fmt: skip
+# The job hash fields every read returns, in this order (`codec.decode` depends on it): the
+# record's fields (`conveyor.fields`), then the cancel reason, kept beside `meta` here.
+FIELDS = (*NAMES, "cancel_reason")
 
-# Fields in each job's msgpack array for the enqueue script (see `codec.enqueue_args`).
-ENQUEUE_WIDTH = 14
+# The fields an enqueue carries, in order (`codec.enqueue_args`): each job is one msgpack
+# array of them, bytes fields (the payload) left empty there and sent as raw arguments
+# after it (Redis 7.0's cmsgpack can't unpack msgpack `bin`).
+ENQUEUE_FIELDS = tuple(f.name for f in ENQUEUED)
+ENQUEUE_RAW = tuple(f.name for f in ENQUEUED if f.kind in (Kind.BYTES, Kind.OPT_BYTES))
+ENQUEUE_WIDTH = len(ENQUEUE_FIELDS)
 
 # Width of the fixed-size prefix of a ready-set member: priority, run_at, seq (then the id).
 RANK_WIDTH = 13 + 17 + 16
@@ -65,6 +69,9 @@ CONSTANTS: dict[str, LuaValue] = {
     "F_CLAIM": _CLAIM_FIELDS,
     **{f"I_{name.upper()}": i for i, name in enumerate(_CLAIM_FIELDS, 1)},
     "RANK_WIDTH": RANK_WIDTH,
+    "E": ENQUEUE_FIELDS,
+    "E_RAW": tuple(ENQUEUE_FIELDS.index(name) + 1 for name in ENQUEUE_RAW),
+    **{f"E_{name.upper()}": i for i, name in enumerate(ENQUEUE_FIELDS, 1)},
     "KNOWN": {state.value: True for state in JobState},
 }
 
