@@ -16,9 +16,9 @@ from conveyor.backends.redis import RedisBackend
 from conveyor.backends.redis.connect import parse_url
 from conveyor.clock import FakeClock
 from conveyor.errors import ConfigError, StoreUnavailable
-from conveyor.job import Completed, JobState
+from conveyor.job import Completed, Failed, JobState
 from conveyor.testing import drain
-from conveyor.testing.contract import make_job, stored
+from conveyor.testing.contract import err, make_job, stored
 from conveyor.testing.redis_server import RedisServer
 
 W = "w1"
@@ -313,3 +313,26 @@ async def test_warns_when_job_keys_could_be_evicted(caplog: pytest.LogCaptureFix
                 await b.counts()
     warned = [r for r in caplog.records if "maxmemory-policy=allkeys-lru" in r.getMessage()]
     assert len(warned) == 1
+
+
+async def test_requeue_many_is_one_script_call_per_page(redis_url: str) -> None:
+    clock = FakeClock()
+    async with RedisBackend(redis_url, clock=clock) as b:
+        jobs = [make_job(clock, max_attempts=1, queue=q) for q in ("a", "b") for _ in range(300)]
+        await b.enqueue(jobs)
+        leases = await b.claim(ClaimRequest(["a", "b"], 1000, 30, W))
+        await b.settle([(lease, Failed(err())) for lease in leases])
+        conn = await b._conn()
+        before = await conn.client.info("commandstats")
+        ids = [j.id for j in jobs]
+        assert await b.requeue_many([*ids, "unknown"]) == [True] * 600 + [False]
+        after = await conn.client.info("commandstats")
+        calls = _fcalls(after) - _fcalls(before)
+        assert calls == 2  # 600 jobs: two script calls of 500 and 100, not 600
+        counts = await b.counts()
+        assert counts["a"] == {JobState.QUEUED: 300} and counts["b"] == {JobState.QUEUED: 300}
+        assert await b.requeue_many(ids[:3]) == [False] * 3  # queued now: nothing to requeue
+
+
+def _fcalls(stats: dict[str, dict[str, int]]) -> int:
+    return sum(v["calls"] for k, v in stats.items() if k in ("cmdstat_fcall", "cmdstat_evalsha"))

@@ -363,17 +363,34 @@ class RedisBackend(Reads, Backend):
 
     async def _requeue(self, ids: Sequence[str], now: float) -> list[bool]:
         conn = await self._conn()
-        out: list[bool] = []
+        out = [False] * len(ids)
         with self._errors("requeue"):
-            for job_id in ids:
-                queue = await self._queue_of(conn, job_id)
-                if queue is None:
-                    out.append(False)
-                    continue
-                ok = await conn.scripts["requeue"](
-                    [self.keys.route(queue)], [*self._args(), queue, job_id]
-                )
-                out.append(bool(ok))
+            queues = await self._queues_of(conn, ids)
+            groups: dict[str, list[int]] = {}  # one script call per slot
+            for i, queue in enumerate(queues):
+                if queue is not None:
+                    groups.setdefault(queue if self.keys.cluster else "", []).append(i)
+            for part in groups.values():
+                for start in range(0, len(part), _CHUNK):
+                    chunk = part[start : start + _CHUNK]
+                    pairs_ = [x for i in chunk for x in (queues[i], ids[i])]
+                    res = await conn.scripts["requeue"](
+                        [self.keys.route(queues[chunk[0]] or "")], [*self._args(), *pairs_]
+                    )
+                    for i, ok in zip(chunk, res, strict=True):
+                        out[i] = bool(ok)
+        return out
+
+    async def _queues_of(self, conn: Conn, ids: Sequence[str]) -> list[str | None]:
+        """Each job's queue (`None` for unknown ids), one round trip per `SWEEP` ids."""
+        out: list[str | None] = []
+        for s in range(0, len(ids), SWEEP):
+            chunk = ids[s : s + SWEEP]
+            if self.keys.cluster:
+                found = await conn.call("HMGET", self.keys.idx, *chunk)
+            else:
+                found = await conn.many([("HGET", self.keys.job("", i), "queue") for i in chunk])
+            out += [None if q is None else text(q) for q in found]
         return out
 
     async def wait_for_lease(
