@@ -79,7 +79,7 @@ async def test_poison_item_fails_alone_and_sync_handlers_work(app: conveyor.App)
     hs = [await double.enqueue(i) for i in range(3)]
     now = app.clock.now()
     poison = Job(
-        id=new_job_id(), task="double", payload=b'{"item":"NaN?"}', run_at=now, enqueued_at=now
+        id=new_job_id(now), task="double", payload=b'{"item":"NaN?"}', run_at=now, enqueued_at=now
     )
     await app.backend.enqueue([poison])
     await drain(app, concurrency=8)
