@@ -21,6 +21,7 @@ from conveyor.errors import BackendError, StoreUnavailable
 from conveyor.testing import FaultyBackend
 from conveyor.testing.redis_server import RedisServer
 from tests.redis.servers import Server
+from tests.redis.test_pipe import Tls, tls_server  # noqa: F401 (a fixture)
 
 APP = """
 import os
@@ -228,3 +229,16 @@ def test_cli_worker_with_a_wrong_password_says_so_in_one_line(
     assert "invalid username-password pair" in lines[0], lines
     assert "not-the-pw-9f3" not in out.stderr + out.stdout
     assert took < 20
+
+
+async def test_an_unverified_certificate_fails_at_once(tls_server: Tls) -> None:  # noqa: F811
+    """TLS to a server whose certificate we can't verify (no CA given): not transient, so
+    the worker fails at start instead of waiting."""
+    app = conveyor.App(f"rediss://localhost:{tls_server.port}/0")
+    began = time.monotonic()
+    with pytest.raises(StoreUnavailable, match="certificate verify failed") as info:
+        async with asyncio.timeout(20), app.worker():
+            pass
+    assert not info.value.transient
+    assert time.monotonic() - began < 10
+    await app.aclose()
