@@ -58,9 +58,9 @@ def cli(ctx: click.Context, app_spec: str | None, url: str | None, verbose: int)
 @click.option(
     "-q",
     "--queues",
-    default="default",
-    show_default=True,
-    help="Queues with weights, e.g. critical=6,default=3,low=1.",
+    default=None,
+    help="Queues with weights, e.g. critical=6,default=3,low=1 "
+    "[default: every queue the app's tasks declare, plus default].",
 )
 @click.option("--strict", is_flag=True, help="Take queues strictly in the order given.")
 @click.option(
@@ -81,7 +81,7 @@ def cli(ctx: click.Context, app_spec: str | None, url: str | None, verbose: int)
 def worker_cmd(
     ctx: click.Context,
     app_spec: str,
-    queues: str,
+    queues: str | None,
     strict: bool,
     concurrency: int,
     processes: int,
@@ -99,8 +99,9 @@ def worker_cmd(
         for flag, key in (("--app", "app_spec"), ("--url", "url")):
             if group.get(key):
                 head += [flag, str(group[key])]
-        child = [app_spec, "--queues", queues, "--concurrency", str(concurrency),
-                 "--grace", str(grace), "--lease", str(lease_for)]  # fmt: skip
+        child = [app_spec, *(["--queues", queues] if queues else []),
+                 "--concurrency", str(concurrency), "--grace", str(grace),
+                 "--lease", str(lease_for)]  # fmt: skip
         child += ["--strict"] * strict + ["--burst"] * burst + (["--name", name] if name else [])
         ctx.exit(supervise(head, child, processes))
     app = load_app(app_spec)

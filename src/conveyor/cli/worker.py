@@ -15,9 +15,6 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-import click
-from click.core import ParameterSource
-
 from conveyor.app import App
 from conveyor.errors import unwrap_group
 from conveyor.worker import WorkerStats
@@ -33,8 +30,6 @@ def run_worker(app: App, *, options: dict[str, object], queues: str | None) -> W
     Without ``--queues`` (or with `queues` None) it serves every queue the app's tasks
     declare, plus ``default`` (see `App.worker`).
     """
-    if not _queues_given():
-        queues = None
 
     async def main() -> WorkerStats:
         server = app.worker(queues, **options)  # type: ignore[arg-type]
@@ -61,22 +56,6 @@ def run_worker(app: App, *, options: dict[str, object], queues: str | None) -> W
         raise unwrap_group(eg) from None
 
 
-def _queues_given() -> bool:
-    """Whether the running ``conveyor worker`` command got ``--queues``: click fills in its
-    default otherwise, which must not narrow the worker to that one queue."""
-    ctx = click.get_current_context(silent=True)
-    return ctx is None or ctx.get_parameter_source("queues") is not ParameterSource.DEFAULT
-
-
-def _drop_default_queues(argv: Sequence[str]) -> list[str]:
-    """`argv` for the children, without a ``--queues`` that only click's default put there."""
-    out = list(argv)
-    if not _queues_given() and "--queues" in out:
-        at = out.index("--queues")
-        del out[at : at + 2]
-    return out
-
-
 async def _orphan_watch(parent: int, stop: Callable[[], None]) -> None:
     """Stop gracefully if the supervisor disappears (e.g. it was SIGKILLed)."""
     while os.getppid() == parent:
@@ -99,7 +78,6 @@ def supervise(
     `max_restart_delay`), so a broken deployment does not spin. Returns 0 when every child
     exited cleanly after a stop signal.
     """
-    argv = _drop_default_queues(argv)
     cmd = [sys.executable, "-m", "conveyor", *head, "worker", *argv, "--processes", "1"]
     children: dict[int, subprocess.Popen[bytes]] = {}
     started: dict[int, float] = {}
