@@ -15,6 +15,7 @@ from typing import TypeVar
 
 import click
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Column, Table
 from rich.text import Text
 
@@ -182,7 +183,7 @@ def requeue(
     if bool(job_id) == all_failed:
         raise click.UsageError("give a JOB_ID or --all-failed (not both)")
     if all_failed:
-        n = _run(get_app(), lambda i: i.requeue_all_failed(queue=queue, task=task))
+        n = _run(get_app(), lambda i: _requeue_all(i, queue, task))
         console.print(f"requeued {n} job(s)")
         return
     assert job_id is not None
@@ -190,6 +191,17 @@ def requeue(
     if not ok:
         raise click.ClickException(f"job {job_id} is not failed or cancelled (or does not exist)")
     console.print(Text(f"requeued {job_id}"))
+
+
+async def _requeue_all(inspector: Inspector, queue: str | None, task: str | None) -> int:
+    """Requeue every matching failed job a page per store call, with a progress bar."""
+    total = await inspector.count(JobState.FAILED, queue=queue)
+    columns = (TextColumn("requeueing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        shown = bar.add_task("requeue", total=total or None)
+        return await inspector.requeue_all_failed(
+            queue=queue, task=task, progress=lambda done: bar.update(shown, completed=done)
+        )
 
 
 @inspect_group.command("cancel")
