@@ -392,22 +392,25 @@ class MemoryBackend(Backend):
         self._open()
         now = self.clock.now()
         with self._lock:
-            holder, current, expires = self._locks.get(name, (None, 0, 0.0))
-            if holder is None or current != token or expires <= now:
-                return False
-            self._locks[name] = (holder, token, now + ttl)
-            return True
+            holder = self._holder(name, token, now)
+            if holder is not None:
+                self._locks[name] = (holder, token, now + ttl)
+            return holder is not None
 
     async def release_lock(self, name: str, token: int) -> bool:
         """`Locks`: free the lock if `token` still holds it."""
         self._open()
         now = self.clock.now()
         with self._lock:
-            holder, current, expires = self._locks.get(name, (None, 0, 0.0))
-            if holder is None or current != token or expires <= now:
-                return False
-            self._locks[name] = (None, token, 0.0)
-            return True
+            holder = self._holder(name, token, now)
+            if holder is not None:
+                self._locks[name] = (None, token, 0.0)
+            return holder is not None
+
+    def _holder(self, name: str, token: int, now: float) -> str | None:
+        """Who holds `name` with `token`, if that holding is live (call with the lock held)."""
+        holder, current, expires = self._locks.get(name, (None, 0, 0.0))
+        return holder if current == token and expires > now else None
 
     async def locks(self) -> list[LockInfo]:
         """`Locks`: the locks held now."""
