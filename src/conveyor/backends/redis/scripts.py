@@ -5,10 +5,9 @@ is adding its file (and the Python method that calls ``conn.scripts["<name>"]``)
 finds it. A script's file is the body of a function of ``(KEYS, ARGV)``; it runs after the
 shared helpers (``lua/prelude.lua``) and a small header generated from Python's tables
 (`CONSTANTS`: the job fields and their indexes, the job states, the ready-set rank width),
-so a new job field or state needs no Lua edit. A file whose first line is ``--! standalone``
-runs alone, without header or prelude, on KEYS and ARGV as the caller gives them.
+so a new job field or state needs no Lua edit.
 
-Every other script is static text (no user string is ever spliced into it) and takes the same
+Every script is static text (no user string is ever spliced into it) and takes the same
 three leading arguments:
 
 * ``ARGV[1]`` the key prefix, ``ARGV[2]`` ``"1"`` in cluster mode, ``ARGV[3]`` "now" as epoch
@@ -43,6 +42,8 @@ __all__ = [
     "RANK_WIDTH",
     "SCRIPTS",
     "Script",
+    "compile_scripts",
+    "header",
 ]
 
 # The job hash fields every read returns, in this order (`codec.decode` depends on it): the
@@ -90,13 +91,16 @@ def _lua(value: LuaValue) -> str:
     return "{" + ", ".join(f"[{_lua(k)}] = {_lua(v)}" for k, v in value.items()) + "}"
 
 
-HEADER = "-- Generated from conveyor.backends.redis.scripts.CONSTANTS.\n" + "".join(
-    f"local {name} = {_lua(value)}\n" for name, value in CONSTANTS.items()
-)
+def header(constants: Mapping[str, LuaValue]) -> str:
+    """The Lua that defines `constants` (name → value) as locals, ahead of the prelude."""
+    return "-- Generated from conveyor.backends.redis.scripts.CONSTANTS.\n" + "".join(
+        f"local {name} = {_lua(value)}\n" for name, value in constants.items()
+    )
+
+
+HEADER = header(CONSTANTS)
 
 _FILES = resources.files("conveyor.backends.redis").joinpath("lua")
-_PRELUDE = HEADER + _FILES.joinpath("prelude.lua").read_text("utf-8")
-_STANDALONE = "--! standalone"
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,40 +118,37 @@ class Script:
     function: str
 
 
-def _load() -> tuple[dict[str, Script], str]:
-    """Every ``lua/*.lua`` file but the prelude as a `Script`, and the FUNCTION library.
+def compile_scripts(constants: Mapping[str, LuaValue]) -> tuple[dict[str, Script], str]:
+    """Every ``lua/*.lua`` file but the prelude as a `Script`, and the FUNCTION library,
+    with `constants` in the header (`CONSTANTS` for `SCRIPTS` and `LIBRARY`).
 
     The library holds every script as one Redis FUNCTION library, named after a hash of its
     text, so two Conveyor versions sharing a server each call their own. The prelude's
     helpers and tables are made once, at FUNCTION LOAD, instead of on every call as with
     EVAL (measured: about 40 µs of server CPU per call on a 2-core VM).
     """
+    prelude = header(constants) + _FILES.joinpath("prelude.lua").read_text("utf-8")
     bodies = {
         f.name.removesuffix(".lua"): f.read_text("utf-8")
         for f in sorted(_FILES.iterdir(), key=lambda f: f.name)  # sorted: a stable hash
         if f.name.endswith(".lua") and f.name != "prelude.lua"
     }
-    standalone = {name for name, body in bodies.items() if body.startswith(_STANDALONE)}
-    # Each script becomes a local function `main_<name>`: run through `run` (prelude) unless
-    # standalone, which is registered as it is.
+    # In the library each script is a local function `main_<name>`, registered through the
+    # prelude's `run`; as a script for EVAL, its own `main`.
     mains = "".join(
         f"local function main_{name}(KEYS, ARGV)\n{body}\nend\n" for name, body in bodies.items()
     )
-    tag = hashlib.sha1((_PRELUDE + mains).encode()).hexdigest()[:12]
+    tag = hashlib.sha1((prelude + mains).encode()).hexdigest()[:12]
     regs = "".join(
-        f"redis.register_function('cv{tag}_{name}', main_{name})\n"
-        if name in standalone
-        else f"redis.register_function('cv{tag}_{name}', function(KEYS, ARGV)\n"
+        f"redis.register_function('cv{tag}_{name}', function(KEYS, ARGV)\n"
         f"  return run(main_{name}, KEYS, ARGV)\nend)\n"
         for name in bodies
     )
-    library = f"#!lua name=conveyor_{tag}\n{_PRELUDE}{mains}{regs}"
+    library = f"#!lua name=conveyor_{tag}\n{prelude}{mains}{regs}"
     registry = {
         name: Script(
             name,
-            body
-            if name in standalone
-            else f"{_PRELUDE}local function main(KEYS, ARGV)\n{body}\nend\n"
+            f"{prelude}local function main(KEYS, ARGV)\n{body}\nend\n"
             "return run(main, KEYS, ARGV)\n",
             f"cv{tag}_{name}",
         )
@@ -156,4 +157,4 @@ def _load() -> tuple[dict[str, Script], str]:
     return registry, library
 
 
-SCRIPTS, LIBRARY = _load()
+SCRIPTS, LIBRARY = compile_scripts(CONSTANTS)
