@@ -63,7 +63,12 @@ def drop_transport(transport: asyncio.BaseTransport) -> None:
 
 
 class Wire(asyncio.Protocol):
-    """The socket: commands out as they come, replies matched to callers in order."""
+    """The socket: commands out as they come, replies matched to callers in order.
+
+    A watchdog fails the connection (and every pending call, with ``TimeoutError``) when no
+    reply comes within `timeout` seconds, plus the time a blocking command may take
+    (``send(..., block=)``); a caller that gave up is skipped when its reply arrives.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
         self._loop = loop
