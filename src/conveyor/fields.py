@@ -240,6 +240,54 @@ _PLAN = tuple(
 )
 
 
+def _compile_fast() -> Callable[[Sequence[object]], Job | None]:
+    """The fast path of `decode_job`, generated from the table as ``dataclasses`` generates
+    ``__init__``.
+
+    For a row whose values already have their natural Python types (SQLite returns them:
+    exact kinds as themselves, floats also as ints, None where optional; the state, meta and
+    errors as text; the flag as 0 or 1) it makes one type test per field and one `Job(...)`
+    call with the few conversions inline: as fast as a hand-written mapping, with nothing to
+    keep in sync. It returns None for any other row, which then takes the careful path.
+    """
+    raw = {Kind.STATE: "str", Kind.META: "str", Kind.ERRORS: "str", Kind.FLAG: "int"}
+    convert = {
+        Kind.STATE: "_STATE[{v}]",
+        Kind.META: "({{}} if {v} == '{{}}' else _meta_of({v}))",
+        Kind.ERRORS: "(() if {v} == '[]' else _errors_of({v}))",
+        Kind.FLAG: "_FLAG[{v}]",
+    }
+    tests, args = [], []
+    for i, f in enumerate(FIELDS):
+        v = f"r[{i}]"
+        exact = _EXACT.get(f.kind)
+        if exact is float:  # SQLite hands integral REALs back as ints (RETURNING does)
+            test, value = f"(type({v}) is float or type({v}) is int)", f"float({v})"
+            if f.kind.optional:
+                value = f"(None if {v} is None else float({v}))"
+        elif exact is not None:
+            test, value = f"type({v}) is {exact.__name__}", v
+        else:
+            test, value = f"type({v}) is {raw[f.kind]}", convert[f.kind].format(v=v)
+        tests.append(f"({v} is None or {test})" if f.kind.optional else test)
+        args.append(f"{f.name}={value}")
+    source = (
+        "def fast(r):\n"
+        f"    if len(r) == {len(FIELDS)} and {' and '.join(tests)}:\n"
+        f"        return Job({', '.join(args)})\n"
+        "    return None\n"
+    )
+    scope: dict[str, object] = {
+        "Job": Job, "_STATE": _BY_VALUE, "_FLAG": {0: False, 1: True}, "_meta_of": _meta_of,
+        "_errors_of": _errors_of,
+    }  # fmt: skip
+    exec(source, scope)  # the source is built from field names and kinds only
+    return scope["fast"]  # type: ignore[return-value]
+
+
+_fast = _compile_fast()
+
+
 def decode_job(row: Sequence[object], extra_meta: Mapping[str, object] | None = None) -> Job:
     """A `Job` from its stored values, in `FIELDS` order, whatever the store.
 
@@ -250,6 +298,17 @@ def decode_job(row: Sequence[object], extra_meta: Mapping[str, object] | None = 
     ``meta["invalid_state"]``. `extra_meta` (say, a cancel reason kept beside the record)
     is merged into `meta`.
     """
+    if extra_meta is None:
+        try:
+            job = _fast(row)
+        except (_Bad, KeyError):
+            job = None  # poison after all: the careful path names it
+        if job is not None:
+            return job
+    return _decode_careful(row, extra_meta)
+
+
+def _decode_careful(row: Sequence[object], extra_meta: Mapping[str, object] | None) -> Job:
     values: dict[str, object] = {}
     problems: list[str] = []
     for (name, exact, read, optional, default), raw in zip(_PLAN, row, strict=True):

@@ -6,6 +6,7 @@ transition is atomic and writers queue for the lock up front instead of failing 
 
 from __future__ import annotations
 
+import operator
 import sqlite3
 from collections.abc import Iterable, Sequence
 
@@ -53,13 +54,14 @@ _INSERT = (
 _INSERT_PLAIN = _INSERT.format(verb="")
 _INSERT_KEYED = _INSERT.format(verb="OR IGNORE")
 _ENQUEUED = tuple(f.name for f in ENQUEUED)
-assert _ENQUEUED[-1] == "meta"  # encoded below, the rest as they are
+assert _ENQUEUED[-1] == "meta"  # encoded below, the rest stored as they are
+_plain = operator.attrgetter(*_ENQUEUED[:-1])
 
 
 def _insert_row(job: Job, now: float) -> tuple[object, ...]:
     meta = _json.encode(job.meta).decode() if job.meta else "{}"
     state = "scheduled" if job.run_at > now else "queued"
-    return (*(getattr(job, name) for name in _ENQUEUED[:-1]), meta, state, job.key)
+    return (*_plain(job), meta, state, job.key)
 
 
 def enqueue(conn: sqlite3.Connection, jobs: Sequence[Job], now: float) -> list[str]:
