@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import msgspec
 
-from conveyor.fields import ENQUEUED, FIELDS, MANAGED, NAMES, Kind, decode_job
+from conveyor.fields import ENQUEUED, FIELDS, MANAGED, NAMES, Kind
 from conveyor.job import AttemptError, Job, JobState
+from conveyor.rows import decode_job
 
 
 def _native(job: Job) -> list[object]:

@@ -23,8 +23,9 @@ from collections.abc import Callable, Sequence
 import msgspec
 
 from conveyor.backends.redis.scripts import ENQUEUE_FIELDS, ENQUEUE_RAW, FIELDS
-from conveyor.fields import ENQUEUED, NAMES, Kind, decode_job
+from conveyor.fields import ENQUEUED, NAMES, Kind
 from conveyor.job import Job
+from conveyor.rows import decode_job
 
 __all__ = ["Keys", "decode", "enqueue_args", "text", "unpack_lease"]
 
@@ -63,38 +64,41 @@ class Keys:
         return f"{self.prefix}:counter:{key}"
 
 
-def _text(v: object) -> str:
-    return "" if v is None else v  # type: ignore[return-value]
-
-
-def _int(v: object) -> str:
-    return str(v)
-
-
-def _float(v: object) -> str:
-    return "" if v is None else repr(float(v))  # type: ignore[arg-type]
-
-
-def _meta(v: object) -> str:
-    return _json.encode(v).decode() if v else ""
-
-
-def _raw(v: object) -> str:
-    return ""  # sent as its own argument after the array
-
-
-_ENCODE: dict[Kind, Callable[[object], str]] = {
-    Kind.TEXT: _text,
-    Kind.OPT_TEXT: _text,
-    Kind.INT: _int,
-    Kind.FLOAT: _float,
-    Kind.OPT_FLOAT: _float,
-    Kind.META: _meta,
-    Kind.BYTES: _raw,
-    Kind.OPT_BYTES: _raw,
+# Each kind as the enqueue script receives it, an expression over the value ``{v}``: text as
+# is, numbers as strings (Lua never reformats, and rounds, them), unset optionals as "",
+# meta as JSON text, bytes fields empty (they follow the array as raw arguments).
+_ENCODE: dict[Kind, str] = {
+    Kind.TEXT: "{v}",
+    Kind.OPT_TEXT: '("" if {v} is None else {v})',
+    Kind.INT: "str({v})",
+    Kind.FLOAT: "repr(float({v}))",
+    Kind.OPT_FLOAT: '("" if {v} is None else repr(float({v})))',
+    Kind.META: '(_json({v}).decode() if {v} else "")',
+    Kind.BYTES: '""',
+    Kind.OPT_BYTES: '""',
 }
-_PLAN = tuple((f.name, _ENCODE[f.kind]) for f in ENQUEUED)
-assert tuple(name for name, _ in _PLAN) == ENQUEUE_FIELDS
+
+
+def _compile_enqueue() -> Callable[[Sequence[Job]], list[bytes]]:
+    """`enqueue_args`, generated from `fields.ENQUEUED` (as `conveyor.rows` generates its
+    decoders): straight-line code per job, as fast as a hand-written tuple."""
+    assert tuple(f.name for f in ENQUEUED) == ENQUEUE_FIELDS
+    array = ", ".join(_ENCODE[f.kind].format(v=f"j.{f.name}") for f in ENQUEUED)
+    raws = "".join(f"\n        out.append(j.{name} or b'')" for name in ENQUEUE_RAW)
+    source = (
+        "def enqueue_args(jobs):\n"
+        "    out = []\n"
+        "    for j in jobs:\n"
+        f"        out.append(pack([{array}])){raws}\n"
+        "    return out\n"
+    )
+    scope: dict[str, object] = {"pack": _msgpack.encode, "_json": _json.encode}
+    exec(source, scope)  # the source is built from field names and kinds only
+    encode: Callable[[Sequence[Job]], list[bytes]] = scope["enqueue_args"]  # type: ignore[assignment]
+    return encode
+
+
+_enqueue_args = _compile_enqueue()
 
 
 def enqueue_args(jobs: Sequence[Job]) -> list[bytes]:
@@ -103,20 +107,14 @@ def enqueue_args(jobs: Sequence[Job]) -> list[bytes]:
     field (`scripts.ENQUEUE_RAW`: the payload) as its own argument. Few arguments keep the
     client's command packing cheap; numbers are sent as strings so Lua never reformats (and
     rounds) them; an unset optional field is ``""``."""
-    pack = _msgpack.encode
-    plan, raw = _PLAN, ENQUEUE_RAW
-    out: list[bytes] = []
-    for j in jobs:
-        out.append(pack([encode(getattr(j, name)) for name, encode in plan]))
-        out += [getattr(j, name) or b"" for name in raw]
-    return out
+    return _enqueue_args(jobs)
 
 
 def decode(row: Sequence[bytes | None]) -> Job | None:
     """A `Job` from the `FIELDS` of its hash; `None` if the hash is missing.
 
     Poison (garbage written into a hash by hand) decodes as on every store
-    (`fields.decode_job`): unreadable values fall back to their defaults and are named in
+    (`rows.decode_job`): unreadable values fall back to their defaults and are named in
     ``meta["invalid_record"]``; an unknown state reads as failed, the raw value in
     ``meta["invalid_state"]`` (the worker then fails such a job with a reason when it
     claims it). The cancel reason, kept beside the record, joins `meta`.

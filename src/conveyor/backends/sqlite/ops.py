@@ -15,7 +15,7 @@ import msgspec
 from conveyor.backends import rules
 from conveyor.backends.base import ClaimRequest, JobFilter, Page
 from conveyor.backends.sqlite.schema import COLUMNS, INSERTED
-from conveyor.fields import ENQUEUED, NAMES, decode_job
+from conveyor.fields import ENQUEUED, NAMES
 from conveyor.job import (
     TERMINAL,
     AttemptError,
@@ -27,6 +27,7 @@ from conveyor.job import (
     Outcome,
     Retrying,
 )
+from conveyor.rows import decode_job
 
 _json = msgspec.json.Encoder()
 _STATES = {s.value: s for s in JobState}
@@ -35,7 +36,7 @@ _PRIORITY, _RUN_AT = 1 + NAMES.index("priority"), 1 + NAMES.index("run_at")
 
 
 def row_to_job(row: Sequence[object]) -> Job:
-    """The `Job` of a `COLUMNS` row (a poison row decodes as `fields.decode_job` says)."""
+    """The `Job` of a `COLUMNS` row (a poison row decodes as `rows.decode_job` says)."""
     return decode_job(row[1:-1])
 
 

@@ -67,7 +67,7 @@ class RecordContract:
 
 
 class PoisonContract:
-    """A row corrupted in storage reads the same way on every store (`fields.decode_job`):
+    """A row corrupted in storage reads the same way on every store (`rows.decode_job`):
     unreadable values fall back to defaults and are named in ``meta["invalid_record"]``; an
     unknown state reads as failed. Nothing raises; the rest of the store keeps working."""
 
