@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 
-from conveyor.fields import ENQUEUED, NAMES, Kind
+from conveyor.fields import ENQUEUED, NAMES, Field, Kind
 from conveyor.job import JobState
 
 __all__ = [
@@ -64,6 +64,11 @@ _CLAIM_FIELDS = (*FIELDS, "seq", "token")  # what a claim reads of each job, in 
 
 LuaValue = bool | int | str | tuple["LuaValue", ...] | Mapping[str, "LuaValue"]
 
+def _may_be_unset(field: Field) -> bool:
+    """Whether an enqueue may send `field` as "" (unset): optional kinds, and meta (empty)."""
+    return field.kind.optional or field.kind is Kind.META
+
+
 # What the Lua side takes from Python, rendered as ``local NAME = <value>`` into `HEADER`.
 CONSTANTS: dict[str, LuaValue] = {
     "F": FIELDS,
@@ -72,6 +77,9 @@ CONSTANTS: dict[str, LuaValue] = {
     "RANK_WIDTH": RANK_WIDTH,
     "E": ENQUEUE_FIELDS,
     "E_RAW": tuple(ENQUEUE_FIELDS.index(name) + 1 for name in ENQUEUE_RAW),
+    # Fields always set (written as they are) and those that may be unset ("": skipped).
+    "E_SET": tuple(i for i, f in enumerate(ENQUEUED, 1) if not _may_be_unset(f)),
+    "E_UNSET": tuple(i for i, f in enumerate(ENQUEUED, 1) if _may_be_unset(f)),
     **{f"E_{name.upper()}": i for i, name in enumerate(ENQUEUE_FIELDS, 1)},
     "KNOWN": {state.value: True for state in JobState},
 }

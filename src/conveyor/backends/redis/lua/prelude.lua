@@ -6,7 +6,7 @@
 
 -- Set by `begin` at the start of every call (see `run`).
 local PREFIX, CLUSTER, NOW, NOW_S
-local ZWRITES = {}
+local ZADDS, ZREMS, ZPOS = {}, {}, {}
 
 local function num(x) return string.format('%.17g', x) end
 
@@ -20,7 +20,7 @@ local function begin(ARGV)
     NOW = tonumber(t[1]) + tonumber(t[2]) / 1000000
   end
   NOW_S = num(NOW)
-  ZWRITES = {}
+  ZADDS, ZREMS, ZPOS = {}, {}, {}
 end
 
 -- The hash tag every key of queue q shares: one slot per queue in cluster mode, one slot
@@ -44,31 +44,54 @@ end
 -- Sorted-set writes that only scripts' callers read (indexes, `running`, `expires:*`) are
 -- collected per key and sent as one ZREM and one ZADD per key when the script ends (see
 -- `run`): each redis.call costs a few µs of its own, so this is most of a batch's time
--- saved. Per member the last write wins, as if each had been sent at once: a job promoted
--- and then claimed in one call ends up in `state:running` alone, not also in `state:queued`.
+-- saved. Removals are sent before additions. Per member the last write wins, as if each had
+-- been sent at once: a job promoted and then claimed in one call ends up in `state:running`
+-- alone, not also in `state:queued`. The hot paths only add to some keys and only remove
+-- from others, so writes stay plain arrays; a key gets a member → position map (ZPOS) only
+-- when a removal meets pending additions to it.
+local function positions(key, adds)
+  local pos = ZPOS[key]
+  if not pos then
+    pos = {}
+    for i = 2, #adds, 2 do pos[adds[i]] = i end
+    ZPOS[key] = pos
+  end
+  return pos
+end
 local function zrem_later(key, member)
-  local t = ZWRITES[key]
-  if not t then t = {}; ZWRITES[key] = t end
-  t[member] = false
+  local adds = ZADDS[key]
+  if adds then
+    local at = positions(key, adds)[member]
+    if at then adds[at] = false end  -- a pending addition of it is void
+  end
+  local t = ZREMS[key]
+  if not t then t = {}; ZREMS[key] = t end
+  t[#t + 1] = member
 end
 local function zadd_later(key, score, member)
-  local t = ZWRITES[key]
-  if not t then t = {}; ZWRITES[key] = t end
-  t[member] = score
+  local t = ZADDS[key]
+  if not t then t = {}; ZADDS[key] = t end
+  local pos = ZPOS[key]
+  local at = pos and pos[member]
+  if at then  -- added (and maybe voided) before in this call: this write wins
+    t[at - 1], t[at] = score, member
+    return
+  end
+  t[#t + 1] = score
+  t[#t + 1] = member
+  if pos then pos[member] = #t end
 end
 local function flush_later()
-  for key, t in pairs(ZWRITES) do
-    local rems, adds = {}, {}
-    for member, score in pairs(t) do
-      if score then
-        adds[#adds + 1] = score
-        adds[#adds + 1] = member
-      else
-        rems[#rems + 1] = member
+  for key, t in pairs(ZREMS) do redis.call('ZREM', key, unpack(t)) end
+  for key, t in pairs(ZADDS) do
+    if ZPOS[key] then  -- drop voided additions
+      local kept, n = {}, 0
+      for i = 2, #t, 2 do
+        if t[i] then kept[n + 1] = t[i - 1]; kept[n + 2] = t[i]; n = n + 2 end
       end
+      t = kept
     end
-    if rems[1] then redis.call('ZREM', key, unpack(rems)) end
-    if adds[1] then redis.call('ZADD', key, unpack(adds)) end
+    if t[1] then redis.call('ZADD', key, unpack(t)) end
   end
 end
 
