@@ -230,6 +230,7 @@ def decode_job(row: Sequence[object], extra_meta: Mapping[str, object] | None = 
 
 
 def _decode_careful(row: Sequence[object], extra_meta: Mapping[str, object] | None) -> Job:
+    """Field by field: what reads is kept, what doesn't takes its default and is named."""
     values: dict[str, object] = {}
     problems: list[str] = []
     for (name, exact, read, optional, default), raw in zip(_PLAN, row, strict=True):
