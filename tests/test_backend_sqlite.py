@@ -84,3 +84,40 @@ async def test_claim_uses_the_ready_index(tmp_path: Path) -> None:
     )
     conn.close()
     assert "jobs_ready" in plan and "TEMP B-TREE" not in plan
+
+
+async def test_a_dangling_symlink_leads_to_a_private_file(tmp_path: Path) -> None:
+    target = tmp_path / "real" / "jobs.db"
+    target.parent.mkdir(mode=0o700)
+    link = tmp_path / "jobs.db"
+    link.symlink_to(target)  # dangling: the target does not exist yet
+    old = os.umask(0o022)  # a permissive umask must not leak into the file's mode
+    try:
+        async with SQLiteBackend(link) as b:
+            await b.enqueue([make_job(FakeClock())])
+    finally:
+        os.umask(old)
+    assert link.is_symlink() and target.is_file()
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o600
+
+
+async def test_world_writable_files_and_directories_are_warned_about(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # writable by all, no sticky bit: anyone could swap the file
+    with caplog.at_level("WARNING", "conveyor.backends.sqlite"):
+        async with SQLiteBackend(shared / "jobs.db") as b:
+            await b.counts()
+    assert any("writable by every user" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    db = private / "jobs.db"
+    db.touch(mode=0o666)
+    db.chmod(0o666)
+    with caplog.at_level("WARNING", "conveyor.backends.sqlite"):
+        async with SQLiteBackend(db) as b:
+            await b.counts()
+    assert any("chmod 600" in r.getMessage() for r in caplog.records)

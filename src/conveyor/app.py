@@ -9,6 +9,7 @@ from typing import Any, ParamSpec, Protocol, Self, TypeVar, overload
 
 from conveyor.backends import Backend, from_url
 from conveyor.clock import Clock, SystemClock
+from conveyor.errors import StateError
 from conveyor.inspector import Inspector
 from conveyor.producer import JobOptions, Producer
 from conveyor.registry import Registry
@@ -207,4 +208,4 @@ class App:
         except RuntimeError:
             asyncio.run(self.aclose())
             return
-        raise RuntimeError("App.close() called inside an event loop; use await app.aclose()")
+        raise StateError("App.close() called inside an event loop; use await app.aclose()")

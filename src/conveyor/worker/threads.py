@@ -15,6 +15,8 @@ from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from typing import ParamSpec, TypeVar
 
+from conveyor.errors import ClosedError, ConfigError
+
 __all__ = ["DaemonThreadPool"]
 
 P = ParamSpec("P")
@@ -33,7 +35,7 @@ class DaemonThreadPool(Executor):
 
     def __init__(self, max_workers: int, name: str) -> None:
         if max_workers < 1:
-            raise ValueError(f"DaemonThreadPool needs max_workers >= 1, got {max_workers}")
+            raise ConfigError(f"DaemonThreadPool needs max_workers >= 1, got {max_workers}")
         self._max = max_workers
         self._name = name
         self._queue: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
@@ -45,7 +47,7 @@ class DaemonThreadPool(Executor):
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
         with self._lock:
             if self._shutdown:
-                raise RuntimeError("cannot submit to a DaemonThreadPool after shutdown")
+                raise ClosedError("cannot submit to a DaemonThreadPool after shutdown")
             future: Future[T] = Future()
             self._queue.put((future, lambda: fn(*args, **kwargs)))  # type: ignore[arg-type]
             if not self._idle.acquire(blocking=False) and len(self._threads) < self._max:
