@@ -64,6 +64,7 @@ _CLAIM_FIELDS = (*FIELDS, "seq", "token")  # what a claim reads of each job, in 
 
 LuaValue = bool | int | str | tuple["LuaValue", ...] | Mapping[str, "LuaValue"]
 
+
 def _may_be_unset(field: Field) -> bool:
     """Whether an enqueue may send `field` as "" (unset): optional kinds, and meta (empty)."""
     return field.kind.optional or field.kind is Kind.META
