@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from conveyor.backends.base import ClaimRequest
 from conveyor.backends.sqlite import SQLiteBackend
 from conveyor.backends.sqlite.schema import SCHEMA_VERSION
 from conveyor.clock import FakeClock
@@ -121,3 +122,37 @@ async def test_world_writable_files_and_directories_are_warned_about(
         async with SQLiteBackend(db) as b:
             await b.counts()
     assert any("chmod 600" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_pause_survives_reopening_and_binds_other_processes(tmp_path: Path) -> None:
+    clock = FakeClock()
+    job = make_job(clock, queue="emails")
+    async with SQLiteBackend(tmp_path / "j.db", clock=clock) as b:
+        assert await b.pause("emails") is True
+        await b.enqueue([job])
+    async with (
+        SQLiteBackend(tmp_path / "j.db", clock=clock) as b,
+        SQLiteBackend(tmp_path / "j.db", clock=clock) as other,  # another process's view
+    ):
+        assert await b.paused() == ["emails"]
+        assert await other.claim(ClaimRequest(["emails"], 10, 30.0, "w")) == []
+        assert await b.resume("emails") is True
+        (lease,) = await other.claim(ClaimRequest(["emails"], 10, 30.0, "w"))
+        assert lease.id == job.id
+
+
+async def test_a_version_2_file_gains_the_paused_table(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    async with SQLiteBackend(path) as b:
+        await b.enqueue([make_job(FakeClock())])
+    conn = sqlite3.connect(path)
+    conn.execute("DROP TABLE paused")
+    conn.execute("PRAGMA user_version = 2")
+    conn.commit()
+    conn.close()
+    async with SQLiteBackend(path) as b:
+        assert await b.pause("default") is True
+        assert await b.claim(ClaimRequest(["default"], 10, 30.0, "w")) == []
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    conn.close()

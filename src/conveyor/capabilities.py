@@ -11,6 +11,7 @@ capability      for
 `Counters`      distributed rate limits (`RateLimiter(counters=...)`), metric rollups
 `Locks`         distributed locks with fencing tokens (`app.lock`), singletons
 `Presence`      worker heartbeats: who runs where, with what (inspect, dashboard)
+`QueueControl`  pausing queues (`app.inspector.pause`): enforced inside the store's claim
 ==============  =====================================================================
 
 Every time these use is the store's clock (the server's `TIME` on Redis), so hosts whose
@@ -25,7 +26,15 @@ import msgspec
 
 from conveyor.errors import ConfigError
 
-__all__ = ["Counters", "LockInfo", "Locks", "Presence", "WorkerInfo", "require"]
+__all__ = [
+    "Counters",
+    "LockInfo",
+    "Locks",
+    "Presence",
+    "QueueControl",
+    "WorkerInfo",
+    "require",
+]
 
 
 @runtime_checkable
@@ -120,6 +129,28 @@ class Presence(Protocol):
 
     async def leave(self, worker_id: str) -> None:
         """Forget `worker_id` at once (a clean stop)."""
+        ...
+
+
+@runtime_checkable
+class QueueControl(Protocol):
+    """Paused queues: a claim (and the Redis handoff) takes no job from a paused queue.
+
+    The paused set lives in the store, so it holds for every worker on every host and
+    survives restarts. Jobs already running finish; enqueues are still accepted; resuming
+    wakes idle workers. Queue names are checked (`conveyor.names.check_queue`).
+    """
+
+    async def pause(self, queue: str) -> bool:
+        """Stop claims from `queue`: `True` if it was running, `False` if already paused."""
+        ...
+
+    async def resume(self, queue: str) -> bool:
+        """Let claims take from `queue` again: `True` if it was paused."""
+        ...
+
+    async def paused(self) -> list[str]:
+        """The paused queues, by name."""
         ...
 
 

@@ -1,16 +1,22 @@
-"""The inspector: read and administer jobs — counts, listings, one job, requeue, cancel, purge."""
+"""The inspector: read and administer jobs — counts, listings, one job, requeue, cancel, purge,
+pausing queues."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from conveyor.backends.base import Backend, JobFilter, Page
+from conveyor.capabilities import QueueControl, require
 from conveyor.errors import JobNotFound
 from conveyor.fields import STATES
 from conveyor.job import TERMINAL, Job, JobState
+from conveyor.names import check_queue
 
-__all__ = ["Inspector", "QueueCounts"]
+__all__ = ["Inspector", "PauseChange", "QueueCounts"]
+
+log = logging.getLogger("conveyor.inspector")
 
 
 _BY_NAME = {s.value: s for s in STATES}
@@ -24,10 +30,12 @@ class QueueCounts:
     Attributes:
         queue: the queue's name.
         by_state: the count of every state (0 for states with no jobs).
+        paused: whether the queue is paused (`Inspector.pause`): claims take none of its jobs.
     """
 
     queue: str
     by_state: Mapping[JobState, int] = field(default_factory=dict)
+    paused: bool = False
 
     def __getitem__(self, state: JobState) -> int:
         return self.by_state.get(state, 0)
@@ -44,6 +52,22 @@ class QueueCounts:
         return sum(self.by_state.values())
 
 
+@dataclass(frozen=True, slots=True)
+class PauseChange:
+    """What `Inspector.pause` / `Inspector.resume` did.
+
+    Attributes:
+        queue: the queue's name.
+        changed: `False` if the queue was paused (for `resume`: running) already.
+        known: `False` if no job in the store uses the queue yet (allowed: a queue can be
+            paused before its first job; but it may be a typo).
+    """
+
+    queue: str
+    changed: bool
+    known: bool
+
+
 class Inspector:
     """Administration over a backend. `app.inspector` returns one.
 
@@ -57,12 +81,51 @@ class Inspector:
         self.backend = backend
 
     async def stats(self, queue: str | None = None) -> list[QueueCounts]:
-        """Counts per queue and state, sorted by queue name."""
+        """Counts per queue and state, sorted by queue name, each marked `paused` if it is
+        (a paused queue with no jobs is listed too)."""
         counts = await self.backend.counts(queue)
+        paused: set[str] = set()
+        if isinstance(self.backend, QueueControl):  # a store without it pauses nothing
+            paused = set(await self.backend.paused())
+            if queue is not None:
+                paused &= {queue}
         return [
-            QueueCounts(q, {state: per.get(state, 0) for state in STATES})
-            for q, per in sorted(counts.items())
+            QueueCounts(
+                q, {state: counts.get(q, {}).get(state, 0) for state in STATES}, q in paused
+            )
+            for q in sorted(counts.keys() | paused)
         ]
+
+    async def pause(self, queue: str) -> PauseChange:
+        """Pause `queue` for every worker on every host: from the store's next claim on, none
+        of its jobs start (and the Redis handoff delivers none); running jobs finish;
+        enqueues are still accepted. Lasts until `resume`, across restarts.
+
+        Example:
+            await app.inspector.pause("emails")
+        """
+        control = require(self.backend, QueueControl, "inspector.pause()")
+        check_queue(queue)
+        changed = await control.pause(queue)
+        known = await self._known(queue)
+        if not known:
+            log.warning("paused queue %r, which no job in the store uses yet", queue)
+        return PauseChange(queue, changed, known)
+
+    async def resume(self, queue: str) -> PauseChange:
+        """Let workers claim from `queue` again (idle ones wake at once)."""
+        control = require(self.backend, QueueControl, "inspector.resume()")
+        check_queue(queue)
+        changed = await control.resume(queue)
+        return PauseChange(queue, changed, await self._known(queue))
+
+    async def paused(self) -> list[str]:
+        """The paused queues, by name."""
+        return await require(self.backend, QueueControl, "inspector.paused()").paused()
+
+    async def _known(self, queue: str) -> bool:
+        counts = await self.backend.counts(queue)
+        return any(n for per in counts.values() for n in per.values())
 
     async def job(self, job_id: str) -> Job:
         """One job with its attempts. Raises `JobNotFound`."""

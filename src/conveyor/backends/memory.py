@@ -27,6 +27,7 @@ from conveyor.job import (
     Outcome,
     Retrying,
 )
+from conveyor.names import check_queue
 
 __all__ = ["MemoryBackend", "from_url"]
 
@@ -57,6 +58,7 @@ class MemoryBackend(Backend):
         self._counters: dict[str, tuple[int, float]] = {}  # key -> (value, expires_at)
         self._locks: dict[str, tuple[str | None, int, float]] = {}  # name -> (owner, token, exp)
         self._presence: dict[str, tuple[WorkerInfo, float]] = {}  # id -> (info, expires_at)
+        self._paused: set[str] = set()
 
     # -- helpers (call with the lock held) -------------------------------------------------
 
@@ -121,6 +123,8 @@ class MemoryBackend(Backend):
         with self._lock:
             self._promote_due(now)
             for queue in request.queues:
+                if queue in self._paused:
+                    continue
                 heap = self._ready.get(queue)
                 while heap and len(leases) < limit:
                     _, _, _, version, job_id = heapq.heappop(heap)
@@ -353,7 +357,7 @@ class MemoryBackend(Backend):
     async def _wait(self, queues: Sequence[str], timeout: float) -> None:
         with self._lock:
             now = self.clock.now()
-            if any(self._ready.get(q) for q in queues):
+            if any(self._ready.get(q) for q in queues if q not in self._paused):
                 return
             if self._scheduled:
                 timeout = min(timeout, max(0.0, self._scheduled[0][0] - now))
@@ -422,6 +426,33 @@ class MemoryBackend(Backend):
                 for name, (owner, token, expires) in sorted(self._locks.items())
                 if owner is not None and expires > now
             ]
+
+    async def pause(self, queue: str) -> bool:
+        """`QueueControl`: stop claims from `queue`; `True` if it was running."""
+        self._open()
+        check_queue(queue)
+        with self._lock:
+            if queue in self._paused:
+                return False
+            self._paused.add(queue)
+            return True
+
+    async def resume(self, queue: str) -> bool:
+        """`QueueControl`: claims take from `queue` again; `True` if it was paused."""
+        self._open()
+        check_queue(queue)
+        with self._lock:
+            if queue not in self._paused:
+                return False
+            self._paused.discard(queue)
+        self._woke(True)  # idle workers of this process claim what waited
+        return True
+
+    async def paused(self) -> list[str]:
+        """`QueueControl`: the paused queues, by name."""
+        self._open()
+        with self._lock:
+            return sorted(self._paused)
 
     async def beat(self, worker: WorkerInfo, ttl: float) -> None:
         """`Presence`: record `worker` as alive for `ttl` seconds."""

@@ -75,12 +75,33 @@ def inspect_group() -> None:
 @click.option("--queue", help="Only this queue.")
 @click.pass_obj
 def stats(get_app: Callable[[], App], queue: str | None) -> None:
-    """Job counts per queue and state."""
+    """Job counts per queue and state; paused queues are marked "paused"."""
     rows = _run(get_app(), lambda i: i.stats(queue))
-    table = Table("queue", *(s.value for s in JobState), "total")
+    table = Table("queue", *(s.value for s in JobState), "total", "paused")
     for q in rows:
-        table.add_row(_text(q.queue), *(str(getattr(q, s.value)) for s in JobState), str(q.total))
+        counts = (str(getattr(q, s.value)) for s in JobState)
+        table.add_row(_text(q.queue), *counts, str(q.total), "paused" if q.paused else "")
     console.print(table if rows else "no jobs")
+
+
+@inspect_group.command("pause")
+@click.argument("queue")
+@click.pass_obj
+def pause(get_app: Callable[[], App], queue: str) -> None:
+    """Stop every worker claiming from QUEUE (running jobs finish; enqueues still work)."""
+    change = _run(get_app(), lambda i: i.pause(queue))
+    console.print(_text(f"paused {queue}" if change.changed else f"{queue} was paused already"))
+    if not change.known:
+        console.print(_text(f"note: no job uses queue {queue!r} yet (paused anyway)"))
+
+
+@inspect_group.command("resume")
+@click.argument("queue")
+@click.pass_obj
+def resume(get_app: Callable[[], App], queue: str) -> None:
+    """Let workers claim from QUEUE again."""
+    change = _run(get_app(), lambda i: i.resume(queue))
+    console.print(_text(f"resumed {queue}" if change.changed else f"{queue} was not paused"))
 
 
 @inspect_group.command("ls")

@@ -36,6 +36,7 @@ from conveyor.job import (
     Outcome,
     Retrying,
 )
+from conveyor.names import check_queue
 
 __all__ = ["RedisBackend"]
 
@@ -476,6 +477,40 @@ class RedisBackend(Reads, Backend):
     async def leave(self, worker_id: str) -> None:
         """`Presence`: forget `worker_id`."""
         await self._capability("leave", [worker_id])
+
+    async def pause(self, queue: str) -> bool:
+        """`QueueControl`: stop claims (and handoffs) from `queue`; `True` if it was running.
+        The flag is in the queue's slot, read inside the claim and enqueue scripts."""
+        check_queue(queue)
+        if self.keys.cluster:  # the registry first, so it always holds every paused queue
+            await self._capability_call("SADD", self.keys.paused, queue)
+        return bool(await self._capability("pause", ["1", queue], self.keys.route(queue)))
+
+    async def resume(self, queue: str) -> bool:
+        """`QueueControl`: claims take from `queue` again; `True` if it was paused. Wakes
+        the queue's idle workers."""
+        check_queue(queue)
+        changed = bool(await self._capability("pause", ["0", queue], self.keys.route(queue)))
+        if self.keys.cluster:
+            await self._capability_call("SREM", self.keys.paused, queue)
+        return changed
+
+    async def paused(self) -> list[str]:
+        """`QueueControl`: the paused queues, by name."""
+        queues = sorted(text(q) for q in await self._capability_call("SMEMBERS", self.keys.paused))
+        if not self.keys.cluster or not queues:
+            return queues
+        # The registry may hold a queue whose resume stopped half-way: its flag decides.
+        conn = await self._conn()
+        with self._errors("paused"):
+            flags = await conn.many([("EXISTS", self.keys.q(q, "paused")) for q in queues])
+        return [q for q, flag in zip(queues, flags, strict=True) if int(flag)]
+
+    async def _capability_call(self, *command: Any) -> Any:
+        self._open()
+        conn = await self._conn()
+        with self._errors(str(command[0]).lower()):
+            return await conn.call(*command)
 
     async def _aclose(self) -> None:
         await self._clients.aclose()

@@ -10,10 +10,12 @@ in cluster mode, so every key of one queue shares a slot)::
     T:q:<queue>:state:<state>  ZSET   every job of that state by seq (counts, queries)
     T:q:<queue>:expires:<st>   ZSET   finished jobs by finished_at + keep_for (purge)
     T:q:<queue>:wake           LIST   wake-up tokens for idle workers (BLPOP)
+    T:q:<queue>:paused         STRING set while the queue is paused (when it was paused)
     T:uniq                     HASH   unique key → the id of the job holding it
     T:seq                      STRING the enqueue counter
     {P}:queues                 SET    every queue ever used (counts, rescue, query)
     {P}:idx                    HASH   id → queue (cluster mode only: finds a job's slot)
+    {P}:paused                 SET    the paused queues (listing; the flags above decide)
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class Keys:
         self.cluster = cluster
         self.queues = f"{{{prefix}}}:queues"
         self.idx = f"{{{prefix}}}:idx"
+        self.paused = f"{{{prefix}}}:paused"
 
     def slot(self, queue: str) -> str:
         return f"{{{self.prefix}:{queue}}}" if self.cluster else f"{{{self.prefix}}}"

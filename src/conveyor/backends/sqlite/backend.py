@@ -34,6 +34,7 @@ from conveyor.capabilities import LockInfo, WorkerInfo
 from conveyor.clock import Clock, SystemClock
 from conveyor.errors import BackendError, ClosedError, ConfigError, StoreUnavailable
 from conveyor.job import Job, JobState, Lease, Outcome
+from conveyor.names import check_queue
 
 __all__ = ["SQLiteBackend"]
 
@@ -368,6 +369,27 @@ class SQLiteBackend(Backend):
         """`Presence`: forget `worker_id`."""
         self._open()
         await self._tx(lambda c: shared.leave(c, worker_id))
+
+    async def pause(self, queue: str) -> bool:
+        """`QueueControl`: stop claims from `queue`; `True` if it was running."""
+        self._open()
+        check_queue(queue)
+        now = self.clock.now()
+        return await self._tx(lambda c: shared.pause(c, queue, now))
+
+    async def resume(self, queue: str) -> bool:
+        """`QueueControl`: claims take from `queue` again; `True` if it was paused. The
+        commit wakes idle workers (this process's at once, others' by `data_version`)."""
+        self._open()
+        check_queue(queue)
+        resumed = await self._tx(lambda c: shared.resume(c, queue))
+        self._woke(resumed)
+        return resumed
+
+    async def paused(self) -> list[str]:
+        """`QueueControl`: the paused queues, by name."""
+        self._open()
+        return await self._ro(shared.paused)
 
     def _changed(self) -> bool:
         """Whether any connection committed since the last look (cheap: no disk I/O)."""

@@ -100,12 +100,17 @@ _CLAIM = (
 
 def claim(conn: sqlite3.Connection, request: ClaimRequest, now: float) -> list[Lease]:
     promote(conn, now)
+    # Paused queues are skipped in this transaction: a pause that committed before it
+    # holds. One read of a table that is empty unless an operator paused something.
+    paused = {q for (q,) in conn.execute("SELECT queue FROM paused")}
     expires = now + request.lease_for
     leases: list[Lease] = []
     for queue in request.queues:
         want = request.limit - len(leases)
         if want <= 0:
             break
+        if queue in paused:
+            continue
         rows = conn.execute(_CLAIM, (expires, request.worker, now, queue, want)).fetchall()
         # RETURNING gives no order guarantee; restore the claim order.
         rows.sort(key=lambda r: (-r[_PRIORITY], r[_RUN_AT], r[0]))
@@ -347,7 +352,9 @@ def next_due(conn: sqlite3.Connection, queues: Sequence[str], now: float) -> flo
     """Seconds until work may be ready in `queues`: 0 if some is queued, None if nothing waits."""
     marks = ",".join("?" * len(queues))
     ready = conn.execute(
-        f"SELECT 1 FROM jobs WHERE state = 'queued' AND queue IN ({marks}) LIMIT 1", queues
+        f"SELECT 1 FROM jobs WHERE state = 'queued' AND queue IN ({marks}) "
+        "AND queue NOT IN (SELECT queue FROM paused) LIMIT 1",
+        queues,
     ).fetchone()
     if ready:
         return 0.0

@@ -16,7 +16,7 @@ from conveyor.fields import ENQUEUED, FIELDS, NAMES, Field, Kind
 
 __all__ = ["COLUMNS", "INSERTED", "SCHEMA_VERSION", "column_decl", "migrate", "sync_columns"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: Every SELECT/RETURNING reads `seq`, the record's fields in `fields.FIELDS` order, then
 #: `token`; `ops.row_to_job` depends on it.
@@ -139,8 +139,16 @@ CREATE TABLE presence (
 ) WITHOUT ROWID;
 """
 
+# Version 3: paused queues (`QueueControl`); every claim reads this (small) table.
+_V3 = """
+CREATE TABLE paused (
+    queue      TEXT PRIMARY KEY,
+    paused_at  REAL NOT NULL
+) WITHOUT ROWID;
+"""
+
 # MIGRATIONS[n] moves a file at version n to version n + 1.
-MIGRATIONS: dict[int, str] = {0: _V1, 1: _V2}
+MIGRATIONS: dict[int, str] = {0: _V1, 1: _V2, 2: _V3}
 
 
 def migrate(conn: sqlite3.Connection) -> None:

@@ -1,4 +1,5 @@
-"""The SQL of the optional capabilities (`conveyor.capabilities`): counters, locks, presence.
+"""The SQL of the optional capabilities (`conveyor.capabilities`): counters, locks, presence,
+paused queues.
 
 Each function runs inside the caller's `BEGIN IMMEDIATE` transaction, so each is atomic
 across every process using the file. Times are the backend clock's.
@@ -19,7 +20,10 @@ __all__ = [
     "incr",
     "leave",
     "locks",
+    "pause",
+    "paused",
     "release_lock",
+    "resume",
     "workers",
 ]
 
@@ -113,3 +117,19 @@ def workers(conn: sqlite3.Connection, now: float) -> list[WorkerInfo]:
 
 def leave(conn: sqlite3.Connection, worker_id: str) -> None:
     conn.execute("DELETE FROM presence WHERE id = ?", (worker_id,))
+
+
+def pause(conn: sqlite3.Connection, queue: str, now: float) -> bool:
+    cur = conn.execute(
+        "INSERT INTO paused (queue, paused_at) VALUES (?, ?) ON CONFLICT (queue) DO NOTHING",
+        (queue, now),
+    )
+    return cur.rowcount == 1
+
+
+def resume(conn: sqlite3.Connection, queue: str) -> bool:
+    return conn.execute("DELETE FROM paused WHERE queue = ?", (queue,)).rowcount == 1
+
+
+def paused(conn: sqlite3.Connection) -> list[str]:
+    return [q for (q,) in conn.execute("SELECT queue FROM paused ORDER BY queue")]

@@ -1,7 +1,8 @@
 """The backend contract as reusable test classes: every backend must pass them unchanged.
 
-`CoreContract` is the job lifecycle; `CountersContract`, `LocksContract` and
-`PresenceContract` test the optional capabilities (`conveyor.capabilities`);
+`CoreContract` is the job lifecycle; `CountersContract`, `LocksContract`,
+`PresenceContract` and `QueueControlContract` test the optional capabilities
+(`conveyor.capabilities`);
 `RecordContract` checks that every field of the job record round-trips. `BackendContract`
 is all of these: the stores we ship pass it. `PoisonContract` checks that rows corrupted in
 storage read the same way on every store; a store with storage to corrupt adds it, with a
@@ -23,6 +24,7 @@ from conveyor.testing.contract.capabilities import (
     CountersContract,
     LocksContract,
     PresenceContract,
+    QueueControlContract,
 )
 from conveyor.testing.contract.core import CoreContract, err, make_job, stored
 from conveyor.testing.contract.record import Corrupt, PoisonContract, RecordContract
@@ -35,6 +37,7 @@ __all__ = [
     "LocksContract",
     "PoisonContract",
     "PresenceContract",
+    "QueueControlContract",
     "RecordContract",
     "err",
     "make_job",
@@ -43,6 +46,11 @@ __all__ = [
 
 
 class BackendContract(
-    CoreContract, RecordContract, CountersContract, LocksContract, PresenceContract
+    CoreContract,
+    RecordContract,
+    CountersContract,
+    LocksContract,
+    PresenceContract,
+    QueueControlContract,
 ):
     """Every contract test: the lifecycle, the record, and every capability."""

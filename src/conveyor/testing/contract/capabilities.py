@@ -8,10 +8,16 @@ from __future__ import annotations
 
 import asyncio
 
-from conveyor.capabilities import Counters, Locks, Presence, WorkerInfo, require
-from conveyor.clock import FakeClock
+import pytest
 
-__all__ = ["CountersContract", "LocksContract", "PresenceContract"]
+from conveyor.backends.base import Backend, ClaimRequest
+from conveyor.capabilities import Counters, Locks, Presence, QueueControl, WorkerInfo, require
+from conveyor.clock import FakeClock
+from conveyor.errors import InvalidOption
+from conveyor.job import Completed, JobState
+from conveyor.testing.contract.core import make_job, stored
+
+__all__ = ["CountersContract", "LocksContract", "PresenceContract", "QueueControlContract"]
 
 
 class CountersContract:
@@ -103,3 +109,91 @@ class PresenceContract:
         assert [w.id for w in await presence.workers()] == ["host:2"]
         await presence.leave("host:2")
         assert await presence.workers() == []
+
+
+class QueueControlContract:
+    """`QueueControl`: a paused queue gives its jobs to no claim; the others still do."""
+
+    async def test_a_paused_queue_is_skipped_by_claims(
+        self, backend: Backend, clock: FakeClock
+    ) -> None:
+        control = require(backend, QueueControl, "the queue control contract")
+        assert await control.pause("emails") is True
+        assert await control.pause("emails") is False  # paused already
+        assert await control.paused() == ["emails"]
+        held = make_job(clock, queue="emails", priority=9)
+        other = make_job(clock, queue="default")
+        assert await stored(backend, [held, other]) == [True, True]  # enqueue still works
+        # The paused queue comes first and holds better jobs: no head-of-line blocking.
+        leases = await backend.claim(ClaimRequest(["emails", "default"], 10, 30.0, "w1"))
+        assert [x.id for x in leases] == [other.id]
+        assert await backend.claim(ClaimRequest(["emails"], 10, 30.0, "w1")) == []
+        (job,) = await backend.get([held.id])
+        assert job is not None and job.state is JobState.QUEUED
+        assert await control.resume("emails") is True
+        assert await control.resume("emails") is False
+        assert await control.paused() == []
+        (lease,) = await backend.claim(ClaimRequest(["emails", "default"], 10, 30.0, "w1"))
+        assert lease.id == held.id and lease.job.attempts == 1
+
+    async def test_running_jobs_of_a_paused_queue_finish(
+        self, backend: Backend, clock: FakeClock
+    ) -> None:
+        control = require(backend, QueueControl, "the queue control contract")
+        first, second = make_job(clock, queue="emails"), make_job(clock, queue="emails")
+        await backend.enqueue([first, second])
+        (lease,) = await backend.claim(ClaimRequest(["emails"], 1, 30.0, "w1"))
+        await control.pause("emails")
+        (extended,) = await backend.extend([lease], 30.0)
+        assert extended is not None
+        assert await backend.settle([(lease, Completed(None))]) == [True]
+        # A job due later, and one given back, wait for the resume too.
+        late = make_job(clock, queue="emails", delay=5)
+        await backend.enqueue([late])
+        clock.advance(10)
+        assert await backend.claim(ClaimRequest(["emails"], 10, 30.0, "w1")) == []
+        await control.resume("emails")
+        got = await backend.claim(ClaimRequest(["emails"], 10, 30.0, "w1"))
+        assert sorted(x.id for x in got) == sorted([second.id, late.id])
+
+    async def test_pausing_one_queue_leaves_other_queues_and_prefixes_alone(
+        self, backend: Backend, clock: FakeClock
+    ) -> None:
+        control = require(backend, QueueControl, "the queue control contract")
+        await control.pause("a")
+        await control.pause("b")
+        await control.resume("a")
+        assert await control.paused() == ["b"]
+        job = make_job(clock, queue="a")
+        await backend.enqueue([job])
+        assert [x.id for x in await backend.claim(ClaimRequest(["b", "a"], 5, 30.0, "w"))] == [
+            job.id
+        ]
+
+    async def test_a_wait_on_paused_queues_idles_and_a_resume_wakes_it(
+        self, backend: Backend, clock: FakeClock
+    ) -> None:
+        control = require(backend, QueueControl, "the queue control contract")
+        await control.pause("emails")
+        await backend.enqueue([make_job(clock, queue="emails")])
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        await backend.wait(["emails"], 0.2)  # ready work, but paused: not "ready now"
+        assert loop.time() - began >= 0.1
+        waiting = asyncio.ensure_future(backend.wait(["emails"], 5.0))
+        await asyncio.sleep(0.05)
+        await control.resume("emails")
+        async with asyncio.timeout(2):
+            await waiting
+        assert len(await backend.claim(ClaimRequest(["emails"], 5, 30.0, "w"))) == 1
+
+    async def test_bad_queue_names_are_refused_and_nothing_is_paused(
+        self, backend: Backend, clock: FakeClock
+    ) -> None:
+        control = require(backend, QueueControl, "the queue control contract")
+        for bad in ("", "has space", "a/b", "x" * 65, "-lead", "q\n"):
+            with pytest.raises(InvalidOption, match="invalid queue name"):
+                await control.pause(bad)
+            with pytest.raises(InvalidOption, match="invalid queue name"):
+                await control.resume(bad)
+        assert await control.paused() == []

@@ -15,9 +15,13 @@ local n = #handed
 for a = 7, #ARGV do
   if n >= limit then break end
   local q = ARGV[a]
-  promote_due(q, 1000)
-  -- All scores are 0, so ZPOPMIN pops in member (rank) order.
-  local popped = redis.call('ZPOPMIN', qkey(q, 'ready'), limit - n)
+  -- A paused queue is skipped (its due jobs are promoted by the maintenance sweep).
+  local popped = {}
+  if not is_paused(q) then
+    promote_due(q, 1000)
+    -- All scores are 0, so ZPOPMIN pops in member (rank) order.
+    popped = redis.call('ZPOPMIN', qkey(q, 'ready'), limit - n)
+  end
   for p = 1, #popped, 2 do
     local id = string.sub(popped[p], RANK_WIDTH + 1)
     -- The reply's fields plus seq and token, in one read; patched to what is written.

@@ -45,5 +45,7 @@ for k, j in ipairs(jobs) do
     out[k] = 1
   end
 end
-for q, n in pairs(woke) do wake(q, n - handoff(q, n)) end
+for q, n in pairs(woke) do
+  if not is_paused(q) then wake(q, n - handoff(q, n)) end  -- a paused queue wakes nobody
+end
 return out

@@ -157,10 +157,14 @@ local function pack_lease(token, expires_s, h)
   return table.concat(parts)
 end
 
--- Hand up to n of q's ready jobs to live waiters; returns how many were handed.
+-- Whether q is paused (`pause.lua`): claims, waits and the handoff skip it.
+local function is_paused(q) return redis.call('EXISTS', qkey(q, 'paused')) == 1 end
+
+-- Hand up to n of q's ready jobs to live waiters; returns how many were handed. Never a
+-- job of a paused queue.
 local function handoff(q, n)
   local wkey = qkey(q, 'waiters')
-  if CLUSTER or redis.call('EXISTS', wkey) == 0 then return 0 end
+  if CLUSTER or redis.call('EXISTS', wkey) == 0 or is_paused(q) then return 0 end
   redis.call('ZREMRANGEBYSCORE', wkey, '-inf', NOW_S)
   local handed = 0
   while handed < n do

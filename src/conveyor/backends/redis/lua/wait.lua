@@ -7,11 +7,13 @@ if worker ~= '' and redis.call('LLEN', inbox_key(worker)) > 0 then return 'inbox
 local best = nil
 for a = 7, #ARGV do
   local q = ARGV[a]
-  if redis.call('ZCARD', qkey(q, 'ready')) > 0 then return '0' end
-  local s = redis.call('ZRANGE', qkey(q, 'scheduled'), 0, 0, 'WITHSCORES')
-  if s[2] then
-    local d = tonumber(s[2]) - NOW
-    if not best or d < best then best = d end
+  if not is_paused(q) then  -- a paused queue's work is ready for nobody
+    if redis.call('ZCARD', qkey(q, 'ready')) > 0 then return '0' end
+    local s = redis.call('ZRANGE', qkey(q, 'scheduled'), 0, 0, 'WITHSCORES')
+    if s[2] then
+      local d = tonumber(s[2]) - NOW
+      if not best or d < best then best = d end
+    end
   end
 end
 if best and best <= 0 then return '0' end
