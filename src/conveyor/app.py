@@ -8,9 +8,11 @@ from types import TracebackType
 from typing import Any, ParamSpec, Protocol, Self, TypeVar, overload
 
 from conveyor.backends import Backend, from_url
+from conveyor.capabilities import Locks, require
 from conveyor.clock import Clock, SystemClock
 from conveyor.errors import StateError
 from conveyor.inspector import Inspector
+from conveyor.lock import Lock, OnLost
 from conveyor.producer import JobOptions, Producer
 from conveyor.registry import Registry
 from conveyor.retry import RetryPolicy
@@ -175,6 +177,31 @@ class App:
             queues=parse_queues(queues), concurrency=concurrency, strict=strict, **config
         )
         return Server(self.backend, self.registry, cfg, self.clock)
+
+    # -- locks -----------------------------------------------------------------------------
+
+    def lock(self, name: str, ttl: float, wait: float = 0.0, *, on_lost: OnLost = "cancel") -> Lock:
+        """A distributed lock on this app's store (every process and host using it), renewed
+        every ``ttl / 3`` while held; see `conveyor.lock.Lock`.
+
+        Args:
+            name: the lock's name.
+            ttl: seconds the store keeps it without a renewal (how long a crashed holder
+                blocks the others).
+            wait: seconds to wait for a held lock (woken by its release) before
+                `LockNotAcquired`; 0 tries once.
+            on_lost: ``"cancel"`` cancels the body and raises `LockLost` if the lock is lost
+                while held; ``"ignore"`` only sets ``lock.lost``.
+
+        Example:
+            async with app.lock("report:generate", ttl=60) as lock:
+                print(lock.token)  # fencing token, larger for every later holder
+
+            with app.lock("nightly", ttl=30, wait=5):  # synchronous scripts
+                ...
+        """
+        store = require(self.backend, Locks, "app.lock()")
+        return Lock(store, self.clock, self.registry.portal, name, ttl, wait, on_lost=on_lost)
 
     # -- lifecycle -------------------------------------------------------------------------
 

@@ -89,6 +89,12 @@ class Locks(Protocol):
         """The locks held now, by name."""
         ...
 
+    async def wait_lock(self, name: str, timeout: float) -> None:
+        """Return when `name` may be free: soon after a release of it (by any process), when
+        its holder's ttl passes, or after `timeout` seconds, whichever comes first. Only a
+        hint: the caller then tries `acquire_lock`, which decides."""
+        ...
+
 
 class WorkerInfo(msgspec.Struct, frozen=True, kw_only=True):
     """What a worker says about itself in its presence beats.

@@ -4,7 +4,8 @@ Library errors share one root::
 
     ConveyorError
     ├── ConfigError               bad URL, option, setting or argument; fix the call (a ValueError)
-    │   └── MissingDependency     an optional extra is not installed (names the pip command)
+    │   ├── MissingDependency     an optional extra is not installed (names the pip command)
+    │   └── InvalidSchedule       a cron/@every expression, zone or schedule option is wrong
     ├── EnqueueError              the request was refused; nothing was written
     │   ├── UnknownTask           no task registered under that name
     │   ├── InvalidArguments      arguments don't bind to the task's signature (names the
@@ -23,6 +24,8 @@ Library errors share one root::
     │   │                         entered twice, released more than acquired (a RuntimeError)
     │   └── ClosedError           used after close (a worker, batcher, channel or backend)
     ├── QueueFull                 a bounded buffer is full and its policy is to reject
+    ├── LockNotAcquired           `app.lock(...)` was held by another past its `wait`
+    ├── LockLost                  a held lock expired or was taken over (the body was cancelled)
     └── Dropped                   an item was shed by a drop_oldest / drop_newest policy
 
 Signals raised *by task code* are not errors of the library; they have their own root::
@@ -48,9 +51,12 @@ __all__ = [
     "Fail",
     "InvalidArguments",
     "InvalidOption",
+    "InvalidSchedule",
     "JobCancelled",
     "JobFailed",
     "JobNotFound",
+    "LockLost",
+    "LockNotAcquired",
     "MissingDependency",
     "NonRetryable",
     "PayloadTooLarge",
@@ -78,6 +84,11 @@ class ConfigError(ConveyorError, ValueError):
 
 class MissingDependency(ConfigError):
     """An optional dependency is missing; the message names the extra to install."""
+
+
+class InvalidSchedule(ConfigError):
+    """A schedule is invalid: its expression (the message names the field), its zone, its
+    task, its name or an option. Raised at registration, never at a fire."""
 
 
 class EnqueueError(ConveyorError):
@@ -169,6 +180,15 @@ class ClosedError(StateError):
 
 class QueueFull(ConveyorError):
     """A bounded buffer is full and its overflow policy is `reject`."""
+
+
+class LockNotAcquired(ConveyorError):
+    """A lock was held by someone else for longer than the `wait` given to `app.lock`."""
+
+
+class LockLost(ConveyorError):
+    """A lock expired or passed to another holder while held (a renewal or the release found
+    it gone); with ``on_lost="cancel"`` the body was cancelled and this is raised instead."""
 
 
 class Dropped(ConveyorError):

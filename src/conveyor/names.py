@@ -1,4 +1,4 @@
-"""Validation of names that become storage keys: queues, task names, unique keys, workers."""
+"""Validation of names that become storage keys: queues, task names, unique keys, locks."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ import re
 
 from conveyor.errors import InvalidOption
 
-__all__ = ["check_key", "check_queue", "check_task_name"]
+__all__ = ["check_key", "check_lock_name", "check_queue", "check_task_name"]
 
 _QUEUE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 _TASK = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]{0,199}")
 _KEY = re.compile(r"[A-Za-z0-9_.:@/+=#-]{1,255}")
+_LOCK = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@/+=#-]{0,199}")
 
 
 def check_queue(name: str) -> str:
@@ -40,3 +41,13 @@ def check_key(key: str) -> str:
             f"invalid job key {key!r}: use 1-255 characters from A-Z a-z 0-9 _ . : @ / + = # -"
         )
     return key
+
+
+def check_lock_name(name: str) -> str:
+    """Return `name` if it is a valid lock name, else raise `InvalidOption`."""
+    if not isinstance(name, str) or not _LOCK.fullmatch(name):
+        raise InvalidOption(
+            f"invalid lock name {name!r}: use 1-200 characters from A-Z a-z 0-9 _ . : @ / + = # - "
+            "starting with a letter or digit"
+        )
+    return name

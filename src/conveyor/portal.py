@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 from collections.abc import Coroutine
 from typing import TypeVar
@@ -63,6 +64,11 @@ class Portal:
             )
         loop = self._start()
         return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)
+
+    def submit(self, coro: Coroutine[object, object, T]) -> concurrent.futures.Future[T]:
+        """Start `coro` on the portal's loop and return at once: a future of its result (for
+        work that outlives one call, such as a held lock and its renewals)."""
+        return asyncio.run_coroutine_threadsafe(coro, self._start())
 
     def close(self) -> None:
         """Stop the loop and join its thread. Idempotent."""

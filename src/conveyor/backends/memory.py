@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from msgspec.structs import replace
 
 from conveyor.backends import rules
+from conveyor.backends._wake import Wakeup
 from conveyor.backends.base import Backend, ClaimRequest, JobFilter, Page
 from conveyor.capabilities import LockInfo, WorkerInfo
 from conveyor.clock import Clock, SystemClock
@@ -57,6 +58,7 @@ class MemoryBackend(Backend):
         self._counter = itertools.count(1)
         self._counters: dict[str, tuple[int, float]] = {}  # key -> (value, expires_at)
         self._locks: dict[str, tuple[str | None, int, float]] = {}  # name -> (owner, token, exp)
+        self._lock_freed = Wakeup()  # lock waiters (apart from job waiters: no spurious claims)
         self._presence: dict[str, tuple[WorkerInfo, float]] = {}  # id -> (info, expires_at)
         self._paused: set[str] = set()
 
@@ -409,7 +411,19 @@ class MemoryBackend(Backend):
             holder = self._holder(name, token, now)
             if holder is not None:
                 self._locks[name] = (None, token, 0.0)
-            return holder is not None
+        if holder is not None:
+            self._lock_freed.notify()
+        return holder is not None
+
+    async def wait_lock(self, name: str, timeout: float) -> None:
+        """`Locks`: until a release in this store, the holder's expiry or `timeout`."""
+        self._open()
+        now = self.clock.now()
+        with self._lock:
+            holder, _, expires = self._locks.get(name, (None, 0, 0.0))
+            if holder is None or expires <= now:
+                return
+        await self._lock_freed.wait(min(timeout, expires - now))
 
     def _holder(self, name: str, token: int, now: float) -> str | None:
         """Who holds `name` with `token`, if that holding is live (call with the lock held)."""

@@ -10,6 +10,7 @@ is off by *d* shifts its delays by *d*.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Iterable, Sequence
@@ -458,6 +459,25 @@ class RedisBackend(Reads, Backend):
         rows = await self._capability("locks", [])
         locks = [LockInfo(text(n), text(o), int(t), float(e)) for n, o, t, e in rows]
         return sorted(locks, key=lambda lock: lock.name)
+
+    async def wait_lock(self, name: str, timeout: float) -> None:
+        """`Locks`: block on the lock's ``lock_free`` list (one token per release) for at
+        most `timeout`, the holder's remaining ttl, or half the socket timeout."""
+        left = float(await self._capability("lock_wait", [name]))
+        timeout = min(timeout, left, self.settings.socket_timeout / 2)
+        if timeout < 0.001:
+            return
+        conn = await self._conn()
+        free = f"{self.keys.slot('')}:lock_free:{name}"
+        lost: list[Any] = []
+        with self._errors("wait_lock"):
+            try:
+                await conn.blpop([free], timeout, lost.append)
+            except asyncio.CancelledError:
+                if lost:  # a release's wake-up was popped for us: pass it to the next waiter
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(conn.call("RPUSH", free, "1"))
+                raise
 
     async def beat(self, worker: WorkerInfo, ttl: float) -> None:
         """`Presence`: record `worker` as alive for `ttl` seconds."""

@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
+from conveyor.backends._wake import Wakeup
 from conveyor.backends.base import Backend, ClaimRequest, JobFilter, Page
 from conveyor.backends.sqlite import ops, shared
 from conveyor.backends.sqlite.schema import migrate
@@ -123,6 +124,7 @@ class SQLiteBackend(Backend):
         self._fast_commits = 0
         self._checkpointing = False
         self._data_version = -1
+        self._lock_freed = Wakeup()  # lock waiters (apart from job waiters: no spurious claims)
         self._open_lock = threading.Lock()
 
     # -- plumbing --------------------------------------------------------------------------
@@ -345,7 +347,27 @@ class SQLiteBackend(Backend):
         """`Locks`: free the lock if `token` still holds it."""
         self._open()
         now = self.clock.now()
-        return await self._tx(lambda c: shared.release_lock(c, name, token, now))
+        freed = await self._tx(lambda c: shared.release_lock(c, name, token, now))
+        if freed:
+            self._lock_freed.notify()  # waiters in this process; others see data_version
+        return freed
+
+    async def wait_lock(self, name: str, timeout: float) -> None:
+        """`Locks`: until the lock is free or expired, or `timeout`: woken at once by
+        releases in this process, within `_POLL` by other processes' commits."""
+        self._open()
+        if self._conn is None or self._pid != os.getpid():
+            await self._ro(lambda c: None)  # the thread creates (0600) and migrates the file
+        seen = -1
+        expires: float | None = None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while True:
+                    version, expires = self._lock_look(name, seen, expires)
+                    seen = version
+                    if expires is None or expires <= self.clock.now():
+                        return
+                    await self._lock_freed.wait(min(_POLL, expires - self.clock.now()))
 
     async def locks(self) -> list[LockInfo]:
         """`Locks`: the locks held now."""
@@ -390,6 +412,19 @@ class SQLiteBackend(Backend):
         """`QueueControl`: the paused queues, by name."""
         self._open()
         return await self._ro(shared.paused)
+
+    def _lock_look(self, name: str, seen: int, expires: float | None) -> tuple[int, float | None]:
+        """`data_version` and, if it moved since `seen`, the expiry of `name`'s holding
+        (`None`: free); both on the watch connection (shared memory and one indexed row)."""
+        with self._watch_lock:
+            if self._closed:
+                return seen, None
+            if self._watch is None or self._pid != os.getpid():
+                self._watch = sqlite3.connect(self.path, check_same_thread=False)
+            (version,) = self._watch.execute("PRAGMA data_version").fetchone()
+            if version != seen:
+                expires = shared.lock_expiry(self._watch, name)
+            return int(version), expires
 
     def _changed(self) -> bool:
         """Whether any connection committed since the last look (cheap: no disk I/O)."""

@@ -85,6 +85,14 @@ def release_lock(conn: sqlite3.Connection, name: str, token: int, now: float) ->
     )
 
 
+def lock_expiry(conn: sqlite3.Connection, name: str) -> float | None:
+    """When `name`'s holding expires; `None` if nobody holds it."""
+    row = conn.execute(
+        "SELECT expires_at FROM locks WHERE name = ? AND owner IS NOT NULL", (name,)
+    ).fetchone()
+    return None if row is None or row[0] is None else float(row[0])
+
+
 def locks(conn: sqlite3.Connection, now: float) -> list[LockInfo]:
     rows = conn.execute(
         "SELECT name, owner, token, expires_at FROM locks "

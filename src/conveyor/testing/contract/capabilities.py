@@ -88,6 +88,29 @@ class LocksContract:
         tokens = await asyncio.gather(*(locks.acquire_lock("x", f"w{i}", 30) for i in range(20)))
         assert len([t for t in tokens if t is not None]) == 1
 
+    async def test_wait_lock_wakes_on_release_and_at_the_holders_expiry(
+        self, backend: object, clock: FakeClock
+    ) -> None:
+        locks = require(backend, Locks, "the locks contract")
+        async with asyncio.timeout(5):
+            await locks.wait_lock("free", 30)  # nobody holds it: at once
+            token = await locks.acquire_lock("w", "a", 30)
+            assert token is not None
+            await locks.wait_lock("w", 0.05)  # held: the timeout ends the wait
+            async with asyncio.TaskGroup() as tg:
+                waiter = tg.create_task(locks.wait_lock("w", 30))
+                await asyncio.sleep(0.05)
+                assert not waiter.done()
+                assert await locks.release_lock("w", token) is True  # wakes the waiter
+            token = await locks.acquire_lock("w", "b", 0.2)
+            assert token is not None
+            async with asyncio.TaskGroup() as tg:
+                waiter = tg.create_task(locks.wait_lock("w", 30))
+                await asyncio.sleep(0.05)
+                assert not waiter.done()
+                clock.advance(0.3)  # the holder's ttl passes (a crashed holder): wakes too
+            assert await locks.acquire_lock("w", "c", 30) is not None
+
 
 class PresenceContract:
     """`Presence`: beats that expire, replaced per worker, gone on leave."""
