@@ -106,8 +106,8 @@ class Inspector:
         """
         control = require(self.backend, QueueControl, "inspector.pause()")
         check_queue(queue)
-        changed = await control.pause(queue)
         known = await self._known(queue)
+        changed = await control.pause(queue)  # last: in effect when this returns
         if not known:
             log.warning("paused queue %r, which no job in the store uses yet", queue)
         return PauseChange(queue, changed, known)
