@@ -16,6 +16,8 @@ from conveyor.lock import Lock, OnLost
 from conveyor.producer import JobOptions, Producer
 from conveyor.registry import Registry
 from conveyor.retry import RetryPolicy
+from conveyor.scheduler import Schedule, Schedules
+from conveyor.scheduler.periodic import CatchUp
 from conveyor.serve import Server
 from conveyor.task import AsyncTask, Batch, BatchTask, SyncTask, Task, make_task
 from conveyor.urls import mask
@@ -78,6 +80,8 @@ class App:
         self.producer = Producer(self.backend, self.clock)
         self.registry = Registry(self.producer, max_payload=max_payload)
         self.inspector = Inspector(self.backend)
+        #: Periodic jobs (`periodic`, `schedule`), run by every worker's scheduler.
+        self.schedules = Schedules(self.registry)
         self._entered = 0
 
     def __repr__(self) -> str:
@@ -152,6 +156,86 @@ class App:
 
         return register(fn) if fn is not None else register
 
+    # -- periodic jobs ---------------------------------------------------------------------
+
+    def periodic(
+        self,
+        expression: str,
+        *,
+        tz: str | None = None,
+        args: Sequence[object] = (),
+        kwargs: dict[str, object] | None = None,
+        name: str | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+        catch_up: CatchUp = "latest",
+        misfire_grace: float = 300.0,
+        overlap: bool = True,
+    ) -> _TaskDecorator:
+        """Register a function as a task and run it on a schedule (see `schedule`).
+
+        Example:
+            @app.periodic("0 9 * * MON", tz="Europe/Berlin", queue="reports", args=("weekly",))
+            async def report(kind: str) -> None: ...
+        """
+
+        def register(fn: Callable[..., Any]) -> Any:
+            task = self.task(name=name, queue=queue, priority=priority, retry=retry,
+                             timeout=timeout)(fn)  # fmt: skip
+            self.schedule(task, expression, tz=tz, args=args, kwargs=kwargs,
+                          catch_up=catch_up, misfire_grace=misfire_grace, overlap=overlap)  # fmt: skip
+            return task
+
+        return register
+
+    def schedule(
+        self,
+        task: Task[..., object],
+        expression: str,
+        *,
+        tz: str | None = None,
+        args: Sequence[object] = (),
+        kwargs: dict[str, object] | None = None,
+        name: str | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        catch_up: CatchUp = "latest",
+        misfire_grace: float = 300.0,
+        overlap: bool = True,
+    ) -> Schedule:
+        """Run a registered task on a schedule: one job per fire time, however many workers
+        run the scheduler (each fire is a job keyed ``sched:<name>:<fire epoch>``).
+
+        Args:
+            task: a task of this app.
+            expression: cron (5 fields, or 6 with seconds first), ``@every 90s`` /
+                ``@every 1h30m``, or ``@hourly``, ``@daily``, ``@weekly``, ``@monthly``,
+                ``@yearly``.
+            tz: IANA zone the cron fields are read in (default UTC); DST gaps fire once at
+                the first valid instant after, repeated wall times fire once.
+            args: positional arguments of every fire; kwargs: keyword arguments.
+            name: the schedule's name (default: the task's name), unique in the app.
+            queue: queue of the fire jobs (default: the task's); priority likewise.
+            catch_up: fires missed while no scheduler ran: ``"latest"`` (the most recent
+                one within `misfire_grace`), ``"all"`` (each within it, at most 100) or
+                ``"none"``.
+            misfire_grace: seconds after its time a missed fire is still enqueued.
+            overlap: ``False`` skips a fire while the previous fire's job is still live.
+
+        Raises:
+            InvalidSchedule: a bad expression (the message names the field), zone, name,
+                duplicate name, option, arguments, or a task this app does not register.
+
+        Example:
+            app.schedule(send_digest, "@every 90s", args=("ops",), name="ops-digest")
+        """
+        return self.schedules.add(
+            task, expression, tz=tz, args=args, kwargs=kwargs, name=name, queue=queue,
+            priority=priority, catch_up=catch_up, misfire_grace=misfire_grace, overlap=overlap,
+        )  # fmt: skip
+
     # -- running ---------------------------------------------------------------------------
 
     def worker(
@@ -176,7 +260,7 @@ class App:
         cfg = WorkerConfig(
             queues=parse_queues(queues), concurrency=concurrency, strict=strict, **config
         )
-        return Server(self.backend, self.registry, cfg, self.clock)
+        return Server(self.backend, self.registry, cfg, self.clock, self.schedules)
 
     # -- locks -----------------------------------------------------------------------------
 

@@ -11,9 +11,11 @@ each finished before the one before it is told to stop; see `worker.service`):
    at start is waited for). Stopping it is phase one of shutdown: no more claims. In burst
    mode it ends by itself when no job is ready, which stops the rest.
 5. ``maintenance`` (unless disabled): promote, rescue, purge. Started once the worker is
-   claiming (so the store is known to answer), stopped first.
+   claiming (so the store is known to answer).
+6. ``scheduler`` (unless disabled, when the app has schedules): enqueues the fires
+   of periodic jobs ahead of time (`scheduler.periodic`). Stopped first.
 
-A later loop (cron scheduler, presence beats, a metrics exporter, the autoscaler) is one
+A later loop (presence beats, a metrics exporter, the autoscaler) is one
 more `Service` appended after maintenance, before `run()`.
 """
 
@@ -28,7 +30,7 @@ from conveyor.backends.base import Backend
 from conveyor.clock import Clock
 from conveyor.errors import ClosedError, unwrap_group
 from conveyor.registry import Registry
-from conveyor.scheduler import Maintenance
+from conveyor.scheduler import Maintenance, Scheduler, Schedules
 from conveyor.worker import Worker, WorkerConfig, WorkerStats
 from conveyor.worker.service import Service, ServiceGroup
 
@@ -50,7 +52,12 @@ class Server:
     """
 
     def __init__(
-        self, backend: Backend, registry: Registry, config: WorkerConfig, clock: Clock
+        self,
+        backend: Backend,
+        registry: Registry,
+        config: WorkerConfig,
+        clock: Clock,
+        schedules: Schedules | None = None,
     ) -> None:
         self.config = config
         self.worker = Worker(backend, registry, config, clock)
@@ -65,6 +72,19 @@ class Server:
         self.services: list[Service] = self.worker.services
         if config.maintenance:
             self.services.append(self.maintenance)
+        #: The periodic-job scheduler (`None` with ``scheduler=False`` or no schedules). An
+        #: app with no schedules runs none, so the pending fire of its last removed schedule
+        #: is not cancelled at start (it runs once more, or fails if its task is gone too).
+        self.scheduler: Scheduler | None = None
+        if config.scheduler and schedules:
+            self.scheduler = Scheduler(
+                backend,
+                schedules,
+                clock,
+                lookahead=1.0 + config.poll,
+                queues=config.queue_names,
+            )
+            self.services.append(self.scheduler)
         self._group = ServiceGroup(self.services)
         self._host: asyncio.TaskGroup | None = None
         self._used = False

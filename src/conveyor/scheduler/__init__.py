@@ -1,5 +1,13 @@
-"""Time-driven work: the maintenance loop (layer 6)."""
+"""Time-driven work: the maintenance loop and periodic jobs (layer 6)."""
 
 from conveyor.scheduler.maintenance import Maintenance, MaintenanceStats
+from conveyor.scheduler.periodic import Schedule, Scheduler, SchedulerStats, Schedules
 
-__all__ = ["Maintenance", "MaintenanceStats"]
+__all__ = [
+    "Maintenance",
+    "MaintenanceStats",
+    "Schedule",
+    "Scheduler",
+    "SchedulerStats",
+    "Schedules",
+]

@@ -61,6 +61,8 @@ class WorkerConfig:
         sweep_every: seconds between promote/rescue sweeps.
         purge_every: seconds between purges of expired results.
         failed_retention: seconds failed (dead-letter) jobs are kept.
+        scheduler: run the scheduler (periodic jobs of `app.periodic` / `app.schedule`) in
+            this worker; every worker may, the store keeps one job per fire.
         name: the worker's name in leases and logs (default: host:pid).
     """
 
@@ -78,6 +80,7 @@ class WorkerConfig:
     sweep_every: float = 1.0
     purge_every: float = 60.0
     failed_retention: float = 7 * 86_400.0
+    scheduler: bool = True
     name: str | None = field(default=None)
 
     def __post_init__(self) -> None:

@@ -1,0 +1,475 @@
+"""Periodic jobs: the schedule registry and the scheduler service that enqueues their fires.
+
+**One job per fire time, with no leader.** Each fire is a job with the unique key
+``sched:<name>:<fire epoch>``, enqueued *ahead* as a delayed job (``run_at`` = the fire
+time) so the ordinary delayed-job path (promotion in claim, handoff) starts it on time. Every
+worker runs a `Scheduler`; they all compute the same fire times and the store keeps one job
+per key, so any number of schedulers make one job per fire. The key stays held after the job
+ends (``unique_for``) for as long as any scheduler might still look back at that fire.
+
+**Each tick** (every `tick` seconds, on the injected clock) the scheduler enqueues, in one
+`Backend.enqueue` call for all schedules, every fire up to ``now + lookahead`` that it has
+not enqueued yet. The lookahead is at least the worker's idle `poll`, so an idle worker's wait
+already knows of the fire before it is due (a Redis enqueue of a delayed job does not wake
+waiting workers; their next wait sleeps exactly until it).
+
+**Misfires** are fires that passed while no scheduler enqueued them (every worker was
+down, or this loop stalled). What the store already knows of a fire is told by its key: a
+scheduler (re)starting enqueues the fires it catches up on, and those another scheduler
+already enqueued (or that already ran) are duplicates the store skips. ``catch_up``:
+``"latest"`` (default) the most recent missed fire within `misfire_grace`; ``"all"`` every
+missed fire within it (at most `MAX_CATCH_UP`); ``"none"`` only future fires.
+
+**overlap=False** enqueues a schedule's next fire only once its previous fire job has
+ended, so a fire that comes while the previous run is live is skipped (one `get` per tick
+for all such schedules; at start the job of the latest fire is looked up by its key).
+
+**Removed schedules**: when a scheduler starts it cancels the pending (``scheduled``) fire
+jobs, in the queues its worker serves, of schedules its app no longer registers (a worker
+serving a queue runs what is in it, so a fire job there that its app does not schedule can
+only be a leftover of a removed schedule).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import msgspec
+
+from conveyor.backends.base import Backend, JobFilter
+from conveyor.clock import Clock
+from conveyor.errors import BackendError, ConveyorError, InvalidSchedule
+from conveyor.job import TERMINAL, Job, JobState, new_job_ids
+from conveyor.producer import JobOptions, build_jobs
+from conveyor.registry import Registry
+from conveyor.scheduler.cron import Expression, parse_expression
+from conveyor.task import Task
+from conveyor.worker.service import Service
+
+__all__ = [
+    "KEY_PREFIX",
+    "MAX_CATCH_UP",
+    "CatchUp",
+    "Schedule",
+    "Scheduler",
+    "SchedulerStats",
+    "Schedules",
+    "fire_key",
+]
+
+log = logging.getLogger("conveyor.scheduler")
+
+CatchUp = Literal["latest", "all", "none"]
+
+KEY_PREFIX = "sched:"
+MAX_CATCH_UP = 100
+"""Most missed fires of one schedule that ``catch_up="all"`` enqueues (the latest ones), and
+most fires of one schedule enqueued in one tick."""
+
+_RETAIN = 60.0  # seconds a fire's key is held beyond the last moment anyone looks back at it
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,199}")
+
+
+def fire_key(name: str, fire: float) -> str:
+    """The unique key of schedule `name`'s fire at epoch second `fire`."""
+    stamp = str(int(fire)) if fire == int(fire) else f"{fire:.3f}"
+    return f"{KEY_PREFIX}{name}:{stamp}"
+
+
+@dataclass(frozen=True, eq=False)
+class Schedule:
+    """A registered schedule: which task runs with which arguments, when.
+
+    Attributes:
+        name: unique among the app's schedules (default: the task's name).
+        task: the task each fire runs.
+        expression: when it fires (`conveyor.scheduler.cron.Expression`).
+        args: positional arguments of every fire.
+        kwargs: keyword arguments of every fire.
+        catch_up: what to do about missed fires: ``"latest"``, ``"all"`` or ``"none"``.
+        misfire_grace: seconds after its time a missed fire is still enqueued.
+        overlap: whether a fire may start while the previous fire's job is still live.
+    """
+
+    name: str
+    task: Task[..., object]
+    expression: Expression
+    args: tuple[object, ...]
+    kwargs: Mapping[str, object]
+    catch_up: CatchUp
+    misfire_grace: float
+    overlap: bool
+    _template: Job = field(repr=False)
+
+    def jobs(self, fires: Sequence[float], now: float) -> list[Job]:
+        """The fire jobs for `fires`, built at `now`."""
+        ids = new_job_ids(len(fires), now)
+        hold = self.misfire_grace + _RETAIN
+        replace = msgspec.structs.replace
+        return [
+            replace(
+                self._template,
+                id=i,
+                run_at=fire,
+                enqueued_at=now,
+                key=fire_key(self.name, fire),
+                unique_until=max(fire, now) + hold,
+                meta={"schedule": self.name, "fire": fire},
+            )
+            for i, fire in zip(ids, fires, strict=True)
+        ]
+
+
+class Schedules:
+    """An app's schedules by name (`App.schedules`; filled by `app.periodic` and
+    `app.schedule`).
+
+    Args:
+        registry: the app's tasks (a schedule's task must be one of them).
+    """
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self._by_name: dict[str, Schedule] = {}
+
+    def add(
+        self,
+        task: Task[..., object],
+        expression: str,
+        *,
+        tz: str | None = None,
+        args: Sequence[object] = (),
+        kwargs: Mapping[str, object] | None = None,
+        name: str | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+        catch_up: CatchUp = "latest",
+        misfire_grace: float = 300.0,
+        overlap: bool = True,
+    ) -> Schedule:
+        """Register a schedule; every check happens here, never at a fire.
+
+        Raises:
+            InvalidSchedule: a bad expression (naming the field), zone, name, duplicate name,
+                option, a task this app does not register, or arguments that don't fit it.
+        """
+        if not isinstance(task, Task) or self.registry.find(task.name) is not task:
+            raise InvalidSchedule(
+                f"cannot schedule {task!r}: it is not a task registered with this app; "
+                "register it with @app.task first (or use @app.periodic)"
+            )
+        name = task.name if name is None else name
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise InvalidSchedule(
+                f"invalid schedule name {name!r}: use 1-200 characters from A-Z a-z 0-9 _ . : - "
+                "starting with a letter, digit or underscore"
+            )
+        if name in self._by_name:
+            raise InvalidSchedule(
+                f"a schedule named {name!r} is already registered; give this one another "
+                "name: app.schedule(task, expression, name='...')"
+            )
+        if catch_up not in ("latest", "all", "none"):
+            raise InvalidSchedule(f"catch_up must be 'latest', 'all' or 'none', got {catch_up!r}")
+        if (
+            isinstance(misfire_grace, bool)
+            or not isinstance(misfire_grace, int | float)
+            or not math.isfinite(misfire_grace)
+            or misfire_grace < 0
+        ):
+            raise InvalidSchedule(
+                f"misfire_grace must be a finite number of seconds >= 0, got {misfire_grace!r}"
+            )
+        expr = parse_expression(expression, tz)
+        kw = dict(kwargs or {})
+        try:
+            payload = task.codec.encode(tuple(args), kw)
+            opts = task.defaults.merged(JobOptions(queue=queue, priority=priority))
+            (template,) = build_jobs(task.name, [payload], opts, 0.0)
+        except ConveyorError as exc:
+            raise InvalidSchedule(f"schedule {name!r}: {exc}") from None
+        schedule = Schedule(
+            name, task, expr, tuple(args), kw, catch_up, float(misfire_grace), overlap, template
+        )
+        self._by_name[name] = schedule
+        return schedule
+
+    def get(self, name: str) -> Schedule | None:
+        """The schedule registered as `name`, or `None`."""
+        return self._by_name.get(name)
+
+    def __iter__(self) -> Iterator[Schedule]:
+        return iter(self._by_name.values())
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+
+@dataclass(slots=True)
+class SchedulerStats:
+    """What the scheduler did since it started."""
+
+    ticks: int = 0
+    sent: int = 0  # fire jobs sent to the store (duplicates included)
+    created: int = 0  # of those, new jobs (not already held by another scheduler)
+    store_calls: int = 0
+    removed: int = 0  # pending fire jobs of removed schedules cancelled at start
+    errors: int = 0
+
+
+@dataclass(slots=True)
+class _State:
+    since: float  # fires after this one count as missed (the newest fire the store knew of)
+    ahead: float | None = None  # the latest fire this scheduler enqueued
+    last_id: str | None = None  # that fire's job (for overlap=False)
+
+
+class Scheduler(Service):
+    """Enqueues every schedule's fires ahead of time, as a worker service.
+
+    Args:
+        backend: the store.
+        schedules: the app's schedules.
+        clock: the time source (ticks sleep on it).
+        tick: seconds between ticks.
+        lookahead: how far ahead of now fires are enqueued (default: `tick` + 1 s; at
+            least the worker's idle poll, see the module docstring).
+        queues: the queues the worker serves (for the clean-up of removed schedules at
+            start; `None`: no clean-up).
+    """
+
+    name = "scheduler"
+
+    def __init__(
+        self,
+        backend: Backend,
+        schedules: Schedules,
+        clock: Clock,
+        *,
+        tick: float = 1.0,
+        lookahead: float | None = None,
+        queues: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.backend = backend
+        self.schedules = schedules
+        self.clock = clock
+        self.tick_every = tick
+        self.lookahead = max(tick, lookahead if lookahead is not None else tick + 1.0)
+        self.queues = list(queues) if queues is not None else None
+        self.stats = SchedulerStats()
+        self._state: dict[str, _State] = {}
+
+    async def run(self) -> None:
+        """Clean up after removed schedules, then tick until stopped."""
+        self.started()
+        await self.cancel_on_stop(self._loop())
+
+    async def _loop(self) -> None:
+        failing = False
+        if self.queues is not None:
+            try:
+                await self.cancel_removed(self.queues)
+            except BackendError as exc:
+                log.error("scheduler: could not cancel removed schedules' fires (%s)", exc)
+        while True:
+            try:
+                await self.tick()
+            except BackendError as exc:
+                self.stats.errors += 1
+                if not failing:
+                    log.error("scheduler tick failed (%s); retrying every %.1fs", exc,
+                              self.tick_every)  # fmt: skip
+                failing = True
+            except Exception:
+                self.stats.errors += 1
+                log.exception("scheduler tick failed; retrying in %.1fs", self.tick_every)
+            else:
+                if failing:
+                    log.warning("scheduler: the store answers again")
+                failing = False
+            await self.clock.sleep(self.tick_every)
+
+    async def tick(self) -> int:
+        """One pass: enqueue every due-soon fire of every schedule in one store call.
+        Returns how many fire jobs were sent (duplicates included)."""
+        now = self.clock.now()
+        self.stats.ticks += 1
+        horizon = now + self.lookahead
+        states = self._state
+        new = [s for s in self.schedules if s.name not in states]
+        for start in range(0, len(new), 64):  # lookups of new schedules, 64 at a time
+            part = new[start : start + 64]
+            found = await asyncio.gather(*(self._first_state(s, now) for s in part))
+            states.update((s.name, st) for s, st in zip(part, found, strict=True))
+        previous = await self._previous(now)
+        owners: list[_State] = []
+        jobs: list[Job] = []
+        for s in self.schedules:
+            st = states[s.name]
+            if st.ahead is not None and st.ahead >= horizon:
+                continue  # its next fire is in the store already
+            if s.overlap:
+                fires = self._fires(s, st, now, horizon)
+            elif s.name in previous:
+                fires = self._fire_no_overlap(s, st, now, previous[s.name])
+            else:
+                continue  # its previous fire has not passed yet
+            if fires:
+                st.ahead = fires[-1] if st.ahead is None else max(fires[-1], st.ahead)
+                jobs += s.jobs(fires, now)
+                owners += [st] * len(fires)
+        if not jobs:
+            return 0
+        self.stats.store_calls += 1
+        ids = await self.backend.enqueue(jobs)
+        for st, job, got in zip(owners, jobs, ids, strict=True):
+            st.last_id = got  # the last fire's job: the holder of its key
+            self.stats.created += got == job.id
+        self.stats.sent += len(jobs)
+        return len(jobs)
+
+    def _fires(self, s: Schedule, st: _State, now: float, horizon: float) -> list[float]:
+        """Missed fires to catch up on (by `catch_up`), then every fire up to `horizon`
+        (at least the next one)."""
+        expr = s.expression
+        since = max(st.since if st.ahead is None else st.ahead, now - s.misfire_grace)
+        past: list[float] = []
+        if s.catch_up == "latest":
+            prev = expr.prev_at_or_before(now, limit=since)
+            past = [prev] if prev is not None else []
+        elif s.catch_up == "all":
+            past = expr.fires_between(since, now, cap=MAX_CATCH_UP)
+        start = now if st.ahead is None else max(now, st.ahead)
+        ahead = expr.fires_between(start, horizon, cap=MAX_CATCH_UP)
+        return past + (ahead or [expr.next_after(start)])
+
+    def _fire_no_overlap(
+        self, s: Schedule, st: _State, now: float, ended: float | None
+    ) -> list[float]:
+        """overlap=False, the previous run not live (it ended at `ended`; `None`: no run
+        known): one fire, the latest that passed since then (within the grace, unless
+        ``catch_up="none"``; fires while it ran are skipped), else the next one, ahead."""
+        expr = s.expression
+        since = max(ended or 0.0, st.ahead or 0.0, st.since, now - s.misfire_grace)
+        prev = expr.prev_at_or_before(now, limit=since)
+        return [prev if prev is not None else expr.next_after(now)]
+
+    async def _first_state(self, s: Schedule, now: float) -> _State:
+        """What the store knows of schedule `s` when this scheduler first sees it: the
+        newest fire whose job exists (found by key), so only fires after it count as
+        missed; a schedule the store knows nothing of has missed nothing."""
+        if s.catch_up == "none" and s.overlap:
+            return _State(since=now)
+        found = await self._newest_known(s, now)
+        if found is None:
+            return _State(since=now)
+        fire, job = found
+        since = now if s.catch_up == "none" else fire
+        if s.overlap:
+            return _State(since=since)
+        return _State(since=since, ahead=fire, last_id=job.id)
+
+    async def _newest_known(self, s: Schedule, now: float) -> tuple[float, Job] | None:
+        """The newest fire in the grace window (or the one just before it) whose job the
+        store has, found by key. Probes go back from the newest fire 1, 2, 4, 8, ... fires
+        (the store knows a run of fires that ends where the outage began), then a binary
+        search between the newest hit and the miss after it: about 2 log2(fires in the
+        window) queries at most, 1 when nothing was missed; once per schedule and
+        scheduler. A run shorter than the gap between two probes can be missed; then
+        the schedule counts as new and nothing is caught up."""
+        expr = s.expression
+        fires = expr.fires_between(now - s.misfire_grace, now, cap=4096)
+        before = expr.prev_at_or_before(now - s.misfire_grace, limit=0.0)
+        if before is not None:
+            fires.insert(0, before)
+        if not fires:
+            return None
+
+        async def job_of(i: int) -> Job | None:
+            self.stats.store_calls += 1
+            page = await self.backend.query(JobFilter(key=fire_key(s.name, fires[i])), None, 1)
+            return page.jobs[0] if page.jobs else None
+
+        miss, step, hit = len(fires), 1, None
+        i = len(fires) - 1
+        while True:
+            job = await job_of(i)
+            if job is not None:
+                hit = (i, job)
+                break
+            miss = i
+            if i == 0:
+                return None
+            i = max(0, len(fires) - 1 - step)
+            step *= 2
+        lo, best = hit
+        hi = miss - 1  # the newest known fire is in [lo, hi]
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            job = await job_of(mid)
+            if job is not None:
+                lo, best = mid, job
+            else:
+                hi = mid - 1
+        return fires[lo], best
+
+    async def _previous(self, now: float) -> dict[str, float | None]:
+        """For overlap=False schedules with no fire pending ahead: whether their previous run
+        ended, and when. Schedules whose run is live are left out; the value is when the run
+        ended (`None` when no run is known). One `get` for all, once per tick."""
+        out: dict[str, float | None] = {}
+        known: list[tuple[Schedule, str]] = []
+        for s in self.schedules:
+            st = self._state[s.name]
+            if s.overlap or (st.ahead is not None and st.ahead > now):
+                continue
+            if st.last_id is None:
+                out[s.name] = None
+            else:
+                known.append((s, st.last_id))
+        if known:
+            self.stats.store_calls += 1
+            found = await self.backend.get([i for _, i in known])
+            for (s, _), job in zip(known, found, strict=True):
+                if job is None or job.state in TERMINAL:
+                    out[s.name] = job.finished_at if job is not None else None
+        return out
+
+    async def cancel_removed(self, queues: Sequence[str]) -> int:
+        """Cancel pending fire jobs in `queues` whose schedule is no longer registered."""
+        n = 0
+        for queue in queues:
+            after: str | None = None
+            while True:
+                self.stats.store_calls += 1
+                page = await self.backend.query(
+                    JobFilter(queue=queue, state=JobState.SCHEDULED), after, 1000
+                )
+                for job in page.jobs:
+                    name = job.meta.get("schedule")
+                    if (
+                        job.key is not None
+                        and job.key.startswith(KEY_PREFIX)
+                        and isinstance(name, str)
+                        and name not in self.schedules
+                    ):
+                        self.stats.store_calls += 1
+                        reason = f"schedule {name!r} is no longer registered"
+                        n += await self.backend.cancel(job.id, reason) is JobState.CANCELLED
+                after = page.next
+                if after is None:
+                    break
+        if n:
+            log.warning("cancelled %d pending fire job(s) of removed schedules", n)
+        self.stats.removed += n
+        return n
