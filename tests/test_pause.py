@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import subprocess
@@ -130,3 +131,33 @@ def test_inspect_pause_resume_and_stats(tmp_path: Path) -> None:
     stats = run(tmp_path, "inspect", "stats").stdout
     (row,) = [line for line in stats.splitlines() if " emails " in line]
     assert "paused" not in row
+
+
+@pytest.mark.parametrize("store", ["memory", "sqlite"])
+async def test_an_idle_worker_on_a_paused_queue_blocks_and_resume_starts_it(
+    store: str, tmp_path: Path
+) -> None:
+    from conveyor.backends.sqlite import SQLiteBackend
+
+    inner = MemoryBackend() if store == "memory" else SQLiteBackend(tmp_path / "jobs.db")
+    faulty = FaultyBackend(inner)
+    app = conveyor.App(backend=faulty)
+    done: list[int] = []
+
+    @app.task(queue="emails")
+    async def send(n: int) -> None:
+        done.append(n)
+
+    try:
+        await app.inspector.pause("emails")
+        await send.enqueue_many([(i,) for i in range(5)])
+        async with app.worker(queues=["emails"], maintenance=False):
+            await asyncio.sleep(0.3)
+            # Ready jobs in a paused queue are not "ready now": the worker waits, not spins.
+            assert faulty.calls["claim"] <= 4 and done == []
+            await app.inspector.resume("emails")
+            async with asyncio.timeout(5):
+                while len(done) < 5:
+                    await asyncio.sleep(0.01)
+    finally:
+        await app.aclose()
