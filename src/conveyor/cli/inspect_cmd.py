@@ -20,6 +20,7 @@ from rich.table import Column, Table
 from rich.text import Text
 
 from conveyor.app import App
+from conveyor.capabilities import Locks, require
 from conveyor.errors import InvalidOption
 from conveyor.inspector import Inspector
 from conveyor.job import Job, JobState
@@ -259,3 +260,18 @@ def purge(get_app: Callable[[], App], states: tuple[str, ...], older_than: float
     ]
     n = _run(get_app(), lambda i: i.purge(wanted, older_than=older_than))
     console.print(f"purged {n} job(s)")
+
+
+@inspect_group.command("locks")
+@click.pass_obj
+def locks(get_app: Callable[[], App]) -> None:
+    """Held locks (`app.lock`): name, owner, fencing token, seconds until it expires."""
+    app = get_app()
+    store = require(app.backend, Locks, "conveyor inspect locks")
+    held = _run(app, lambda _: store.locks())
+    now = app.clock.now()
+    table = Table("name", "owner", "token", Column("expires in", justify="right"))
+    for lock in held:
+        left = max(0.0, lock.expires_at - now)
+        table.add_row(_text(lock.name), _text(lock.owner), str(lock.token), f"{left:.1f} s")
+    console.print(table if held else "no locks held")
