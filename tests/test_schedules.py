@@ -18,7 +18,7 @@ from conveyor.errors import ConfigError, InvalidSchedule
 from conveyor.job import Completed, JobState
 from conveyor.scheduler import Scheduler
 from conveyor.scheduler.cron import parse_expression
-from conveyor.scheduler.periodic import fire_key
+from conveyor.scheduler.schedules import fire_key
 
 
 def _t(zone: str, *args: int) -> float:
@@ -284,7 +284,7 @@ async def test_misfires(app: conveyor.App, catch_up: str) -> None:
     await Scheduler(app.backend, app.schedules, clock, lookahead=1.0).tick()
     jobs = await _jobs(app.backend)
     missed = sorted(j.run_at for j in jobs if ahead.run_at < j.run_at <= now)
-    every = [t for t in range(int(ahead.run_at) + 10, int(now) + 1, 10)]
+    every = list(range(int(ahead.run_at) + 10, int(now) + 1, 10))
     assert missed == {"latest": every[-1:], "all": every, "none": []}[catch_up]
     assert sum(1 for j in jobs if j.run_at > now) == 1  # and the next one, ahead
 
@@ -371,7 +371,7 @@ async def test_removed_schedule_pending_fire_is_cancelled_at_start(app: conveyor
     deployed = conveyor.App(backend=app.backend)
 
     @deployed.task
-    async def kept() -> None: ...  # noqa: F811
+    async def kept() -> None: ...
 
     deployed.schedule(kept, "@hourly")
     scheduler = Scheduler(deployed.backend, deployed.schedules, clock, queues=["default"])

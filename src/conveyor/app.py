@@ -17,7 +17,7 @@ from conveyor.producer import JobOptions, Producer
 from conveyor.registry import Registry
 from conveyor.retry import RetryPolicy
 from conveyor.scheduler import Schedule, Schedules
-from conveyor.scheduler.periodic import CatchUp
+from conveyor.scheduler.schedules import CatchUp
 from conveyor.serve import Server
 from conveyor.task import AsyncTask, Batch, BatchTask, SyncTask, Task, make_task
 from conveyor.urls import mask
@@ -182,10 +182,13 @@ class App:
         """
 
         def register(fn: Callable[..., Any]) -> Any:
-            task = self.task(name=name, queue=queue, priority=priority, retry=retry,
-                             timeout=timeout)(fn)  # fmt: skip
-            self.schedule(task, expression, tz=tz, args=args, kwargs=kwargs,
-                          catch_up=catch_up, misfire_grace=misfire_grace, overlap=overlap)  # fmt: skip
+            task = self.task(
+                name=name, queue=queue, priority=priority, retry=retry, timeout=timeout
+            )(fn)
+            self.schedule(
+                task, expression, tz=tz, args=args, kwargs=kwargs, catch_up=catch_up,
+                misfire_grace=misfire_grace, overlap=overlap,
+            )  # fmt: skip
             return task
 
         return register

@@ -77,6 +77,7 @@ def cli(ctx: click.Context, app_spec: str | None, url: str | None, verbose: int)
 )
 @click.option("--burst", is_flag=True, help="Exit when no job is ready.")
 @click.option("--name", help="Worker name in leases and logs.")
+@click.option("--no-scheduler", is_flag=True, help="Don't run the scheduler of periodic jobs here.")
 @click.pass_context
 def worker_cmd(
     ctx: click.Context,
@@ -89,6 +90,7 @@ def worker_cmd(
     lease_for: float,
     burst: bool,
     name: str | None,
+    no_scheduler: bool,
 ) -> None:
     """Run workers for APP (module:attribute)."""
     if processes < 1:
@@ -103,6 +105,7 @@ def worker_cmd(
                  "--concurrency", str(concurrency), "--grace", str(grace),
                  "--lease", str(lease_for)]  # fmt: skip
         child += ["--strict"] * strict + ["--burst"] * burst + (["--name", name] if name else [])
+        child += ["--no-scheduler"] * no_scheduler
         ctx.exit(supervise(head, child, processes))
     app = load_app(app_spec)
     options: dict[str, object] = {
@@ -112,6 +115,7 @@ def worker_cmd(
         "lease_for": lease_for,
         "burst": burst,
         "name": name,
+        "scheduler": not no_scheduler,
     }
     run_worker(app, options=options, queues=queues)
 

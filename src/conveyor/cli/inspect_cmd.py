@@ -24,6 +24,7 @@ from conveyor.capabilities import Locks, require
 from conveyor.errors import InvalidOption
 from conveyor.inspector import Inspector
 from conveyor.job import Job, JobState
+from conveyor.scheduler.schedules import describe
 
 __all__ = ["MAX_LIMIT", "inspect_group", "visible"]
 
@@ -275,3 +276,24 @@ def locks(get_app: Callable[[], App]) -> None:
         left = max(0.0, lock.expires_at - now)
         table.add_row(_text(lock.name), _text(lock.owner), str(lock.token), f"{left:.1f} s")
     console.print(table if held else "no locks held")
+
+
+@inspect_group.command("schedules")
+@click.pass_obj
+def schedules(get_app: Callable[[], App]) -> None:
+    """The app's periodic jobs: name, expression, zone, next fire, last fire's job and state."""
+    app = get_app()
+    rows = _run(app, lambda _: describe(app.backend, app.schedules, app.clock.now()))
+    table = Table("name", "expression", "zone", "next fire", "last fire", "last job", "state")
+    for row in rows:
+        s, job = row.schedule, row.last_job
+        table.add_row(
+            _text(s.name),
+            _text(s.expression.text),
+            _text(s.expression.tz),
+            _ts(row.next_fire),
+            _ts(row.last_fire),
+            _text(job.id if job else "-"),
+            _text(job.state.value if job else "-"),
+        )
+    console.print(table if rows else "no schedules (is the app given with -A?)")
