@@ -267,6 +267,8 @@ class App:
 
     # -- locks -----------------------------------------------------------------------------
 
+    _locks: tuple[object, Locks] | None = None  # (store, store as Locks): checked once
+
     def lock(self, name: str, ttl: float, wait: float = 0.0, *, on_lost: OnLost = "cancel") -> Lock:
         """A distributed lock on this app's store (every process and host using it), renewed
         every ``ttl / 3`` while held; see `conveyor.lock.Lock`.
@@ -287,8 +289,10 @@ class App:
             with app.lock("nightly", ttl=30, wait=5):  # synchronous scripts
                 ...
         """
-        store = require(self.backend, Locks, "app.lock()")
-        return Lock(store, self.clock, self.registry.portal, name, ttl, wait, on_lost=on_lost)
+        cached = self._locks
+        if cached is None or cached[0] is not self.backend:  # the Protocol check costs ~20 us
+            cached = self._locks = (self.backend, require(self.backend, Locks, "app.lock()"))
+        return Lock(cached[1], self.clock, self.registry.portal, name, ttl, wait, on_lost=on_lost)
 
     # -- lifecycle -------------------------------------------------------------------------
 
