@@ -15,6 +15,7 @@ from conveyor.backends.memory import MemoryBackend
 from conveyor.backends.sqlite import SQLiteBackend
 from conveyor.clock import FakeClock
 from conveyor.errors import ConfigError, InvalidOption, LockLost, LockNotAcquired, StateError
+from conveyor.testing import FaultyBackend
 from conveyor.testing.redis_server import RedisServer
 
 
@@ -269,3 +270,34 @@ async def test_a_release_on_another_redis_connection_wakes_the_waiter(
         assert waiter.result() > held and time.monotonic() - released < 0.5
         await lock.release()
         assert await one.locks() == []
+
+
+async def test_renewals_that_fail_are_retried_until_the_ttl_then_the_lock_is_lost(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = FakeClock()
+    faulty = FaultyBackend(MemoryBackend(clock=clock))
+    app = conveyor.App(backend=faulty)
+    lock = app.lock("x", ttl=30, on_lost="ignore")
+    await lock.acquire()
+    await _settle()
+    faulty.fail("extend_lock")
+    clock.advance(10)  # the first renewal fails: retried soon
+    await _settle()
+    assert not lock.lost and "renewal failed, retrying" in caplog.text
+    faulty.heal()
+    clock.advance(0.05)
+    await _settle()
+    assert not lock.lost and faulty.calls["extend_lock"] == 2  # the retry got through
+    faulty.fail("extend_lock")
+    for _ in range(4):
+        clock.advance(10)
+        await _settle()
+        for _ in range(3):
+            clock.advance(0.05)
+            await _settle()
+    assert lock.lost  # the store stayed out of reach until the holding lapsed
+    assert "renewals failed until its ttl passed" in caplog.text
+    faulty.heal()
+    assert await lock.release() is False
+    await app.aclose()
