@@ -32,7 +32,6 @@ only be a leftover of a removed schedule).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -46,7 +45,7 @@ from conveyor.scheduler.schedules import (
     MAX_CATCH_UP,
     Schedule,
     Schedules,
-    fire_key,
+    fire_id,
 )
 from conveyor.worker.service import Service
 
@@ -61,7 +60,6 @@ class SchedulerStats:
 
     ticks: int = 0
     sent: int = 0  # fire jobs sent to the store (duplicates included)
-    created: int = 0  # of those, new jobs (not already held by another scheduler)
     store_calls: int = 0
     removed: int = 0  # pending fire jobs of removed schedules cancelled at start
     errors: int = 0
@@ -148,10 +146,8 @@ class Scheduler(Service):
         horizon = now + self.lookahead
         states = self._state
         new = [s for s in self.schedules if s.name not in states]
-        for start in range(0, len(new), 64):  # lookups of new schedules, 64 at a time
-            part = new[start : start + 64]
-            found = await asyncio.gather(*(self._first_state(s, now) for s in part))
-            states.update((s.name, st) for s, st in zip(part, found, strict=True))
+        if new:
+            states.update(await self._first_states(new, now))
         previous = await self._previous(now)
         owners: list[_State] = []
         jobs: list[Job] = []
@@ -173,9 +169,8 @@ class Scheduler(Service):
             return 0
         self.stats.store_calls += 1
         ids = await self.backend.enqueue(jobs)
-        for st, job, got in zip(owners, jobs, ids, strict=True):
+        for st, got in zip(owners, ids, strict=True):
             st.last_id = got  # the last fire's job: the holder of its key
-            self.stats.created += got == job.id
         self.stats.sent += len(jobs)
         return len(jobs)
 
@@ -205,64 +200,74 @@ class Scheduler(Service):
         prev = expr.prev_at_or_before(now, limit=since)
         return [prev if prev is not None else expr.next_after(now)]
 
-    async def _first_state(self, s: Schedule, now: float) -> _State:
-        """What the store knows of schedule `s` when this scheduler first sees it: the
-        newest fire whose job exists (found by key), so only fires after it count as
-        missed; a schedule the store knows nothing of has missed nothing."""
-        if s.catch_up == "none" and s.overlap:
-            return _State(since=now)
-        found = await self._newest_known(s, now)
-        if found is None:
-            return _State(since=now)
-        fire, job = found
-        since = now if s.catch_up == "none" else fire
-        if s.overlap:
-            return _State(since=since)
-        return _State(since=since, ahead=fire, last_id=job.id)
-
-    async def _newest_known(self, s: Schedule, now: float) -> tuple[float, Job] | None:
-        """The newest fire in the grace window (or the one just before it) whose job the
-        store has, found by key. Probes go back from the newest fire 1, 2, 4, 8, ... fires
-        (the store knows a run of fires that ends where the outage began), then a binary
-        search between the newest hit and the miss after it: about 2 log2(fires in the
-        window) queries at most, 1 when nothing was missed; once per schedule and
-        scheduler. A run shorter than the gap between two probes can be missed; then
-        the schedule counts as new and nothing is caught up."""
-        expr = s.expression
-        fires = expr.fires_between(now - s.misfire_grace, now, cap=4096)
-        before = expr.prev_at_or_before(now - s.misfire_grace, limit=0.0)
-        if before is not None:
-            fires.insert(0, before)
-        if not fires:
-            return None
-
-        async def job_of(i: int) -> Job | None:
-            self.stats.store_calls += 1
-            page = await self.backend.query(JobFilter(key=fire_key(s.name, fires[i])), None, 1)
-            return page.jobs[0] if page.jobs else None
-
-        miss, step, hit = len(fires), 1, None
-        i = len(fires) - 1
-        while True:
-            job = await job_of(i)
-            if job is not None:
-                hit = (i, job)
-                break
-            miss = i
-            if i == 0:
-                return None
-            i = max(0, len(fires) - 1 - step)
-            step *= 2
-        lo, best = hit
-        hi = miss - 1  # the newest known fire is in [lo, hi]
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            job = await job_of(mid)
-            if job is not None:
-                lo, best = mid, job
+    async def _first_states(self, schedules: list[Schedule], now: float) -> dict[str, _State]:
+        """What the store knows of each schedule when this scheduler first sees it: the
+        newest fire whose job exists, so only fires after it count as missed (a schedule
+        the store knows nothing of has missed nothing), and for overlap=False that fire's
+        job (maybe still live)."""
+        out = {s.name: _State(since=now) for s in schedules}
+        asked = [s for s in schedules if s.catch_up != "none" or not s.overlap]
+        for s, (fire, job) in (await self._newest_known(asked, now)).items():
+            since = now if s.catch_up == "none" else fire
+            if s.overlap:
+                out[s.name] = _State(since=since)
             else:
-                hi = mid - 1
-        return fires[lo], best
+                out[s.name] = _State(since=since, ahead=fire, last_id=job.id)
+        return out
+
+    async def _newest_known(
+        self, schedules: list[Schedule], now: float
+    ) -> dict[Schedule, tuple[float, Job]]:
+        """Per schedule, the newest fire in its grace window (or the one just before it)
+        whose job the store has, looked up by the fires' job ids, one `get` per round for
+        every schedule. First probes back from the newest fire by 0, 1, 2, 4, 8, ... fires
+        (the store knows a run of fires that ends where an outage began), then a bisection
+        between the newest hit and the miss above it: one round when nothing was missed,
+        about 1 + log2(fires missed) rounds otherwise. A run of known fires shorter than the
+        gap between two probes can be missed; then the schedule counts as new."""
+        fires: dict[Schedule, list[float]] = {}
+        for s in schedules:
+            expr = s.expression
+            window = expr.fires_between(now - s.misfire_grace, now, cap=4096)
+            before = expr.prev_at_or_before(now - s.misfire_grace, limit=0.0)
+            if before is not None:
+                window.insert(0, before)
+            if window:
+                fires[s] = window
+
+        async def lookup(asks: list[tuple[Schedule, int]]) -> list[Job | None]:
+            self.stats.store_calls += 1
+            return await self.backend.get([fire_id(s.name, fires[s][i]) for s, i in asks])
+
+        probes: list[tuple[Schedule, int]] = []
+        for s, window in fires.items():
+            top, step, seen = len(window) - 1, 1, set()
+            i = top
+            while i not in seen:
+                seen.add(i)
+                probes.append((s, i))
+                i, step = max(0, top - step), step * 2
+        bounds: dict[Schedule, list[int]] = {}  # [lo, hi]: the newest known is in there
+        best: dict[Schedule, tuple[float, Job]] = {}
+        above: dict[Schedule, int] = {}  # the lowest probed miss above the newest hit
+        for (s, i), job in zip(probes, await lookup(probes) if probes else [], strict=True):
+            if s in bounds:
+                continue
+            if job is None:
+                above[s] = i
+            else:
+                best[s] = (fires[s][i], job)
+                bounds[s] = [i, above.get(s, len(fires[s])) - 1]
+        while True:
+            asks = [(s, (lo + hi + 1) // 2) for s, (lo, hi) in bounds.items() if lo < hi]
+            if not asks:
+                return best
+            for (s, mid), job in zip(asks, await lookup(asks), strict=True):
+                if job is not None:
+                    best[s] = (fires[s][mid], job)
+                    bounds[s][0] = mid
+                else:
+                    bounds[s][1] = mid - 1
 
     async def _previous(self, now: float) -> dict[str, float | None]:
         """For overlap=False schedules with no fire pending ahead: whether their previous run

@@ -8,6 +8,7 @@ by that key for ``conveyor inspect schedules``.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -16,9 +17,9 @@ from typing import Literal
 
 import msgspec
 
-from conveyor.backends.base import Backend, JobFilter
+from conveyor.backends.base import Backend
 from conveyor.errors import ConveyorError, InvalidSchedule
-from conveyor.job import Job, new_job_ids
+from conveyor.job import Job
 from conveyor.producer import JobOptions, build_jobs
 from conveyor.registry import Registry
 from conveyor.scheduler.cron import Expression, parse_expression
@@ -33,6 +34,7 @@ __all__ = [
     "ScheduleInfo",
     "Schedules",
     "describe",
+    "fire_id",
     "fire_key",
 ]
 
@@ -53,6 +55,15 @@ def fire_key(name: str, fire: float) -> str:
     """The unique key of schedule `name`'s fire at epoch second `fire`."""
     stamp = str(int(fire)) if fire == int(fire) else f"{fire:.3f}"
     return f"{KEY_PREFIX}{name}:{stamp}"
+
+
+def fire_id(name: str, fire: float) -> str:
+    """The job id of schedule `name`'s fire at `fire`: the same in every process, so what
+    the store knows of a fire is one batched `Backend.get` away (a store answers a second
+    enqueue of an id it has with that id, and keeps the record as it is)."""
+    ms = int(fire * 1000) & 0xFFFF_FFFF_FFFF
+    digest = hashlib.blake2b(fire_key(name, fire).encode(), digest_size=10).hexdigest()
+    return f"{ms:012x}{digest}"
 
 
 @dataclass(frozen=True, eq=False)
@@ -82,7 +93,7 @@ class Schedule:
 
     def jobs(self, fires: Sequence[float], now: float) -> list[Job]:
         """The fire jobs for `fires`, built at `now`."""
-        ids = new_job_ids(len(fires), now)
+        ids = [fire_id(self.name, fire) for fire in fires]
         hold = self.misfire_grace + RETAIN
         replace = msgspec.structs.replace
         return [
@@ -205,13 +216,15 @@ class ScheduleInfo:
 
 
 async def describe(backend: Backend, schedules: Schedules, now: float) -> list[ScheduleInfo]:
-    """Each schedule's next fire and the job of its latest fire (one query per schedule)."""
-    out: list[ScheduleInfo] = []
-    for s in schedules:
-        last = s.expression.prev_at_or_before(now, limit=now - 366 * 86_400)
-        job = None
-        if last is not None:
-            page = await backend.query(JobFilter(key=fire_key(s.name, last)), None, 1)
-            job = page.jobs[0] if page.jobs else None
-        out.append(ScheduleInfo(s, s.expression.next_after(now), last, job))
-    return out
+    """Each schedule's next fire and the job of its latest fire (one `get` for all)."""
+    listed = list(schedules)
+    lasts = [s.expression.prev_at_or_before(now, limit=now - 366 * 86_400) for s in listed]
+    asked = [
+        (i, fire_id(s.name, t)) for i, (s, t) in enumerate(zip(listed, lasts, strict=True)) if t
+    ]
+    got = await backend.get([j for _, j in asked])
+    found = dict(zip((i for i, _ in asked), got, strict=True))
+    return [
+        ScheduleInfo(s, s.expression.next_after(now), last, found.get(i))
+        for i, (s, last) in enumerate(zip(listed, lasts, strict=True))
+    ]

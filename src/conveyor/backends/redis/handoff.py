@@ -92,12 +92,26 @@ async def _wait(
         return await backend.claim(ClaimRequest(qs, 1, lease_for, worker))
     if due == b"0":
         return []
+    timed = due is not None and float(due) < block
     if due is not None:
         block = min(block, float(due))
     if block < 0.001:
         return []
     inbox = keys.inbox(worker)
-    reply = await conn.blpop([inbox, *(keys.q(q, "wake") for q in qs)], block, lost.append)
+    lists = [inbox, *(keys.q(q, "wake") for q in qs)]
+    if timed:
+        # Redis checks blocking timeouts on its `hz` timer (every 100 ms at the default hz
+        # 10), so a BLPOP timed to a delayed job's due time returns up to 100 ms late: time
+        # it here instead (a cancelled BLPOP is unblocked, and what it popped goes to `lost`).
+        try:
+            async with asyncio.timeout(block):
+                reply = await conn.blpop(lists, block + 0.5, lost.append)
+        except TimeoutError:  # a lease handed over just as the timer fired is still ours
+            got = [handed(r[1]) for r in lost if text(r[0]) == inbox]
+            lost.clear()
+            return [x for x in got if x is not None]
+    else:
+        reply = await conn.blpop(lists, block, lost.append)
     if reply is None or text(reply[0]) != inbox:
         return []
     lease = handed(reply[1])
