@@ -1,28 +1,32 @@
 """Periodic jobs: the scheduler service that enqueues every schedule's fires, ahead of time.
 
 **One job per fire time, with no leader.** Each fire is a job with the unique key
-``sched:<name>:<fire epoch>``, enqueued *ahead* as a delayed job (``run_at`` = the fire
-time) so the ordinary delayed-job path (promotion in claim, handoff) starts it on time. Every
-worker runs a `Scheduler`; they all compute the same fire times and the store keeps one job
-per key, so any number of schedulers make one job per fire. The key stays held after the job
-ends (``unique_for``) for as long as any scheduler might still look back at that fire.
+``sched:<name>:<fire epoch>`` and an id derived from it (`schedules.fire_id`), enqueued
+*ahead* as a delayed job (``run_at`` = the fire time) so the ordinary delayed-job path
+(promotion in claim, the Redis handoff) starts it on time. Every worker runs a `Scheduler`;
+they all compute the same fire times and the store keeps one job per key (and per id), so any
+number of schedulers make one job per fire. The key stays held after the job ends
+(``unique_until`` = fire + `misfire_grace` + `schedules.RETAIN`) for as long as any
+scheduler might still look back at that fire; the id keeps a cancelled fire cancelled.
 
 **Each tick** (every `tick` seconds, on the injected clock) the scheduler enqueues, in one
 `Backend.enqueue` call for all schedules, every fire up to ``now + lookahead`` that it has
-not enqueued yet. The lookahead is at least the worker's idle `poll`, so an idle worker's wait
-already knows of the fire before it is due (a Redis enqueue of a delayed job does not wake
-waiting workers; their next wait sleeps exactly until it).
+not enqueued yet. The lookahead is the worker's idle `poll` + 1 s, so an idle worker's wait
+already knows of a fire before it is due (a Redis enqueue of a delayed job wakes no waiting
+worker; their next wait sleeps exactly until it).
 
-**Misfires** are fires that passed while no scheduler enqueued them (every worker was
-down, or this loop stalled). What the store already knows of a fire is told by its key: a
-scheduler (re)starting enqueues the fires it catches up on, and those another scheduler
-already enqueued (or that already ran) are duplicates the store skips. ``catch_up``:
+**Misfires** are fires that passed while no scheduler enqueued them (every worker was down,
+or this loop stalled). "Missed" means after the newest fire the store knows of: when a
+scheduler first sees a schedule it looks the fires of the grace window up by id (a few
+batched `get` calls for all schedules, see `Scheduler._newest_known`); a schedule the store
+knows nothing of has missed nothing (a new schedule does not fire at once). ``catch_up``:
 ``"latest"`` (default) the most recent missed fire within `misfire_grace`; ``"all"`` every
-missed fire within it (at most `MAX_CATCH_UP`); ``"none"`` only future fires.
+missed fire within it (at most `MAX_CATCH_UP`); ``"none"`` only future fires. Fires another
+scheduler enqueued meanwhile are duplicates the store skips.
 
 **overlap=False** enqueues a schedule's next fire only once its previous fire job has
 ended, so a fire that comes while the previous run is live is skipped (one `get` per tick
-for all such schedules; at start the job of the latest fire is looked up by its key).
+for all such schedules; at start, the newest known fire's job is the previous run).
 
 **Removed schedules**: when a scheduler starts it cancels the pending (``scheduled``) fire
 jobs, in the queues its worker serves, of schedules its app no longer registers (a worker
