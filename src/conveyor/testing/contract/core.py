@@ -356,6 +356,20 @@ class CoreContract:
         assert await backend.purge([JobState.COMPLETED]) >= 1
         assert await stored(backend, [make_job(clock, key="k2")]) == [True]
 
+    async def test_a_keyed_job_enqueued_again_keeps_its_record(
+        self, backend: Backend, clock: FakeClock
+    ) -> None:
+        # Periodic fires rely on it: every scheduler sends a fire with the same id and key,
+        # and one cancelled by an operator must stay cancelled (its key is released).
+        job = await self._enqueue(backend, clock, key="sched:x:1", delay=60)
+        assert await backend.enqueue([job]) == [job.id]
+        assert await backend.cancel(job.id) is JobState.CANCELLED
+        assert await backend.enqueue([job]) == [job.id]
+        (again,) = await backend.get([job.id])
+        assert again is not None and again.state is JobState.CANCELLED
+        page = await backend.query(JobFilter(key="sched:x:1"))
+        assert [j.id for j in page.jobs] == [job.id]
+
     # -- cancel and requeue ------------------------------------------------------------------
 
     async def test_cancel_states(self, backend: Backend, clock: FakeClock) -> None:
