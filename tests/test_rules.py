@@ -28,6 +28,8 @@ def test_public_namespace_is_locked() -> None:
         "JobHandle",
         "JobOptions",
         "JobState",
+        "LockLost",
+        "LockNotAcquired",
         "NonRetryable",
         "Retry",
         "RetryPolicy",

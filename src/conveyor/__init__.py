@@ -11,7 +11,8 @@
     print(await job.result(timeout=10))
 
 The package root is the table of contents: the entry object, the task and job types, the
-rules, the signals task code raises, and the error root. Everything else lives in its module.
+rules, the signals task code raises, the error root and the errors callers catch. Everything
+else lives in its module.
 """
 
 from conveyor.app import App
@@ -22,6 +23,8 @@ from conveyor.errors import (
     Fail,
     JobCancelled,
     JobFailed,
+    LockLost,
+    LockNotAcquired,
     NonRetryable,
     Retry,
 )
@@ -47,6 +50,8 @@ __all__ = [
     "JobHandle",
     "JobOptions",
     "JobState",
+    "LockLost",
+    "LockNotAcquired",
     "NonRetryable",
     "Retry",
     "RetryPolicy",
