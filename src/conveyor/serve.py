@@ -12,8 +12,8 @@ each finished before the one before it is told to stop; see `worker.service`):
    mode it ends by itself when no job is ready, which stops the rest.
 5. ``maintenance`` (unless disabled): promote, rescue, purge. Started once the worker is
    claiming (so the store is known to answer).
-6. ``scheduler`` (unless disabled, when the app has schedules): enqueues the fires
-   of periodic jobs ahead of time (`scheduler.periodic`). Stopped first.
+6. ``scheduler`` (unless disabled): cancels the pending fires of removed schedules, then
+   enqueues the fires of periodic jobs ahead of time (`scheduler.periodic`). Stopped first.
 
 A later loop (presence beats, a metrics exporter, the autoscaler) is one
 more `Service` appended after maintenance, before `run()`.
@@ -72,11 +72,11 @@ class Server:
         self.services: list[Service] = self.worker.services
         if config.maintenance:
             self.services.append(self.maintenance)
-        #: The periodic-job scheduler (`None` with ``scheduler=False`` or no schedules). An
-        #: app with no schedules runs none, so the pending fire of its last removed schedule
-        #: is not cancelled at start (it runs once more, or fails if its task is gone too).
+        #: The periodic-job scheduler (`None` with ``scheduler=False``). It runs even for an
+        #: app with no schedules: at start it cancels the pending fires of schedules that were
+        #: removed from the code (the last one too), then it only waits.
         self.scheduler: Scheduler | None = None
-        if config.scheduler and schedules:
+        if config.scheduler and schedules is not None:
             self.scheduler = Scheduler(
                 backend,
                 schedules,
