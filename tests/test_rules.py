@@ -24,6 +24,7 @@ def test_public_namespace_is_locked() -> None:
         "FakeClock",
         "Job",
         "JobCancelled",
+        "JobContext",
         "JobFailed",
         "JobHandle",
         "JobOptions",
@@ -36,6 +37,7 @@ def test_public_namespace_is_locked() -> None:
         "SystemClock",
         "Task",
         "WorkerConfig",
+        "current_job",
     ]
     assert sorted(conveyor.__all__) == expected
     for name in conveyor.__all__:

@@ -34,6 +34,7 @@ from conveyor.producer import JobOptions
 from conveyor.retry import RetryPolicy
 from conveyor.task import Batch, BatchTask, Task
 from conveyor.worker import WorkerConfig
+from conveyor.worker.context import JobContext, current_job
 
 __all__ = [
     "App",
@@ -46,6 +47,7 @@ __all__ = [
     "FakeClock",
     "Job",
     "JobCancelled",
+    "JobContext",
     "JobFailed",
     "JobHandle",
     "JobOptions",
@@ -58,6 +60,7 @@ __all__ = [
     "SystemClock",
     "Task",
     "WorkerConfig",
+    "current_job",
 ]
 
 __version__ = "0.1.0"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Generic, TypeVar, cast
 
 from conveyor.backends.base import Backend
@@ -11,9 +13,26 @@ from conveyor.job import Job, JobState
 from conveyor.portal import Portal
 from conveyor.serde import decode_result
 
-__all__ = ["JobHandle"]
+__all__ = ["JobHandle", "Progress"]
 
 R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """How far a job got, as it last reported: `fraction` in 0..1 and a `message`."""
+
+    fraction: float
+    message: str = ""
+
+    @classmethod
+    def of(cls, stored: Mapping[str, object]) -> Progress | None:
+        """The progress in a job record's ``progress`` field; `None` when there is none (or
+        it was written by hand in another shape)."""
+        fraction, message = stored.get("fraction"), stored.get("message", "")
+        if isinstance(fraction, bool) or not isinstance(fraction, int | float):
+            return None
+        return cls(float(fraction), message if isinstance(message, str) else str(message))
 
 
 class JobHandle(Generic[R]):
@@ -61,6 +80,11 @@ class JobHandle(Generic[R]):
     async def status(self) -> JobState:
         """The job's current state."""
         return (await self.get()).state
+
+    async def progress(self) -> Progress | None:
+        """The latest progress the job reported (`current_job().progress(...)`), `None` if it
+        reported none. Running jobs' reports reach the store at their worker's heartbeat."""
+        return Progress.of((await self.get()).progress)
 
     async def cancel(self, reason: str = "cancelled by user") -> JobState | None:
         """Cancel the job (a running job stops at its next heartbeat)."""

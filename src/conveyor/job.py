@@ -104,6 +104,8 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     finished_at: float | None = None
     worker: str | None = None
     cancel_requested: bool = False
+    checkpoint: bytes | None = None
+    progress: Mapping[str, object] = msgspec.field(default_factory=dict)
 
     @property
     def last_error(self) -> AttemptError | None:

@@ -18,10 +18,12 @@ unchanged.
 from __future__ import annotations
 
 import abc
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import ClassVar, Self, TypeVar
+
+import msgspec
 
 from conveyor.backends._wake import Wakeup
 from conveyor.capabilities import Counters
@@ -29,7 +31,10 @@ from conveyor.clock import Clock
 from conveyor.errors import ClosedError, InvalidOption
 from conveyor.job import TERMINAL, Job, JobState, Lease, Outcome
 
-__all__ = ["MAX_PAGE", "Backend", "ClaimRequest", "Counters", "JobFilter", "Page"]
+__all__ = ["ANNOTATIONS", "MAX_PAGE", "Backend", "ClaimRequest", "Counters", "JobFilter", "Page"]
+
+#: The job fields a running job writes about itself through `Backend.annotate`.
+ANNOTATIONS = ("checkpoint", "progress")
 
 #: The largest page `Backend.query` returns.
 MAX_PAGE = 10_000
@@ -207,6 +212,40 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def _release(self, leases: Sequence[Lease], now: float) -> list[bool]:
         """Give back unstarted leases (see `release`)."""
+
+    async def annotate(
+        self, items: Sequence[tuple[Lease, Mapping[str, bytes | None]]]
+    ) -> list[bool]:
+        """Write what a running job says about itself (`ANNOTATIONS`: its ``checkpoint``, JSON
+        bytes or `None` to clear it, and its ``progress``, a JSON object), fenced like
+        `settle`: `False` for a stale lease, no change. Durable when it returns.
+
+        Both survive a retry and a rescue (the next attempt reads them) and stay on the
+        finished record. A name outside `ANNOTATIONS` or a progress that is not a JSON object
+        is an `InvalidOption`, and nothing is written.
+        """
+        for _, values in items:
+            for name, value in values.items():
+                if name not in ANNOTATIONS:
+                    raise InvalidOption(
+                        f"a job can annotate only {', '.join(ANNOTATIONS)}, not {name!r}"
+                    )
+                if value is not None and not isinstance(value, bytes):
+                    raise InvalidOption(f"{name} must be JSON bytes or None, not {value!r}")
+                if name == "progress" and value is not None:
+                    try:
+                        msgspec.json.decode(value, type=dict[str, object])
+                    except msgspec.DecodeError:
+                        raise InvalidOption(
+                            f"progress must be a JSON object, not {value[:80]!r}"
+                        ) from None
+        return await self._chunked(self._annotate, items)
+
+    @abc.abstractmethod
+    async def _annotate(
+        self, items: Sequence[tuple[Lease, Mapping[str, bytes | None]]], now: float
+    ) -> list[bool]:
+        """Apply fenced annotations (see `annotate`); names and values are checked."""
 
     # -- maintenance -----------------------------------------------------------------------
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 import heapq
 import itertools
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
+import msgspec
 from msgspec.structs import replace
 
 from conveyor.backends import rules
@@ -223,6 +224,26 @@ class MemoryBackend(Backend):
                             started_at=None,
                         )
                     )
+                out.append(True)
+        return out
+
+    async def _annotate(
+        self, items: Sequence[tuple[Lease, Mapping[str, bytes | None]]], now: float
+    ) -> list[bool]:
+        out: list[bool] = []
+        with self._lock:
+            for lease, values in items:
+                job = self._live_lease(lease)
+                if job is None:
+                    out.append(False)
+                    continue
+                changes: dict[str, object] = {}
+                if "checkpoint" in values:
+                    changes["checkpoint"] = values["checkpoint"]
+                if "progress" in values:
+                    raw = values["progress"]
+                    changes["progress"] = {} if raw is None else _json_object(raw)
+                self._put(replace(job, **changes))
                 out.append(True)
         return out
 
@@ -495,3 +516,7 @@ class MemoryBackend(Backend):
 def from_url(url: str, clock: Clock | None = None) -> MemoryBackend:
     """``memory://``: a new, empty in-process store."""
     return MemoryBackend(clock=clock)
+
+
+def _json_object(raw: bytes) -> dict[str, object]:
+    return msgspec.json.decode(raw, type=dict[str, object])

@@ -22,6 +22,7 @@ from rich.text import Text
 from conveyor.app import App
 from conveyor.capabilities import Locks, require
 from conveyor.errors import InvalidOption
+from conveyor.handle import Progress as JobProgress
 from conveyor.inspector import Inspector
 from conveyor.job import Job, JobState
 from conveyor.scheduler.schedules import describe
@@ -181,6 +182,12 @@ def show(get_app: Callable[[], App], job_id: str) -> None:
     table.add_row("result", _text((job.result or b"").decode(errors="replace")[:500]))
     if job.meta:
         table.add_row("meta", _text(dict(job.meta)))
+    if job.progress:
+        done = JobProgress.of(job.progress)
+        shown = f"{done.fraction:.0%} {done.message}" if done else repr(dict(job.progress))
+        table.add_row("progress", _text(shown))
+    if job.checkpoint is not None:
+        table.add_row("checkpoint", _text(job.checkpoint.decode(errors="replace")[:500]))
     console.print(table)
     for e in job.errors:
         head = Text.assemble((f"attempt {e.attempt}", "bold"), f" {_ts(e.at)} ")

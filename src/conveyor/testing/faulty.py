@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from conveyor.backends.base import Backend, ClaimRequest, JobFilter, Page
@@ -104,6 +104,12 @@ class FaultyBackend(Backend):
     async def _release(self, leases: Sequence[Lease], now: float) -> list[bool]:
         self._enter("release")
         return await self.inner._release(leases, now)
+
+    async def _annotate(
+        self, items: Sequence[tuple[Lease, Mapping[str, bytes | None]]], now: float
+    ) -> list[bool]:
+        self._enter("annotate")
+        return await self.inner._annotate(items, now)
 
     async def _promote(self, now: float) -> int:
         self._enter("promote")

@@ -22,6 +22,7 @@ from conveyor.job import AttemptError, Cancelled, Completed, Failed, Lease, Outc
 from conveyor.registry import Registry
 from conveyor.serde import encode_result
 from conveyor.task import Task
+from conveyor.worker.context import JobContext
 
 __all__ = [
     "MAX_ERROR_MESSAGE",
@@ -129,12 +130,14 @@ async def execute(
     clock: Clock,
     threads: Executor,
     batches: Mapping[str, BatchRunnerLike] | None = None,
+    context: JobContext | None = None,
 ) -> Outcome:
     """Run the leased job once and return what should happen to it.
 
     Never raises for the job's own faults (bad payload, unknown task, handler errors,
     timeouts): those become outcomes. `asyncio.CancelledError` propagates (lease lost or
-    shutdown), and the caller decides.
+    shutdown), and the caller decides. `context` becomes the handler's `current_job()` (the
+    caller runs each job in its own asyncio task, so setting it leaks to no other job).
     """
     pre = precheck(registry, lease, clock)
     if pre is not None:
@@ -153,6 +156,8 @@ async def execute(
         arguments = task.codec.decode(job.payload)
     except ConveyorError as exc3:
         return Failed(attempt_error(lease, exc3, now, "PoisonPayload"))
+    if context is not None:
+        context.enter()  # before copy_context below, so a sync handler's thread sees it too
     deadline = asyncio.timeout(job.timeout) if job.timeout is not None else _NO_TIMEOUT
     try:
         async with deadline:

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from conveyor.backends.base import Backend
 from conveyor.clock import Clock
 from conveyor.job import Lease
+from conveyor.worker.context import JobContext
 from conveyor.worker.stats import WorkerStats
 
-__all__ = ["Running", "heartbeat"]
+__all__ = ["Running", "flush_progress", "heartbeat"]
 
 log = logging.getLogger("conveyor.worker")
 
@@ -29,6 +30,7 @@ class Running:
     settling: bool = False  # outcome handed to the settle batcher
     grouped: bool = False  # runs inside a batch-task group (one task for many jobs)
     started: float = 0.0
+    context: JobContext | None = None  # what the handler sees as `current_job()`
 
 
 async def heartbeat(
@@ -45,6 +47,7 @@ async def heartbeat(
 
     A lease the store refuses (lost to a rescue, or its job had a cancel requested) stops that
     job without settling it. A grouped job (batch task) finishes with its batch, unsettled.
+    The progress jobs reported since the last beat is written next, in one more call.
     """
     while True:
         await clock.sleep(every)
@@ -68,3 +71,20 @@ async def heartbeat(
                             entry.lease.id, entry.lease.job.task)  # fmt: skip
                 if entry.task is not None and not entry.grouped:
                     entry.task.cancel()
+        await flush_progress(backend, [e for e in entries if not e.lost], worker)
+
+
+async def flush_progress(backend: Backend, entries: list[Running], worker: str) -> None:
+    """Write the progress each of `entries` reported since the last flush, in one call (none
+    when nothing was reported). A failed write is logged; a later report replaces it."""
+    items: list[tuple[Lease, Mapping[str, bytes | None]]] = []
+    for entry in entries:
+        raw = entry.context.take_progress() if entry.context is not None else None
+        if raw is not None:
+            items.append((entry.lease, {"progress": raw}))
+    if not items:
+        return
+    try:
+        await backend.annotate(items)
+    except Exception:
+        log.exception("worker %s: writing progress failed", worker)

@@ -31,9 +31,10 @@ from conveyor.registry import Registry
 from conveyor.task import BatchTask
 from conveyor.worker.batch import BatchRunner
 from conveyor.worker.config import WorkerConfig
+from conveyor.worker.context import JobContext
 from conveyor.worker.execute import execute, precheck
 from conveyor.worker.fetch import Fetch
-from conveyor.worker.lease import Running, heartbeat
+from conveyor.worker.lease import Running, flush_progress, heartbeat
 from conveyor.worker.service import Loop, Service
 from conveyor.worker.settle import Settling
 from conveyor.worker.stats import WorkerStats
@@ -142,6 +143,7 @@ class JobRunner(Service):
         self.slot_freed: Callable[[], None] = slot_free.set
         self._slot_free = slot_free
         self._settle = settling.settle
+        self.backend = settling.backend  # the store job contexts write checkpoints to
         self._hurry = asyncio.Event()
         self._tg: asyncio.TaskGroup | None = None
         self._threads: DaemonThreadPool | None = None
@@ -231,9 +233,10 @@ class JobRunner(Service):
         lease = entry.lease
         try:
             assert self._threads is not None
+            context = entry.context = JobContext(self.backend, lease)
             try:
                 outcome = await execute(
-                    self.registry, lease, self.clock, self._threads, self._batches
+                    self.registry, lease, self.clock, self._threads, self._batches, context
                 )
             except Exception as exc:  # a corrupt record or a bug: fail this job, keep the worker
                 log.exception("job %s: could not be run", lease.id)
@@ -246,6 +249,8 @@ class JobRunner(Service):
                 outcome = self._interrupted(lease)
             if entry.lost:
                 return
+            if context.has_progress():  # reported since the last beat: write it before settling
+                await flush_progress(self.backend, [entry], self.worker)
             await self._settle([(entry, outcome)])
         finally:
             self.running.pop(lease.id, None)

@@ -13,13 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import msgspec
 
 from conveyor.backends import rules
-from conveyor.backends.base import Backend, ClaimRequest
+from conveyor.backends.base import ANNOTATIONS, Backend, ClaimRequest
 from conveyor.backends.redis import handoff
 from conveyor.backends.redis.codec import Keys, decode, enqueue_args, text
 from conveyor.backends.redis.connect import Clients, Conn, parse_url, wrap_errors
@@ -240,6 +240,26 @@ class RedisBackend(Reads, Backend):
 
     async def _release(self, leases: Sequence[Lease], now: float) -> list[bool]:
         return [bool(ok) for ok in await self._fenced("release", leases, [])]
+
+    async def _annotate(
+        self, items: Sequence[tuple[Lease, Mapping[str, bytes | None]]], now: float
+    ) -> list[bool]:
+        extra = [
+            tuple(
+                part
+                for name in ANNOTATIONS
+                for part in (
+                    ("", "")
+                    if name not in values
+                    else ("d", "")
+                    if values[name] is None
+                    else ("s", values[name])
+                )
+            )
+            for _, values in items
+        ]
+        res = await self._fenced("annotate", [lease for lease, _ in items], [], extra)
+        return [bool(ok) for ok in res]
 
     async def _fenced(
         self,

@@ -23,7 +23,7 @@ import sqlite3
 import stat
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
@@ -281,6 +281,11 @@ class SQLiteBackend(Backend):
 
     async def _release(self, leases: Sequence[Lease], now: float) -> list[bool]:
         return await self._tx(lambda c: ops.release(c, leases, now))
+
+    async def _annotate(
+        self, items: Sequence[tuple[Lease, Mapping[str, bytes | None]]], now: float
+    ) -> list[bool]:
+        return await self._tx(lambda c: ops.annotate(c, items))
 
     async def _promote(self, now: float) -> int:
         return await self._tx(lambda c: ops.promote(c, now))

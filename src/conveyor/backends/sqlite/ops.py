@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import operator
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import msgspec
 
@@ -169,6 +169,30 @@ def release(conn: sqlite3.Connection, leases: Sequence[Lease], now: float) -> li
             ).rowcount
         )
         out.append(bool(took))
+    return out
+
+
+def annotate(
+    conn: sqlite3.Connection, items: Sequence[tuple[Lease, Mapping[str, bytes | None]]]
+) -> list[bool]:
+    """Fenced writes of a running job's checkpoint and progress (see `Backend.annotate`)."""
+    out: list[bool] = []
+    for lease, values in items:
+        sets: list[str] = []
+        params: list[object] = []
+        if "checkpoint" in values:
+            sets.append("checkpoint = ?")
+            params.append(values["checkpoint"])
+        if "progress" in values:
+            raw = values["progress"]
+            sets.append("progress = ?")
+            params.append("{}" if raw is None else raw.decode())
+        if not sets:  # nothing to write: only the fence is checked
+            sets.append("token = token")
+        updated = conn.execute(
+            f"UPDATE jobs SET {', '.join(sets)} {_FENCE}", (*params, lease.id, lease.token)
+        ).rowcount
+        out.append(bool(updated))
     return out
 
 

@@ -3,6 +3,7 @@
 `CoreContract` is the job lifecycle; `CountersContract`, `LocksContract`,
 `PresenceContract` and `QueueControlContract` test the optional capabilities
 (`conveyor.capabilities`);
+`AnnotateContract` is a running job's checkpoint and progress;
 `RecordContract` checks that every field of the job record round-trips. `BackendContract`
 is all of these: the stores we ship pass it. `PoisonContract` checks that rows corrupted in
 storage read the same way on every store; a store with storage to corrupt adds it, with a
@@ -20,6 +21,7 @@ so lease, delay and retention tests run instantly::
 
 from __future__ import annotations
 
+from conveyor.testing.contract.annotate import AnnotateContract
 from conveyor.testing.contract.capabilities import (
     CountersContract,
     LocksContract,
@@ -30,6 +32,7 @@ from conveyor.testing.contract.core import CoreContract, err, make_job, stored
 from conveyor.testing.contract.record import Corrupt, PoisonContract, RecordContract
 
 __all__ = [
+    "AnnotateContract",
     "BackendContract",
     "CoreContract",
     "Corrupt",
@@ -46,6 +49,7 @@ __all__ = [
 
 
 class BackendContract(
+    AnnotateContract,  # builds on CoreContract's helpers, so it comes first
     CoreContract,
     RecordContract,
     CountersContract,
