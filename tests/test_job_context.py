@@ -15,8 +15,10 @@ from conveyor.backends.sqlite import SQLiteBackend
 from conveyor.cli import cli
 from conveyor.clock import FakeClock
 from conveyor.errors import InvalidOption, StateError
+from conveyor.fields import NAMES
 from conveyor.handle import Progress
 from conveyor.job import JobState
+from conveyor.rows import decode_job
 from conveyor.testing import drain
 from conveyor.testing.contract import make_job
 
@@ -201,3 +203,12 @@ async def test_inspect_show_prints_progress_and_checkpoint(tmp_path: Path) -> No
     assert out.exit_code == 0, out.output
     assert "40% [red]page 7[/red]" in out.output
     assert '{"page":"[bold]7[/bold]"}' in out.output
+
+
+def test_poison_rows_never_share_one_progress_dict() -> None:
+    row: list[object] = [None] * len(NAMES)
+    row[NAMES.index("id")], row[NAMES.index("task")] = "a", "t"
+    row[NAMES.index("payload")], row[NAMES.index("state")] = b"", "bogus"
+    first, second = decode_job(row), decode_job(row)
+    assert first.state is JobState.FAILED  # read by the careful path
+    assert first.progress == {} and first.progress is not second.progress

@@ -235,14 +235,14 @@ def _decode_careful(row: Sequence[object], extra_meta: Mapping[str, object] | No
     problems: list[str] = []
     for (name, exact, read, optional, default), raw in zip(_PLAN, row, strict=True):
         if raw is None:
-            values[name] = None if optional else default
+            values[name] = None if optional else _fresh(default)
         elif exact is not None and type(raw) is exact:
             values[name] = raw
         else:
             try:
                 values[name] = read(raw)
             except _Bad:
-                values[name] = default
+                values[name] = _fresh(default)
                 problems.append(name)
     if problems or extra_meta:
         meta = dict(values["meta"])  # type: ignore[call-overload]
@@ -263,3 +263,9 @@ def _decode_careful(row: Sequence[object], extra_meta: Mapping[str, object] | No
 def _show(raw: object) -> str:
     text = _text(raw) if isinstance(raw, str | bytes) else repr(raw)
     return repr(text[:60] + ("…" if len(text) > 60 else ""))
+
+
+def _fresh(default: object) -> object:
+    """`default`, or a copy of it when it is mutable (a JSON object field's ``{}``): no two
+    jobs share one dict."""
+    return dict(default) if type(default) is dict else default
