@@ -380,32 +380,6 @@ async def test_removed_schedule_pending_fire_is_cancelled_at_start(app: conveyor
     assert states == {"old": JobState.CANCELLED, "kept": JobState.SCHEDULED}
 
 
-async def test_removing_the_last_schedule_cancels_its_pending_fire(app: conveyor.App) -> None:
-    @app.task
-    async def old() -> None: ...
-
-    app.schedule(old, "@hourly")
-    await Scheduler(app.backend, app.schedules, _clock(app)).tick()
-    (pending,) = await _jobs(app.backend)
-    # Next deploy: no schedule at all. Its worker still runs the scheduler, which only
-    # cleans up, then waits for the stop.
-    deployed = conveyor.App(backend=app.backend)
-
-    @deployed.task
-    async def old() -> None: ...
-
-    async with deployed.worker(concurrency=2) as server:
-        assert server.scheduler is not None
-        for _ in range(200):
-            (job,) = await deployed.backend.get([pending.id])
-            if job is not None and job.state is JobState.CANCELLED:
-                break
-            await asyncio.sleep(0.01)
-    (job,) = await app.backend.get([pending.id])
-    assert job is not None and job.state is JobState.CANCELLED
-    assert "no longer registered" in str(job.meta.get("cancel_reason"))
-
-
 async def test_pending_fire_is_visible_and_cancellable(app: conveyor.App) -> None:
     @app.task
     async def report(kind: str) -> None: ...

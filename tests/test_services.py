@@ -102,9 +102,8 @@ async def test_a_failing_service_cancels_the_others_and_raises() -> None:
 async def test_server_services_in_start_order(tmp_path: Path) -> None:
     app = conveyor.App(f"sqlite:///{tmp_path}/jobs.db")
     names = [s.name for s in app.worker().services]
-    assert names == ["settle", "heartbeat", "jobs", "fetch", "maintenance", "scheduler"]
-    names = [s.name for s in app.worker(maintenance=False, scheduler=False).services]
-    assert names[-1] == "fetch"
+    assert names == ["settle", "heartbeat", "jobs", "fetch", "maintenance"]
+    assert [s.name for s in app.worker(maintenance=False).services][-1] == "fetch"
     await app.aclose()
 
 

@@ -12,8 +12,8 @@ each finished before the one before it is told to stop; see `worker.service`):
    mode it ends by itself when no job is ready, which stops the rest.
 5. ``maintenance`` (unless disabled): promote, rescue, purge. Started once the worker is
    claiming (so the store is known to answer).
-6. ``scheduler`` (unless disabled): cancels the pending fires of removed schedules, then
-   enqueues the fires of periodic jobs ahead of time (`scheduler.periodic`). Stopped first.
+6. ``scheduler`` (unless disabled, when the app has schedules): enqueues the fires
+   of periodic jobs ahead of time (`scheduler.periodic`). Stopped first.
 
 A later loop (presence beats, a metrics exporter, the autoscaler) is one
 more `Service` appended after maintenance, before `run()`.
@@ -72,11 +72,13 @@ class Server:
         self.services: list[Service] = self.worker.services
         if config.maintenance:
             self.services.append(self.maintenance)
-        #: The periodic-job scheduler (`None` with ``scheduler=False``). It runs even for an
-        #: app with no schedules: at start it cancels the pending fires of schedules that were
-        #: removed from the code (the last one too), then it only waits.
+        #: The periodic-job scheduler (`None` with ``scheduler=False`` or no schedules). An
+        #: app with no schedules runs none: its start-up clean-up pages through every
+        #: scheduled job of the worker's queues, a cost an app that never schedules should not
+        #: pay on every start. So the pending fire of an app's last removed schedule is not
+        #: cancelled (it runs once more, or fails if its task is gone too).
         self.scheduler: Scheduler | None = None
-        if config.scheduler and schedules is not None:
+        if config.scheduler and schedules:
             self.scheduler = Scheduler(
                 backend,
                 schedules,

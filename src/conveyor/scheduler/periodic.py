@@ -36,7 +36,6 @@ only be a leftover of a removed schedule).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -125,8 +124,6 @@ class Scheduler(Service):
                 await self.cancel_removed(self.queues)
             except BackendError as exc:
                 log.error("scheduler: could not cancel removed schedules' fires (%s)", exc)
-        if not self.schedules:  # nothing to fire: wait for the stop, at no cost
-            await asyncio.Event().wait()
         while True:
             try:
                 await self.tick()
