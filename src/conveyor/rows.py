@@ -128,7 +128,6 @@ _EXACT: dict[Kind, type] = {
     Kind.BYTES: bytes,
     Kind.OPT_BYTES: bytes,
 }
-_DEFAULT_META = next(f.default for f in FIELDS if f.name == "meta")
 _PLAN = tuple(
     (f.name, _EXACT.get(f.kind), _READ[f.kind], f.kind.optional, f.default) for f in FIELDS
 )
@@ -255,8 +254,6 @@ def _decode_careful(row: Sequence[object], extra_meta: Mapping[str, object] | No
                 values["state"] = JobState.FAILED
                 meta["invalid_state"] = _text(row[NAMES.index("state")])
         values["meta"] = meta
-    elif values["meta"] is _DEFAULT_META:
-        values["meta"] = {}  # never share one mutable default between jobs
     return Job(**values)  # type: ignore[arg-type]
 
 
