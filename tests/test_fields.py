@@ -20,6 +20,8 @@ def _native(job: Job) -> list[object]:
             v = msgspec.json.encode(v).decode()
         elif f.kind is Kind.FLAG:
             v = int(v)
+        elif f.kind is Kind.IDS:
+            v = ",".join(v)
         row.append(v)
     return row
 
@@ -29,7 +31,8 @@ def _job() -> Job:
         id="j1", task="t", payload=b"{}", queue="q", priority=3, state=JobState.RUNNING,
         run_at=12.5, enqueued_at=10.25, attempts=2, max_attempts=5, timeout=1.5, key="k",
         meta={"a": [1, 2]}, errors=(AttemptError(1, "ValueError", "boom", "tb", 11.0),),
-        started_at=12.75, worker="w", cancel_requested=True,
+        started_at=12.75, worker="w", cancel_requested=True, parents=("p1", "p2"),
+        on_parent_failure="run", feed="all", waiting_for=1,
     )  # fmt: skip
 
 

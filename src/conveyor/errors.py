@@ -13,7 +13,8 @@ Library errors share one root::
     │   ├── SerializationError    a value can't be encoded, or a stored payload can't be decoded
     │   │   └── ResultTooLarge    a task's result is over `serde.MAX_RESULT` (the job fails)
     │   ├── PayloadTooLarge       the encoded arguments exceed the configured maximum
-    │   └── InvalidOption         a job option is out of range or misnamed (a ValueError)
+    │   ├── InvalidOption         a job option is out of range or misnamed (a ValueError)
+    │   └── DependencyError       a parent unknown or purged, a cycle, a parent of another store
     ├── BackendError              the store failed (driver errors are wrapped in this)
     │   └── StoreUnavailable      the store can't be opened or written (`.transient`: may pass)
     ├── JobNotFound               no job with that id (or it was purged)
@@ -26,6 +27,7 @@ Library errors share one root::
     ├── QueueFull                 a bounded buffer is full and its policy is to reject
     ├── LockNotAcquired           `app.lock(...)` was held by another past its `wait`
     ├── LockLost                  a held lock expired or was taken over (the body was cancelled)
+    ├── CircuitOpen               a circuit breaker refused the call (`.remaining` seconds open)
     └── Dropped                   an item was shed by a drop_oldest / drop_newest policy
 
 Signals raised *by task code* are not errors of the library; they have their own root::
@@ -43,9 +45,11 @@ from __future__ import annotations
 __all__ = [
     "BackendError",
     "Cancel",
+    "CircuitOpen",
     "ClosedError",
     "ConfigError",
     "ConveyorError",
+    "DependencyError",
     "Dropped",
     "EnqueueError",
     "Fail",
@@ -119,6 +123,12 @@ class InvalidOption(EnqueueError, ValueError):
     """A job option (delay, priority, queue name, key, ...) is invalid."""
 
 
+class DependencyError(EnqueueError):
+    """A job's dependencies can't be written: a parent that is unknown (or already purged),
+    a cycle, a parent of another store, or a graph this store can't hold. Nothing was
+    written."""
+
+
 class BackendError(ConveyorError):
     """The job store failed. The original driver exception is chained as `__cause__`."""
 
@@ -189,6 +199,21 @@ class LockNotAcquired(ConveyorError):
 class LockLost(ConveyorError):
     """A lock expired or passed to another holder while held (a renewal or the release found
     it gone); with ``on_lost="cancel"`` the body was cancelled and this is raised instead."""
+
+
+class CircuitOpen(ConveyorError):
+    """A circuit breaker refused a call without making it: the circuit is open (the
+    dependency failed too often), or half-open with its one probe call still in flight.
+
+    Attributes:
+        name: the breaker's name, if it was given one.
+        remaining: seconds until the circuit lets a probe through (0 while half-open).
+    """
+
+    def __init__(self, message: str, *, name: str | None, remaining: float) -> None:
+        super().__init__(message)
+        self.name = name
+        self.remaining = remaining
 
 
 class Dropped(ConveyorError):

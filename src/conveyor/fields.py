@@ -53,6 +53,7 @@ class Kind(enum.Enum):
     STATE = "state"
     META = "meta"  # a JSON object
     ERRORS = "errors"  # a JSON array of AttemptError
+    IDS = "ids"  # job ids, stored as one text of comma-separated ids ("" for none)
 
     @property
     def optional(self) -> bool:
@@ -81,7 +82,7 @@ class Field:
 # Fields the store sets as the job moves; every other field comes from the producer.
 MANAGED = frozenset(
     {"state", "attempts", "result", "errors", "started_at", "finished_at", "worker",
-     "cancel_requested", "checkpoint", "progress"}
+     "cancel_requested", "checkpoint", "progress", "waiting_for"}
 )  # fmt: skip
 
 _KINDS: dict[object, Kind] = {
@@ -96,6 +97,7 @@ _KINDS: dict[object, Kind] = {
     JobState: Kind.STATE,
     Mapping[str, object]: Kind.META,
     tuple[AttemptError, ...]: Kind.ERRORS,
+    tuple[str, ...]: Kind.IDS,
 }
 
 

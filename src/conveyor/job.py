@@ -5,6 +5,7 @@ a task; backends hand out fresh snapshots and never share mutable state with cal
 
 Lifecycle::
 
+    enqueue ─► waiting ──(last parent ended)──► scheduled / queued   (jobs with parents)
     enqueue ─► scheduled ──(run_at ≤ now)──► queued ──claim──► running ──► completed
                   ▲                             ▲                │  ├──► failed
                   └──────── settle(Retrying) ───┼────────────────┘  │
@@ -40,6 +41,7 @@ __all__ = [
 class JobState(enum.StrEnum):
     """Where a job is in its lifecycle."""
 
+    WAITING = "waiting"  # blocked on parent jobs that have not ended
     SCHEDULED = "scheduled"  # waiting for run_at
     QUEUED = "queued"  # ready to be claimed
     RUNNING = "running"  # held by a worker's lease
@@ -80,6 +82,15 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     Times are epoch seconds. `payload` and `result` are opaque bytes to the store (the
     task's serializer encodes and decodes them). `attempts` counts attempts started.
     Change a copy with `msgspec.structs.replace(job, state=...)`.
+
+    Workflows: `parents` are the ids of the jobs this one waits for (it is `waiting` until
+    every one has ended; `waiting_for` counts those that have not). When a parent fails or
+    is cancelled, `on_parent_failure` says what happens: ``"cancel"`` (the job and its
+    waiting descendants are cancelled, the reason naming the parent) or ``"run"`` (it runs
+    anyway). `feed` says how the parents' results reach the handler: ``""`` not at all (the
+    job context has them), ``"one"`` the one parent's result as the first argument (a chain
+    step), ``"all"`` the list of the parents' results, in `parents` order, as the first
+    argument (a chord callback).
     """
 
     id: str
@@ -97,6 +108,9 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     key: str | None = None
     unique_until: float | None = None
     keep_for: float = 86_400.0
+    parents: tuple[str, ...] = ()
+    on_parent_failure: str = "cancel"
+    feed: str = ""
     meta: Mapping[str, object] = msgspec.field(default_factory=dict)
     result: bytes | None = None
     errors: tuple[AttemptError, ...] = ()
@@ -106,6 +120,7 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     cancel_requested: bool = False
     checkpoint: bytes | None = None
     progress: Mapping[str, object] = msgspec.field(default_factory=dict)
+    waiting_for: int = 0
 
     @property
     def last_error(self) -> AttemptError | None:

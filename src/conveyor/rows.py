@@ -105,6 +105,11 @@ def _errors_of(raw: object) -> tuple[AttemptError, ...]:
         raise _Bad from None
 
 
+def _ids_of(raw: object) -> tuple[str, ...]:
+    text = _text(raw)
+    return tuple(text.split(",")) if text else ()
+
+
 _READ: dict[Kind, Callable[[object], object]] = {
     Kind.TEXT: _text,
     Kind.OPT_TEXT: _text,
@@ -117,6 +122,7 @@ _READ: dict[Kind, Callable[[object], object]] = {
     Kind.STATE: _state,
     Kind.META: _meta_of,
     Kind.ERRORS: _errors_of,
+    Kind.IDS: _ids_of,
 }
 # The Python type a well-formed value already has (SQLite returns these): kept as is.
 _EXACT: dict[Kind, type] = {
@@ -137,7 +143,8 @@ _PLAN = tuple(
 # raw value ``{v}``. Native rows (SQLite): exact types, floats also as ints (SQLite hands
 # integral REALs back as ints), state/meta/errors as text, the flag as 0/1. Bytes rows
 # (Redis): every value bytes or missing; an optional value missing is None, meta and errors
-# missing are empty, a missing flag is false.
+# missing are empty, a missing flag is false, a missing integer its default (as on the
+# careful path: a field added after the record was written).
 _NATIVE: dict[Kind, tuple[str, str]] = {
     Kind.TEXT: ("type({v}) is str", "{v}"),
     Kind.OPT_TEXT: ("({v} is None or type({v}) is str)", "{v}"),
@@ -153,11 +160,12 @@ _NATIVE: dict[Kind, tuple[str, str]] = {
     Kind.STATE: ("type({v}) is str", "_STATE[{v}]"),
     Kind.META: ("type({v}) is str", "({{}} if {v} == '{{}}' else _meta_of({v}))"),
     Kind.ERRORS: ("type({v}) is str", "(() if {v} == '[]' else _errors_of({v}))"),
+    Kind.IDS: ("type({v}) is str", "(tuple({v}.split(',')) if {v} else ())"),
 }
 _BYTES: dict[Kind, tuple[str, str]] = {
     Kind.TEXT: ("{v} is not None", "{v}.decode()"),
     Kind.OPT_TEXT: ("True", "(None if {v} is None else {v}.decode())"),
-    Kind.INT: ("{v} is not None", "int({v})"),
+    Kind.INT: ("True", "({d} if {v} is None else int({v}))"),  # missing: the default
     Kind.FLOAT: ("{v} is not None", "float({v})"),
     Kind.OPT_FLOAT: ("True", "(None if {v} is None else float({v}))"),
     Kind.BYTES: ("{v} is not None", "{v}"),
@@ -166,6 +174,7 @@ _BYTES: dict[Kind, tuple[str, str]] = {
     Kind.STATE: ("True", "_STATE[{v}]"),
     Kind.META: ("True", "({{}} if not {v} else _meta_of({v}))"),
     Kind.ERRORS: ("True", "(() if not {v} or {v} == b'[]' else _errors_of({v}))"),
+    Kind.IDS: ("True", "(tuple({v}.decode().split(',')) if {v} else ())"),
 }
 
 
@@ -181,7 +190,7 @@ def _compile(
     for i, f in enumerate(FIELDS):
         test, value = plan[f.kind]
         tests.append(test.format(v=f"r[{i}]"))
-        args.append(f"{f.name}={value.format(v=f'r[{i}]')}")
+        args.append(f"{f.name}={value.format(v=f'r[{i}]', d=repr(f.default))}")
     source = (
         f"def {name}(r):\n"
         f"    if len(r) == {len(FIELDS)} and {' and '.join(t for t in tests if t != 'True')}:\n"

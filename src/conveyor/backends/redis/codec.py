@@ -77,6 +77,7 @@ _ENCODE: dict[Kind, str] = {
     Kind.FLOAT: "repr(float({v}))",
     Kind.OPT_FLOAT: '("" if {v} is None else repr(float({v})))',
     Kind.META: '(_json({v}).decode() if {v} else "")',
+    Kind.IDS: '",".join({v})',
     Kind.BYTES: '""',
     Kind.OPT_BYTES: '""',
 }

@@ -66,8 +66,9 @@ LuaValue = bool | int | str | tuple["LuaValue", ...] | Mapping[str, "LuaValue"]
 
 
 def _may_be_unset(field: Field) -> bool:
-    """Whether an enqueue may send `field` as "" (unset): optional kinds, and meta (empty)."""
-    return field.kind.optional or field.kind is Kind.META
+    """Whether an enqueue may send `field` as "" (unset): optional kinds, meta and ids
+    (empty)."""
+    return field.kind.optional or field.kind in (Kind.META, Kind.IDS)
 
 
 # What the Lua side takes from Python, rendered as ``local NAME = <value>`` into `HEADER`.

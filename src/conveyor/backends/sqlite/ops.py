@@ -55,14 +55,16 @@ _INSERT = (
 _INSERT_PLAIN = _INSERT.format(verb="")
 _INSERT_KEYED = _INSERT.format(verb="OR IGNORE")
 _ENQUEUED = tuple(f.name for f in ENQUEUED)
-assert _ENQUEUED[-1] == "meta"  # encoded below, the rest stored as they are
-_plain = operator.attrgetter(*_ENQUEUED[:-1])
+# Encoded below, the rest stored as they are: meta (last) and the parents' ids (just before).
+assert _ENQUEUED[-4:] == ("parents", "on_parent_failure", "feed", "meta")
+_plain = operator.attrgetter(*_ENQUEUED[:-4])
+_flow = operator.attrgetter("on_parent_failure", "feed")
 
 
 def _insert_row(job: Job, now: float) -> tuple[object, ...]:
     meta = _json.encode(job.meta).decode() if job.meta else "{}"
     state = "scheduled" if job.run_at > now else "queued"
-    return (*_plain(job), meta, state, job.key)
+    return (*_plain(job), ",".join(job.parents), *_flow(job), meta, state, job.key)
 
 
 def enqueue(conn: sqlite3.Connection, jobs: Sequence[Job], now: float) -> list[str]:

@@ -37,6 +37,7 @@ _SQL_TYPE = {
     Kind.STATE: "TEXT NOT NULL",
     Kind.META: "TEXT NOT NULL",
     Kind.ERRORS: "TEXT NOT NULL",
+    Kind.IDS: "TEXT NOT NULL",
 }
 
 
@@ -50,6 +51,8 @@ def column_decl(field: Field) -> str:
         return decl + " DEFAULT '{}'"
     if field.kind is Kind.ERRORS:
         return decl + " DEFAULT '[]'"
+    if field.kind is Kind.IDS:
+        return decl + " DEFAULT ''"
     if isinstance(default, bool):
         return decl + f" DEFAULT {int(default)}"
     if isinstance(default, int | float):
