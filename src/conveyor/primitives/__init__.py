@@ -9,11 +9,13 @@ The worker and producer are built from them; applications may use them directly.
   (`MemoryCache`, `RedisCache`).
 * `Pipeline` — map / flat_map / batch / limit stages joined by channels.
 * `RateLimiter` (token bucket, or shared through `Counters`) and `CapacityLimiter`.
+* `CircuitBreaker` — fail fast while a dependency keeps failing (`Circuit`, `CircuitOpen`).
 """
 
 from conveyor.primitives.batcher import Batcher, BatcherStats, Handler, Overflow
 from conveyor.primitives.cache import Cache, MemoryCache, RedisCache
 from conveyor.primitives.channel import Channel, ChannelStats
+from conveyor.primitives.circuit import Circuit, CircuitBreaker, CircuitOpen, CircuitStats
 from conveyor.primitives.limiter import CapacityLimiter, CapacityStats, Counters, RateLimiter
 from conveyor.primitives.loader import Loader, LoaderStats
 from conveyor.primitives.pipeline import Pipeline
@@ -27,6 +29,10 @@ __all__ = [
     "CapacityStats",
     "Channel",
     "ChannelStats",
+    "Circuit",
+    "CircuitBreaker",
+    "CircuitOpen",
+    "CircuitStats",
     "Counters",
     "Handler",
     "Loader",
