@@ -6,10 +6,10 @@ import pytest
 
 from conveyor.backends.memory import MemoryBackend
 from conveyor.clock import FakeClock
-from conveyor.testing.contract import BackendContract
+from conveyor.testing.contract import BackendContract, DependContract
 
 
-class TestMemoryBackend(BackendContract):
+class TestMemoryBackend(DependContract, BackendContract):
     @pytest.fixture
     async def backend(self, clock: FakeClock) -> AsyncIterator[MemoryBackend]:
         async with MemoryBackend(clock=clock) as b:

@@ -28,16 +28,34 @@ import msgspec
 from conveyor.backends._wake import Wakeup
 from conveyor.capabilities import Counters
 from conveyor.clock import Clock
-from conveyor.errors import ClosedError, InvalidOption
+from conveyor.errors import ClosedError, DependencyError, InvalidOption
 from conveyor.job import TERMINAL, Job, JobState, Lease, Outcome
 
-__all__ = ["ANNOTATIONS", "MAX_PAGE", "Backend", "ClaimRequest", "Counters", "JobFilter", "Page"]
+__all__ = [
+    "ANNOTATIONS",
+    "FEEDS",
+    "MAX_PAGE",
+    "MAX_PARENTS",
+    "PARENT_POLICIES",
+    "Backend",
+    "ClaimRequest",
+    "Counters",
+    "JobFilter",
+    "Page",
+]
 
 #: The job fields a running job writes about itself through `Backend.annotate`.
 ANNOTATIONS = ("checkpoint", "progress")
 
 #: The largest page `Backend.query` returns.
 MAX_PAGE = 10_000
+
+#: What a job does when a parent fails or is cancelled (`Job.on_parent_failure`).
+PARENT_POLICIES = ("cancel", "run")
+#: How parents' results reach a job's handler (`Job.feed`).
+FEEDS = ("", "one", "all")
+#: The most parents one job may have (a chord callback has one per member).
+MAX_PARENTS = 100_000
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -142,21 +160,115 @@ class Backend(abc.ABC):
 
     # -- producing -------------------------------------------------------------------------
 
+    #: Whether a job's parents may be in other queues than its own (a Redis Cluster keeps
+    #: each queue in its own slot, and one atomic step can't span slots).
+    cross_queue_dependencies: bool = True
+
     async def enqueue(self, jobs: Sequence[Job]) -> list[str]:
         """Insert jobs; for each, the id of the job that now holds its place: its own id
         when stored, the id of the job holding its `key` when it was a duplicate (skipped).
 
-        A key is held while its job is live (scheduled, queued, running), and after it ends
-        (completed or failed) until `unique_until` passes or the job is purged. Cancelled
-        jobs release their key. Jobs with `run_at` in the future are stored `scheduled`.
+        A key is held while its job is live (waiting, scheduled, queued, running), and after
+        it ends (completed or failed) until `unique_until` passes or the job is purged.
+        Cancelled jobs release their key. Jobs with `run_at` in the future are stored
+        `scheduled`.
+
+        Dependencies: a job with `parents` is stored `waiting` while any parent has not
+        ended, `waiting_for` counting those. A parent is a stored job or a job earlier in
+        the same call (a parent skipped there as a duplicate stands for its key's holder).
+        A parent that already ended counts as ended: completed, or failed/cancelled with
+        ``on_parent_failure="run"``; one that failed or was cancelled otherwise makes the
+        job stored `cancelled` at once, its ``cancel_reason`` naming the parent. An unknown
+        (or purged) parent, a job its own parent, a parent later in the call (a cycle) or a
+        parent in another queue where `cross_queue_dependencies` is false is a
+        `DependencyError`, and nothing of the call is written.
+
+        When a parent ends (every path: settle, rescue, cancel, a heartbeat that finds a
+        cancel request), in the same atomic step each waiting child counts it: completed,
+        or with the policy ``"run"``, its `waiting_for` drops and at 0 it becomes scheduled
+        or queued (by its `run_at`); failed or cancelled with the policy ``"cancel"``, the
+        child is cancelled (``cancel_reason`` ``"parent <id> failed"``) and so, in turn,
+        are its own waiting children. Each parent→child edge counts once: a parent
+        requeued and ended again changes nothing for its children.
         """
-        out = await self._chunked(self._enqueue, jobs)
+        if any(job.parents for job in jobs):
+            await self._check_dependencies(jobs)
+        if self.op_batch and len(jobs) > self.op_batch and any(job.parents for job in jobs):
+            out = await self._enqueue_graph(jobs)
+        else:
+            out = await self._chunked(self._enqueue, jobs)
         self._woke(out)
         return out
 
     @abc.abstractmethod
     async def _enqueue(self, jobs: Sequence[Job], now: float) -> list[str]:
-        """Store `jobs` in one atomic step (see `enqueue`)."""
+        """Store `jobs` in one atomic step (see `enqueue`); parents are checked for shape
+        (`_check_dependencies`), and the store checks that stored parents exist."""
+
+    async def _check_dependencies(self, jobs: Sequence[Job]) -> None:
+        """Refuse, before anything is written, a graph that can't be stored: policies and
+        feeds that don't exist, cycles, parents neither earlier in the call nor stored."""
+        self._open()
+        position = {job.id: i for i, job in enumerate(jobs)}
+        outside: dict[str, Job] = {}
+        for i, job in enumerate(jobs):
+            if job.on_parent_failure not in PARENT_POLICIES:
+                raise InvalidOption(
+                    f"on_parent_failure must be one of {', '.join(PARENT_POLICIES)}, "
+                    f"not {job.on_parent_failure!r}"
+                )
+            if job.feed not in FEEDS:
+                raise InvalidOption(f"feed must be one of {FEEDS!r}, not {job.feed!r}")
+            if len(job.parents) > MAX_PARENTS:
+                raise DependencyError(
+                    f"job {job.id} has {len(job.parents)} parents; at most {MAX_PARENTS}"
+                )
+            if len(set(job.parents)) != len(job.parents):
+                raise DependencyError(f"job {job.id} lists a parent twice")
+            for parent in job.parents:
+                at = position.get(parent)
+                if at is None:
+                    outside[parent] = job
+                elif at >= i:
+                    what = "itself" if at == i else f"{parent}, which comes after it"
+                    raise DependencyError(
+                        f"job {job.id} depends on {what}: a cycle (a call lists parents "
+                        "before their children)"
+                    )
+                elif not self.cross_queue_dependencies and jobs[at].queue != job.queue:
+                    raise DependencyError(_cross_queue(self, job, parent, jobs[at].queue))
+        if not outside:
+            return
+        ids = list(outside)
+        found = await self._chunked(lambda part, now: self._get(part), ids)
+        for parent, got in zip(ids, found, strict=True):
+            child = outside[parent]
+            if got is None:
+                raise DependencyError(
+                    f"job {child.id} depends on {parent}, which this store doesn't hold "
+                    "(unknown, or already purged); nothing was written"
+                )
+            if not self.cross_queue_dependencies and got.queue != child.queue:
+                raise DependencyError(_cross_queue(self, child, parent, got.queue))
+
+    async def _enqueue_graph(self, jobs: Sequence[Job]) -> list[str]:
+        """A call larger than `op_batch` with dependencies, chunk by chunk: a later chunk's
+        parents are renamed to the ids an earlier chunk answered (a duplicate's holder)."""
+        self._open()
+        now = self.clock.now()
+        renamed: dict[str, str] = {}
+        out: list[str] = []
+        for start in range(0, len(jobs), self.op_batch):
+            part = [
+                msgspec.structs.replace(job, parents=tuple(renamed.get(p, p) for p in job.parents))
+                if renamed and job.parents
+                else job
+                for job in jobs[start : start + self.op_batch]
+            ]
+            got = await self._enqueue(part, now)
+            renamed.update((j.id, g) for j, g in zip(part, got, strict=True) if g != j.id)
+            out += got
+        return out
 
     # -- running ---------------------------------------------------------------------------
 
@@ -391,3 +503,10 @@ class Backend(abc.ABC):
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+def _cross_queue(backend: Backend, child: Job, parent: str, queue: str) -> str:
+    return (
+        f"job {child.id} (queue {child.queue!r}) depends on {parent} (queue {queue!r}): "
+        f"{backend!r} keeps each queue apart, so a job and its parents must share a queue"
+    )

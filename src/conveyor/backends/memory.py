@@ -19,7 +19,9 @@ from conveyor.backends._wake import Wakeup
 from conveyor.backends.base import Backend, ClaimRequest, JobFilter, Page
 from conveyor.capabilities import LockInfo, WorkerInfo
 from conveyor.clock import Clock, SystemClock
+from conveyor.errors import DependencyError
 from conveyor.job import (
+    TERMINAL,
     Cancelled,
     Completed,
     Failed,
@@ -62,12 +64,17 @@ class MemoryBackend(Backend):
         self._lock_freed = Wakeup()  # lock waiters (apart from job waiters: no spurious claims)
         self._presence: dict[str, tuple[WorkerInfo, float]] = {}  # id -> (info, expires_at)
         self._paused: set[str] = set()
+        self._children: dict[str, list[str]] = {}  # parent id -> ids of waiting children
+        self._ended: list[Job] = []  # parents that ended in this step, children to count
 
     # -- helpers (call with the lock held) -------------------------------------------------
 
     def _put(self, job: Job) -> None:
-        """Store `job` and index it by state."""
+        """Store `job` and index it by state (a parent that ended is noted: `_count_ended`
+        tells its children, before the lock is let go)."""
         self._jobs[job.id] = job
+        if job.id in self._children and job.state in TERMINAL:
+            self._ended.append(job)
         version = self._version.get(job.id, 0) + 1
         self._version[job.id] = version
         seq = self._seq[job.id]
@@ -87,6 +94,45 @@ class MemoryBackend(Backend):
                 moved += 1
         return moved
 
+    def _count_ended(self, now: float) -> None:
+        """Each waiting child of a parent that ended counts it: runnable once every parent
+        has ended, or cancelled (and so, in turn, its children) by a parent that failed."""
+        woke = False
+        while self._ended:
+            parent = self._ended.pop()
+            for child_id in self._children.pop(parent.id, ()):
+                child = self._jobs.get(child_id)
+                if child is None or child.state is not JobState.WAITING:
+                    continue
+                if parent.state is JobState.COMPLETED or child.on_parent_failure == "run":
+                    if child.waiting_for > 1:
+                        self._jobs[child_id] = replace(child, waiting_for=child.waiting_for - 1)
+                        continue
+                    state = rules.state_for_run_at(child.run_at, now)
+                    self._put(replace(child, state=state, waiting_for=0))
+                    woke = woke or state is JobState.QUEUED
+                else:
+                    reason = f"parent {parent.id} {parent.state.value}"
+                    self._put(self._cancelled(child, Cancelled(reason), now))
+        if woke:
+            self.local_wakeup.notify()
+
+    def _blocked(self, job: Job, now: float) -> Job:
+        """`job` as stored by an enqueue, by its parents' states (see `Backend.enqueue`)."""
+        waiting: list[str] = []
+        for parent_id in job.parents:
+            parent = self._jobs[parent_id]
+            if not parent.state.terminal:
+                waiting.append(parent_id)
+            elif parent.state is not JobState.COMPLETED and job.on_parent_failure != "run":
+                reason = f"parent {parent_id} {parent.state.value}"
+                return self._cancelled(job, Cancelled(reason), now)
+        if not waiting:
+            return replace(job, state=rules.state_for_run_at(job.run_at, now))
+        for parent_id in waiting:
+            self._children.setdefault(parent_id, []).append(job.id)
+        return replace(job, state=JobState.WAITING, waiting_for=len(waiting))
+
     def _live_lease(self, lease: Lease) -> Job | None:
         job = self._jobs.get(lease.id)
         if job is None or job.state is not JobState.RUNNING:
@@ -103,6 +149,9 @@ class MemoryBackend(Backend):
     async def _enqueue(self, jobs: Sequence[Job], now: float) -> list[str]:
         out: list[str] = []
         with self._lock:
+            if any(job.parents for job in jobs):
+                self._check_parents(jobs)
+            renamed: dict[str, str] = {}  # a duplicate's id -> its key's holder
             for job in jobs:
                 if job.id in self._jobs:  # stored already (a retried call)
                     out.append(job.id)
@@ -111,12 +160,30 @@ class MemoryBackend(Backend):
                     holder = self._jobs.get(self._keys.get(job.key, ""))
                     if holder is not None and rules.key_is_held(holder, now):
                         out.append(holder.id)
+                        renamed[job.id] = holder.id
                         continue
-                    self._keys[job.key] = job.id
                 self._seq[job.id] = next(self._counter)
-                self._put(replace(job, state=rules.state_for_run_at(job.run_at, now)))
+                if job.parents:
+                    parents = tuple(renamed.get(p, p) for p in job.parents)
+                    job = self._blocked(replace(job, parents=parents), now)
+                else:
+                    job = replace(job, state=rules.state_for_run_at(job.run_at, now))
+                if job.key is not None and job.state is not JobState.CANCELLED:
+                    self._keys[job.key] = job.id
+                self._put(job)
                 out.append(job.id)
         return out
+
+    def _check_parents(self, jobs: Sequence[Job]) -> None:
+        earlier: set[str] = set()
+        for job in jobs:
+            for parent in job.parents:
+                if parent not in earlier and parent not in self._jobs:
+                    raise DependencyError(
+                        f"job {job.id} depends on {parent}, which this store doesn't hold "
+                        "(unknown, or already purged); nothing was written"
+                    )
+            earlier.add(job.id)
 
     # -- running ---------------------------------------------------------------------------
 
@@ -171,6 +238,7 @@ class MemoryBackend(Backend):
                     continue
                 self._expiry[lease.id] = now + lease_for
                 out.append(Lease(job, lease.token, now + lease_for))
+            self._count_ended(now)
         return out
 
     async def _settle(self, outcomes: Sequence[tuple[Lease, Outcome]], now: float) -> list[bool]:
@@ -201,6 +269,7 @@ class MemoryBackend(Backend):
                     new = self._cancelled(job, outcome, now)
                 self._put(new)
                 out.append(True)
+            self._count_ended(now)
         return out
 
     async def _release(self, leases: Sequence[Lease], now: float) -> list[bool]:
@@ -225,6 +294,7 @@ class MemoryBackend(Backend):
                         )
                     )
                 out.append(True)
+            self._count_ended(now)
         return out
 
     async def _annotate(
@@ -281,6 +351,7 @@ class MemoryBackend(Backend):
                         job, state=JobState.QUEUED, worker=None, errors=(*job.errors, error)
                     )
                 self._put(new)
+            self._count_ended(now)
         return rescued
 
     async def _purge(self, states: frozenset[JobState], before: float | None, now: float) -> int:
@@ -313,9 +384,10 @@ class MemoryBackend(Backend):
             job = self._jobs.get(job_id)
             if job is None:
                 return None
-            if job.state in (JobState.SCHEDULED, JobState.QUEUED):
+            if job.state in (JobState.WAITING, JobState.SCHEDULED, JobState.QUEUED):
                 job = self._cancelled(job, Cancelled(reason), now)
                 self._put(job)
+                self._count_ended(now)
             elif job.state is JobState.RUNNING:
                 meta = {**job.meta, "cancel_reason": reason}
                 job = replace(job, cancel_requested=True, meta=meta)

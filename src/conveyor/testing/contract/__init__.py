@@ -3,7 +3,8 @@
 `CoreContract` is the job lifecycle; `CountersContract`, `LocksContract`,
 `PresenceContract` and `QueueControlContract` test the optional capabilities
 (`conveyor.capabilities`);
-`AnnotateContract` is a running job's checkpoint and progress;
+`AnnotateContract` is a running job's checkpoint and progress; `DependContract` jobs that
+wait for parent jobs (workflows);
 `RecordContract` checks that every field of the job record round-trips. `BackendContract`
 is all of these: the stores we ship pass it. `PoisonContract` checks that rows corrupted in
 storage read the same way on every store; a store with storage to corrupt adds it, with a
@@ -29,6 +30,7 @@ from conveyor.testing.contract.capabilities import (
     QueueControlContract,
 )
 from conveyor.testing.contract.core import CoreContract, err, make_job, stored
+from conveyor.testing.contract.depend import DependContract
 from conveyor.testing.contract.record import Corrupt, PoisonContract, RecordContract
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "CoreContract",
     "Corrupt",
     "CountersContract",
+    "DependContract",
     "LocksContract",
     "PoisonContract",
     "PresenceContract",
