@@ -27,6 +27,7 @@ def test_public_namespace_is_locked() -> None:
         "JobContext",
         "JobFailed",
         "JobHandle",
+        "JobInfo",
         "JobOptions",
         "JobState",
         "LockLost",
@@ -38,6 +39,7 @@ def test_public_namespace_is_locked() -> None:
         "Task",
         "WorkerConfig",
         "current_job",
+        "current_jobs",
     ]
     assert sorted(conveyor.__all__) == expected
     for name in conveyor.__all__:
@@ -46,11 +48,11 @@ def test_public_namespace_is_locked() -> None:
 
 def test_backoff_is_exponential_capped_and_jittered() -> None:
     policy = conveyor.RetryPolicy(base_delay=1, factor=2, max_delay=10, jitter=0)
-    assert [policy.delay(n) for n in range(1, 7)] == [1, 2, 4, 8, 10, 10]
-    assert policy.delay(10_000) == 10  # no overflow
+    assert [policy.backoff(n) for n in range(1, 7)] == [1, 2, 4, 8, 10, 10]
+    assert policy.backoff(10_000) == 10  # no overflow
     jittery = conveyor.RetryPolicy(base_delay=10, jitter=0.5, max_delay=100)
     rng = random.Random(3)
-    samples = [jittery.delay(1, rng) for _ in range(500)]
+    samples = [jittery.backoff(1, rng=rng) for _ in range(500)]
     assert min(samples) >= 5
     assert max(samples) <= 15
     assert len(set(samples)) > 400

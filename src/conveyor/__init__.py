@@ -34,7 +34,7 @@ from conveyor.producer import JobOptions
 from conveyor.retry import RetryPolicy
 from conveyor.task import Batch, BatchTask, Task
 from conveyor.worker import WorkerConfig
-from conveyor.worker.context import JobContext, current_job
+from conveyor.worker.context import JobContext, JobInfo, current_job, current_jobs
 
 __all__ = [
     "App",
@@ -50,6 +50,7 @@ __all__ = [
     "JobContext",
     "JobFailed",
     "JobHandle",
+    "JobInfo",
     "JobOptions",
     "JobState",
     "LockLost",
@@ -61,6 +62,7 @@ __all__ = [
     "Task",
     "WorkerConfig",
     "current_job",
+    "current_jobs",
 ]
 
 __version__ = "0.1.0"

@@ -22,12 +22,15 @@ from conveyor.serve import Server
 from conveyor.task import AsyncTask, Batch, BatchTask, SyncTask, Task, make_task
 from conveyor.urls import mask
 from conveyor.worker import WorkerConfig, parse_queues
+from conveyor.worker.hooks import FailureHook, Hooks, Middleware
 
 __all__ = ["App"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
+FH = TypeVar("FH", bound=FailureHook)
+MW = TypeVar("MW", bound=Middleware)
 
 
 class _BatchDecorator(Protocol):
@@ -82,6 +85,8 @@ class App:
         self.inspector = Inspector(self.backend)
         #: Periodic jobs (`periodic`, `schedule`), run by every worker's scheduler.
         self.schedules = Schedules(self.registry)
+        #: Failure hooks and middleware (`on_failure`, `on_dead_letter`, `middleware`).
+        self.hooks = Hooks()
         self._entered = 0
 
     def __repr__(self) -> str:
@@ -239,6 +244,50 @@ class App:
             priority=priority, catch_up=catch_up, misfire_grace=misfire_grace, overlap=overlap,
         )  # fmt: skip
 
+    # -- hooks and middleware --------------------------------------------------------------
+
+    def on_failure(self, fn: FH) -> FH:
+        """Call ``fn(job: JobInfo, error)`` after every failed attempt of any job (one that
+        will retry and one that fails for good), once the store recorded it; async or sync
+        (sync ones run on the worker's threads). Hooks run in registration order, each for
+        at most the worker's `hook_timeout`; one that raises or hangs is logged and never
+        changes the job's outcome. Notifications, not durable: a worker killed between the
+        failure and the hook loses that call.
+
+        Example:
+            @app.on_failure
+            async def report(job: conveyor.JobInfo, error: BaseException) -> None:
+                log.warning("%s attempt %d failed: %r", job.task, job.attempt, error)
+        """
+        return self.hooks.add_on_failure(fn)
+
+    def on_dead_letter(self, fn: FH) -> FH:
+        """Call ``fn(job: JobInfo, error)`` when a job fails for good (attempts used up, an
+        error that never retries, a bad payload, a passed deadline); after the `on_failure`
+        hooks, with the same rules.
+
+        Example:
+            @app.on_dead_letter
+            def page(job: conveyor.JobInfo, error: BaseException) -> None: ...
+        """
+        return self.hooks.add_on_dead_letter(fn)
+
+    def middleware(self, fn: MW) -> MW:
+        """Wrap every execution of every (non-batch) task in ``fn(job: JobInfo)``, an async
+        context manager factory, entered on the event loop around the handler call (a sync
+        handler's thread call too), inside the job's timeout; the first registered is the
+        outermost. An error entering it fails the attempt like a handler error (the retry
+        policy applies); the handler's error passes through it.
+
+        Example:
+            @app.middleware
+            @contextlib.asynccontextmanager
+            async def with_db_session(job: conveyor.JobInfo) -> AsyncIterator[None]:
+                async with db.session():
+                    yield
+        """
+        return self.hooks.add_middleware(fn)
+
     # -- running ---------------------------------------------------------------------------
 
     def worker(
@@ -263,7 +312,7 @@ class App:
         cfg = WorkerConfig(
             queues=parse_queues(queues), concurrency=concurrency, strict=strict, **config
         )
-        return Server(self.backend, self.registry, cfg, self.clock, self.schedules)
+        return Server(self.backend, self.registry, cfg, self.clock, self.schedules, self.hooks)
 
     # -- locks -----------------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ from conveyor.errors import ClosedError, unwrap_group
 from conveyor.registry import Registry
 from conveyor.scheduler import Maintenance, Scheduler, Schedules
 from conveyor.worker import Worker, WorkerConfig, WorkerStats
+from conveyor.worker.hooks import Hooks
 from conveyor.worker.service import Service, ServiceGroup
 
 __all__ = ["Server"]
@@ -58,9 +59,10 @@ class Server:
         config: WorkerConfig,
         clock: Clock,
         schedules: Schedules | None = None,
+        hooks: Hooks | None = None,
     ) -> None:
         self.config = config
-        self.worker = Worker(backend, registry, config, clock)
+        self.worker = Worker(backend, registry, config, clock, hooks)
         self.maintenance = Maintenance(
             backend,
             clock,

@@ -399,7 +399,7 @@ class Engine(abc.ABC, Generic[T, R]):
             return
         if retry is not None and retry.should_retry(exc, attempts + 1):
             self._retried += 1
-            due_at = self._clock.monotonic() + retry.delay(attempts + 1)
+            due_at = self._clock.monotonic() + retry.backoff(attempts + 1, exc)
             heapq.heappush(self._delayed, (due_at, next(self._seq), (item, fut, attempts + 1, 0.0)))
             return
         self._failed += 1

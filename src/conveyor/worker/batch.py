@@ -1,21 +1,28 @@
 """Running durable batch tasks: claimed jobs of one task are gathered by a `Batcher`, the
-handler is called once per batch, and each job gets its own outcome."""
+handler is called once per batch, and each job gets its own outcome.
+
+The handler sees one `JobContext` per item (`conveyor.current_jobs()`, in item order): the
+context of that job's `Running` entry, so its progress rides the heartbeat like any job's.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 
+from conveyor.backends.base import Backend
 from conveyor.clock import Clock
 from conveyor.errors import Cancel, ConveyorError, Fail
-from conveyor.job import Cancelled, Completed, Failed, Lease, Outcome
+from conveyor.job import Cancelled, Completed, Lease, Outcome
 from conveyor.primitives import Batcher, CapacityLimiter
 from conveyor.serde import encode_result
 from conveyor.task import BatchTask
-from conveyor.worker.execute import attempt_error, retry_or_fail
+from conveyor.worker.context import JobContext, enter_batch, exit_batch
+from conveyor.worker.execute import failed, retry_or_fail
+from conveyor.worker.lease import Running
 
 __all__ = ["BatchRunner"]
 
@@ -27,10 +34,19 @@ class BatchRunner:
     from each job's slot: the job waits for its batch and returns its own outcome.
     """
 
-    def __init__(self, task: BatchTask[object, object], clock: Clock, threads: Executor) -> None:
+    def __init__(
+        self,
+        task: BatchTask[object, object],
+        clock: Clock,
+        threads: Executor,
+        backend: Backend,
+        running: Mapping[str, Running],
+    ) -> None:
         self.task = task
         self.clock = clock
         self.threads = threads
+        self.backend = backend
+        self.running = running  # the worker's running jobs, whose contexts the handler sees
         spec = task.batch
         assert spec is not None
         self.batcher_size = spec.max_size
@@ -84,7 +100,7 @@ class BatchRunner:
                 slots.append(i)
             except ConveyorError as exc:
                 now = self.clock.now()
-                outcomes[i] = Failed(attempt_error(lease, exc, now, "PoisonPayload"))
+                outcomes[i] = failed(lease, exc, now, "PoisonPayload")
         if items:
             batch = [leases[i] for i in slots]
             for i, outcome in zip(slots, await self._call(batch, items), strict=True):
@@ -95,6 +111,7 @@ class BatchRunner:
         task = self.task
         timeouts = [lease.job.timeout for lease in leases if lease.job.timeout is not None]
         limit = asyncio.timeout(min(timeouts) if timeouts else None)
+        token = enter_batch([self._context(lease) for lease in leases])
         try:
             async with limit:
                 if task.is_async:
@@ -107,6 +124,8 @@ class BatchRunner:
             if isinstance(exc, TimeoutError) and limit.expired():
                 exc = TimeoutError(f"batch attempt timed out after {min(timeouts)} s")
             return [self._fault(lease, exc) for lease in leases]
+        finally:
+            exit_batch(token)
         if not isinstance(results, Sequence) or isinstance(results, str | bytes):
             wrong = ConveyorError(
                 f"batch task {task.name!r} returned {type(results).__name__}; it must return a "
@@ -128,13 +147,22 @@ class BatchRunner:
                 out.append(Completed(encode_result(result)))
             except ConveyorError as exc:
                 now = self.clock.now()
-                out.append(Failed(attempt_error(lease, exc, now, "ResultNotSerializable")))
+                out.append(failed(lease, exc, now, "ResultNotSerializable"))
         return out
+
+    def _context(self, lease: Lease) -> JobContext:
+        """The job's context: its running entry's (made on first use), else a new one."""
+        entry = self.running.get(lease.id)
+        if entry is None:
+            return JobContext(self.backend, lease)
+        if entry.context is None:
+            entry.context = JobContext(self.backend, lease)
+        return entry.context
 
     def _fault(self, lease: Lease, exc: BaseException) -> Outcome:
         if isinstance(exc, Cancel):
             return Cancelled(exc.reason)
         if isinstance(exc, Fail):
-            return Failed(attempt_error(lease, exc, self.clock.now(), "Fail"))
+            return failed(lease, exc, self.clock.now(), "Fail")
         kind = "Timeout" if isinstance(exc, TimeoutError) and "batch attempt" in str(exc) else None
         return retry_or_fail(self.task, lease, exc, self.clock, kind)

@@ -63,6 +63,8 @@ class WorkerConfig:
         failed_retention: seconds failed (dead-letter) jobs are kept.
         scheduler: run the scheduler (periodic jobs of `app.periodic` / `app.schedule`) in
             this worker; every worker may, the store keeps one job per fire.
+        hook_timeout: seconds each failure hook (`app.on_failure`, `app.on_dead_letter`)
+            may run before it is abandoned (and logged).
         name: the worker's name in leases and logs (default: host:pid).
     """
 
@@ -81,13 +83,14 @@ class WorkerConfig:
     purge_every: float = 60.0
     failed_retention: float = 7 * 86_400.0
     scheduler: bool = True
+    hook_timeout: float = 5.0
     name: str | None = field(default=None)
 
     def __post_init__(self) -> None:
         for attr in ("concurrency", "claim_batch"):
             if getattr(self, attr) < 1:
                 raise ConfigError(f"WorkerConfig.{attr} must be >= 1")
-        for attr in ("lease_for", "grace", "poll", "sweep_every", "purge_every"):
+        for attr in ("lease_for", "grace", "poll", "sweep_every", "purge_every", "hook_timeout"):
             if getattr(self, attr) <= 0 and attr != "grace":
                 raise ConfigError(f"WorkerConfig.{attr} must be > 0")
         if self.grace < 0:

@@ -9,11 +9,13 @@ end, where the failing frame and the error are), each cut marked ``… (truncate
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from conveyor.clock import Clock
@@ -22,14 +24,18 @@ from conveyor.job import AttemptError, Cancelled, Completed, Failed, Lease, Outc
 from conveyor.registry import Registry
 from conveyor.serde import encode_result
 from conveyor.task import Task
-from conveyor.worker.context import JobContext
+from conveyor.worker.context import JobContext, JobInfo
+from conveyor.worker.hooks import Middleware, enter_middleware
 
 __all__ = [
     "MAX_ERROR_MESSAGE",
     "MAX_TRACEBACK",
     "BatchRunnerLike",
+    "FailedWith",
+    "RetryingWith",
     "attempt_error",
     "execute",
+    "failed",
     "precheck",
     "retry_or_fail",
 ]
@@ -39,6 +45,26 @@ MAX_ERROR_MESSAGE = 4 << 10
 
 MAX_TRACEBACK = 16 << 10
 """Bytes of an attempt's traceback kept (16 KiB, its end); the rest is cut, marked."""
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class RetryingWith(Retrying):
+    """A `Retrying` decided in this worker, with the exception that failed the attempt (for
+    failure hooks; never stored). Stores see a `Retrying`."""
+
+    exc: BaseException | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class FailedWith(Failed):
+    """A `Failed` decided in this worker, with its exception (see `RetryingWith`)."""
+
+    exc: BaseException | None = field(default=None, repr=False)
+
+
+def failed(lease: Lease, exc: BaseException, now: float, kind: str | None = None) -> Failed:
+    """The job fails for good with `exc` (recorded as `kind`, default its type)."""
+    return FailedWith(attempt_error(lease, exc, now, kind), exc)
 
 
 class BatchRunnerLike(Protocol):
@@ -79,17 +105,19 @@ def retry_or_fail(
     clock: Clock,
     kind: str | None = None,
 ) -> Outcome:
+    """Retry the job (after its policy's backoff, or a `Retry` signal's own delay) or, when
+    its attempts are used up or the error never retries, fail it for good."""
     now = clock.now()
     error = attempt_error(lease, exc, now, kind)
     job = lease.job
     if task is None or job.attempts >= job.max_attempts:
-        return Failed(error)
+        return FailedWith(error, exc)
     if isinstance(exc, Retry):
-        delay = exc.delay if exc.delay is not None else task.retry.delay(job.attempts)
-        return Retrying(now + delay, error)
+        delay = exc.delay if exc.delay is not None else task.retry.backoff(job.attempts, exc)
+        return RetryingWith(now + delay, error, exc)
     if not task.retry.retryable(exc):
-        return Failed(error)
-    return Retrying(now + task.retry.delay(job.attempts), error)
+        return FailedWith(error, exc)
+    return RetryingWith(now + task.retry.backoff(job.attempts, exc), error, exc)
 
 
 class _NoTimeout:
@@ -115,12 +143,12 @@ def precheck(registry: Registry, lease: Lease, clock: Clock) -> Outcome | None:
     now = clock.now()
     if registry.find(job.task) is None:
         exc = UnknownTask(f"no task named {job.task!r} is registered in this worker")
-        return Failed(attempt_error(lease, exc, now, "UnknownTask"))
+        return failed(lease, exc, now, "UnknownTask")
     if job.deadline is not None and now > job.deadline:
         late = ConveyorError(
             f"the job's deadline passed {now - job.deadline:.3f} s before it started"
         )
-        return Failed(attempt_error(lease, late, now, "DeadlineExceeded"))
+        return failed(lease, late, now, "DeadlineExceeded")
     return None
 
 
@@ -131,13 +159,15 @@ async def execute(
     threads: Executor,
     batches: Mapping[str, BatchRunnerLike] | None = None,
     context: JobContext | None = None,
+    middleware: Sequence[tuple[Middleware, str]] = (),
 ) -> Outcome:
     """Run the leased job once and return what should happen to it.
 
     Never raises for the job's own faults (bad payload, unknown task, handler errors,
-    timeouts): those become outcomes. `asyncio.CancelledError` propagates (lease lost or
-    shutdown), and the caller decides. `context` becomes the handler's `current_job()` (the
-    caller runs each job in its own asyncio task, so setting it leaks to no other job).
+    timeouts, middleware errors): those become outcomes. `asyncio.CancelledError` propagates
+    (lease lost or shutdown), and the caller decides. `context` becomes the handler's
+    `current_job()` (the caller runs each job in its own asyncio task, so setting it leaks
+    to no other job). `middleware` wraps the handler call, inside the job's timeout.
     """
     pre = precheck(registry, lease, clock)
     if pre is not None:
@@ -150,18 +180,21 @@ async def execute(
         runner = (batches or {}).get(task.name)
         if runner is None:
             exc = ConveyorError(f"batch task {task.name!r} has no batch runner in this worker")
-            return Failed(attempt_error(lease, exc, now, "InternalError"))
+            return failed(lease, exc, now, "InternalError")
         return await runner.run(lease)
     try:
         arguments = task.codec.decode(job.payload)
     except ConveyorError as exc3:
-        return Failed(attempt_error(lease, exc3, now, "PoisonPayload"))
+        return failed(lease, exc3, now, "PoisonPayload")
     if context is not None:
         context.enter()  # before copy_context below, so a sync handler's thread sees it too
     deadline = asyncio.timeout(job.timeout) if job.timeout is not None else _NO_TIMEOUT
     try:
         async with deadline:
-            if task.is_async:
+            if middleware:
+                info = context or JobInfo(job)
+                value = await _wrapped(middleware, info, task, arguments, threads)
+            elif task.is_async:
                 value = await task.codec.call(task.fn, arguments)
             else:
                 ctx = contextvars.copy_context()
@@ -177,12 +210,34 @@ async def execute(
     except Cancel as sig:
         return Cancelled(sig.reason)
     except Fail as sig2:
-        return Failed(attempt_error(lease, sig2, clock.now(), "Fail"))
+        return failed(lease, sig2, clock.now(), "Fail")
     except Exception as exc5:
         return retry_or_fail(task, lease, exc5, clock)
     try:
         return Completed(encode_result(value))
     except ResultTooLarge as exc6:
-        return Failed(attempt_error(lease, exc6, clock.now(), "ResultTooLarge"))
+        return failed(lease, exc6, clock.now(), "ResultTooLarge")
     except ConveyorError as exc7:
-        return Failed(attempt_error(lease, exc7, clock.now(), "ResultNotSerializable"))
+        return failed(lease, exc7, clock.now(), "ResultNotSerializable")
+
+
+async def _wrapped(
+    middleware: Sequence[tuple[Middleware, str]],
+    job: JobInfo,
+    task: Task[..., object],
+    arguments: Mapping[str, object],
+    threads: Executor,
+) -> object:
+    """The handler's value, called inside every middleware's context (outermost first)."""
+    value: object = None  # stays None if a middleware suppresses the handler's error
+    async with contextlib.AsyncExitStack() as stack:
+        await enter_middleware(stack, middleware, job)
+        if task.is_async:
+            value = await task.codec.call(task.fn, arguments)
+        else:
+            ctx = contextvars.copy_context()
+            call: Callable[[], object] = functools.partial(
+                ctx.run, task.codec.call, task.fn, arguments
+            )
+            value = await asyncio.get_running_loop().run_in_executor(threads, call)
+    return value

@@ -88,13 +88,13 @@ class Settling(Service):
             start += len(group)
         return out
 
-    async def settle(self, pairs: list[tuple[Running, Outcome]]) -> None:
-        """Record outcomes through the batcher, then count and log them. While the store is
-        down, retry until the leases would have expired anyway (then the jobs are rescued
-        and run again: at-least-once)."""
+    async def settle(self, pairs: list[tuple[Running, Outcome]]) -> list[bool]:
+        """Record outcomes through the batcher, then count and log them; for each, whether
+        the store took it. While the store is down, retry until the leases would have
+        expired anyway (then the jobs are rescued and run again: at-least-once)."""
         assert self._batcher is not None
         if not pairs:
-            return
+            return []
         for entry, _ in pairs:
             entry.settling = True
         items = [(entry.lease, outcome) for entry, outcome in pairs]
@@ -118,3 +118,4 @@ class Settling(Service):
         now = self.clock.monotonic()
         for (entry, outcome), ok in zip(pairs, settled, strict=True):
             record(self.stats, entry.lease.job, outcome, ok, now - entry.started, self.clock)
+        return settled

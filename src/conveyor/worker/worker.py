@@ -26,14 +26,15 @@ from collections.abc import Callable
 
 from conveyor.backends.base import Backend
 from conveyor.clock import Clock
-from conveyor.job import AttemptError, Failed, Lease, Outcome, Retrying
+from conveyor.job import AttemptError, Completed, Failed, Lease, Outcome, Retrying
 from conveyor.registry import Registry
 from conveyor.task import BatchTask
 from conveyor.worker.batch import BatchRunner
 from conveyor.worker.config import WorkerConfig
-from conveyor.worker.context import JobContext
-from conveyor.worker.execute import execute, precheck
+from conveyor.worker.context import JobContext, JobInfo
+from conveyor.worker.execute import FailedWith, execute, precheck
 from conveyor.worker.fetch import Fetch
+from conveyor.worker.hooks import Hooks
 from conveyor.worker.lease import Running, flush_progress, heartbeat
 from conveyor.worker.service import Loop, Service
 from conveyor.worker.settle import Settling
@@ -55,10 +56,16 @@ class Worker:
         registry: the tasks this worker can run.
         config: how to run; see `WorkerConfig`.
         clock: the time source.
+        hooks: failure hooks and middleware (`App.hooks`), if any.
     """
 
     def __init__(
-        self, backend: Backend, registry: Registry, config: WorkerConfig, clock: Clock
+        self,
+        backend: Backend,
+        registry: Registry,
+        config: WorkerConfig,
+        clock: Clock,
+        hooks: Hooks | None = None,
     ) -> None:
         self.backend = backend
         self.registry = registry
@@ -78,8 +85,9 @@ class Worker:
         )  # fmt: skip
         self.heartbeat = Loop("heartbeat", beat)
         self.jobs = JobRunner(
-            registry, config, clock, self.stats, self.name, running, slot_free, self.settling
-        )
+            registry, config, clock, self.stats, self.name, running, slot_free, self.settling,
+            hooks or Hooks(),
+        )  # fmt: skip
         self.fetch = Fetch(
             backend,
             config,
@@ -116,7 +124,7 @@ class JobRunner(Service):
 
     `stop()` waits up to `grace` for running jobs (measured on the injected clock), then
     cancels the rest; they settle as `Retrying(now)` with an `Interrupted` error. `hurry()`
-    cuts the grace short.
+    cuts the grace short. Failure hooks run in the failed job's task, after its settle.
     """
 
     name = "jobs"
@@ -131,8 +139,10 @@ class JobRunner(Service):
         running: dict[str, Running],
         slot_free: asyncio.Event,
         settling: Settling,
+        hooks: Hooks,
     ) -> None:
         super().__init__()
+        self.hooks = hooks
         self.registry = registry
         self.config = config
         self.clock = clock
@@ -157,7 +167,7 @@ class JobRunner(Service):
         cfg = self.config
         self._threads = threads = DaemonThreadPool(cfg.threads or cfg.concurrency, "conveyor-job")
         runners = {
-            t.name: BatchRunner(t, self.clock, threads)
+            t.name: BatchRunner(t, self.clock, threads, self.backend, self.running)
             for t in self.registry
             if isinstance(t, BatchTask)
         }
@@ -236,8 +246,9 @@ class JobRunner(Service):
             context = entry.context = JobContext(self.backend, lease)
             try:
                 outcome = await execute(
-                    self.registry, lease, self.clock, self._threads, self._batches, context
-                )
+                    self.registry, lease, self.clock, self._threads, self._batches, context,
+                    self.hooks.middleware,
+                )  # fmt: skip
             except Exception as exc:  # a corrupt record or a bug: fail this job, keep the worker
                 log.exception("job %s: could not be run", lease.id)
                 outcome = self._internal_error(lease, exc)
@@ -251,7 +262,9 @@ class JobRunner(Service):
                 return
             if context.has_progress():  # reported since the last beat: write it before settling
                 await flush_progress(self.backend, [entry], self.worker)
-            await self._settle([(entry, outcome)])
+            (ok,) = await self._settle([(entry, outcome)])
+            if ok and type(outcome) is not Completed:  # a job that completed pays nothing more
+                await self._after_failure([(entry, outcome)])
         finally:
             self.running.pop(lease.id, None)
             self.slot_freed()
@@ -279,11 +292,50 @@ class JobRunner(Service):
                     raise
                 for e in ready:
                     outcomes[e.lease.id] = self._interrupted(e.lease)
-            await self._settle([(e, outcomes[e.lease.id]) for e in entries if not e.lost])
+            pending = [e for e in entries if e.context is not None and e.context.has_progress()]
+            if pending:  # reported since the last beat: write it before settling
+                await flush_progress(self.backend, [e for e in pending if not e.lost], self.worker)
+            pairs = [(e, outcomes[e.lease.id]) for e in entries if not e.lost]
+            settled = await self._settle(pairs)
+            await self._after_failure([p for p, ok in zip(pairs, settled, strict=True) if ok])
         finally:
             for entry in entries:
                 self.running.pop(entry.lease.id, None)
             self.slot_freed()
+
+    async def _after_failure(self, pairs: list[tuple[Running, Outcome]]) -> None:
+        """Run the failure hooks for the failed attempts among `pairs` (settled, not ended
+        by a shutdown); several jobs' hooks run side by side, each job's in order."""
+        hooks = self.hooks
+        if not (hooks.on_failure or hooks.on_dead_letter):
+            return
+        calls = []
+        for entry, outcome in pairs:
+            if entry.interrupted or not isinstance(outcome, Retrying | Failed):
+                continue
+            job = entry.lease.job
+            exc = getattr(outcome, "exc", None)
+            if exc is None:  # not raised here (cannot happen for a worker's own outcomes)
+                exc = RuntimeError(f"{outcome.error.type}: {outcome.error.message}")
+            info = JobInfo(job, (*job.errors, outcome.error))
+            calls.append((info, exc, isinstance(outcome, Failed)))
+        if not calls:
+            return
+        threads, timeout = self._threads, self.config.hook_timeout
+        assert threads is not None
+        try:
+            if len(calls) == 1:
+                info, exc, dead = calls[0]
+                await hooks.failed(info, exc, dead=dead, threads=threads, timeout=timeout)
+                return
+            async with asyncio.TaskGroup() as tg:
+                for info, exc, dead in calls:
+                    run = hooks.failed(info, exc, dead=dead, threads=threads, timeout=timeout)
+                    tg.create_task(run, name=f"conveyor-hooks-{info.id}")
+        except asyncio.CancelledError:
+            if not any(entry.interrupted for entry, _ in pairs):
+                raise
+            # stopped past the grace while hooks ran: the outcomes are recorded already
 
     def _interrupted(self, lease: Lease) -> Outcome:
         now = self.clock.now()
@@ -294,4 +346,4 @@ class JobRunner(Service):
     def _internal_error(self, lease: Lease, exc: BaseException) -> Outcome:
         now = self.clock.now()
         msg = f"{type(exc).__name__}: {exc}"
-        return Failed(AttemptError(lease.job.attempts, "InternalError", msg, "", now))
+        return FailedWith(AttemptError(lease.job.attempts, "InternalError", msg, "", now), exc)
