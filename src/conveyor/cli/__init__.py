@@ -12,12 +12,15 @@ import sys
 from collections.abc import Callable
 
 import click
+from click.core import ParameterSource
 
 from conveyor.app import App
+from conveyor.cli.autoscale import ScalePolicy, parse_range
+from conveyor.cli.autoscale import autoscale as autoscale_workers
 from conveyor.cli.inspect_cmd import inspect_group, visible
 from conveyor.cli.load import load_app
 from conveyor.cli.worker import run_worker, supervise
-from conveyor.errors import ConveyorError
+from conveyor.errors import ConfigError, ConveyorError
 from conveyor.producer import JobOptions
 from conveyor.serde import MAX_DEPTH
 
@@ -78,6 +81,27 @@ def cli(ctx: click.Context, app_spec: str | None, url: str | None, verbose: int)
 @click.option("--burst", is_flag=True, help="Exit when no job is ready.")
 @click.option("--name", help="Worker name in leases and logs.")
 @click.option("--no-scheduler", is_flag=True, help="Don't run the scheduler of periodic jobs here.")
+@click.option(
+    "--autoscale",
+    metavar="MIN:MAX",
+    help="Run between MIN and MAX processes, sized to the backlog (instead of -p).",
+)
+@click.option(
+    "--scale-target",
+    type=float,
+    help="Add a process while the oldest ready job is older than this many seconds [1.0].",
+)
+@click.option(
+    "--scale-idle", type=float, help="Retire a process after this many seconds idle [30]."
+)
+@click.option(
+    "--scale-interval", type=float, help="Least seconds between two scaling changes [2.0]."
+)
+@click.option(
+    "--scale-cpu-idle",
+    type=float,
+    help="Least idle CPU share (0-1) to add a process; 0 ignores the CPU [0.2].",
+)
 @click.pass_context
 def worker_cmd(
     ctx: click.Context,
@@ -91,11 +115,24 @@ def worker_cmd(
     burst: bool,
     name: str | None,
     no_scheduler: bool,
+    autoscale: str | None,
+    scale_target: float | None,
+    scale_idle: float | None,
+    scale_interval: float | None,
+    scale_cpu_idle: float | None,
 ) -> None:
     """Run workers for APP (module:attribute)."""
     if processes < 1:
         raise click.BadParameter("must be >= 1", param_hint="--processes")
-    if processes > 1:
+    scaling = {
+        "target": scale_target,
+        "idle": scale_idle,
+        "interval": scale_interval,
+        "cpu_idle": scale_cpu_idle,
+    }
+    given = {k: v for k, v in scaling.items() if v is not None}
+    policy = _scale_policy(ctx, autoscale, burst, given)
+    if processes > 1 or policy is not None:
         group = ctx.parent.params if ctx.parent is not None else {}
         head = ["-v"] * int(group.get("verbose") or 0)
         for flag, key in (("--app", "app_spec"), ("--url", "url")):
@@ -106,6 +143,8 @@ def worker_cmd(
                  "--lease", str(lease_for)]  # fmt: skip
         child += ["--strict"] * strict + ["--burst"] * burst + (["--name", name] if name else [])
         child += ["--no-scheduler"] * no_scheduler
+        if policy is not None:
+            ctx.exit(autoscale_workers(load_app(app_spec), queues, head, child, policy))
         ctx.exit(supervise(head, child, processes))
     app = load_app(app_spec)
     options: dict[str, object] = {
@@ -118,6 +157,36 @@ def worker_cmd(
         "scheduler": not no_scheduler,
     }
     run_worker(app, options=options, queues=queues)
+
+
+def _scale_policy(
+    ctx: click.Context, spec: str | None, burst: bool, options: dict[str, float]
+) -> ScalePolicy | None:
+    """The `--autoscale` policy, or None without it; a click error naming the bad option."""
+    if spec is None:
+        if options:
+            flag = "--scale-" + next(iter(options)).replace("_", "-")
+            raise click.UsageError(f"{flag} needs --autoscale MIN:MAX")
+        return None
+    if ctx.get_parameter_source("processes") is not ParameterSource.DEFAULT:
+        raise click.UsageError(
+            "--autoscale and -p/--processes don't go together: autoscale decides the "
+            "number of processes (drop -p)"
+        )
+    if burst:
+        raise click.UsageError("--autoscale and --burst don't go together")
+    try:
+        low, high = parse_range(spec)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--autoscale") from None
+    if "interval" in options:  # look at least as often as a change may happen
+        options = {**options, "poll": min(1.0, max(options["interval"], 0.05))}
+    try:
+        return ScalePolicy(low, high, **options)
+    except ConfigError as exc:
+        name = next((k for k in options if f"autoscale {k} " in str(exc)), None)
+        hint = "--scale-" + name.replace("_", "-") if name else "--autoscale"
+        raise click.BadParameter(str(exc), param_hint=hint) from None
 
 
 @cli.command("enqueue")
