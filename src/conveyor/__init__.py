@@ -32,20 +32,24 @@ from conveyor.handle import JobHandle
 from conveyor.job import Job, JobState
 from conveyor.producer import JobOptions
 from conveyor.retry import RetryPolicy
-from conveyor.task import Batch, BatchTask, Task
+from conveyor.task import Batch, BatchTask, Signature, Task
 from conveyor.worker import WorkerConfig
 from conveyor.worker.context import JobContext, JobInfo, current_job, current_jobs
+from conveyor.workflow import BatchStatus, GroupHandle, JobBatch, chain, chord, group
 
 __all__ = [
     "App",
     "Batch",
+    "BatchStatus",
     "BatchTask",
     "Cancel",
     "Clock",
     "ConveyorError",
     "Fail",
     "FakeClock",
+    "GroupHandle",
     "Job",
+    "JobBatch",
     "JobCancelled",
     "JobContext",
     "JobFailed",
@@ -58,11 +62,15 @@ __all__ = [
     "NonRetryable",
     "Retry",
     "RetryPolicy",
+    "Signature",
     "SystemClock",
     "Task",
     "WorkerConfig",
+    "chain",
+    "chord",
     "current_job",
     "current_jobs",
+    "group",
 ]
 
 __version__ = "0.1.0"

@@ -19,10 +19,11 @@ from conveyor.retry import RetryPolicy
 from conveyor.scheduler import Schedule, Schedules
 from conveyor.scheduler.schedules import CatchUp
 from conveyor.serve import Server
-from conveyor.task import AsyncTask, Batch, BatchTask, SyncTask, Task, make_task
+from conveyor.task import AsyncTask, Batch, BatchTask, Signature, SyncTask, Task, make_task
 from conveyor.urls import mask
 from conveyor.worker import WorkerConfig, parse_queues
 from conveyor.worker.hooks import FailureHook, Hooks, Middleware
+from conveyor.workflow import JobBatch
 
 __all__ = ["App"]
 
@@ -313,6 +314,26 @@ class App:
             queues=parse_queues(queues), concurrency=concurrency, strict=strict, **config
         )
         return Server(self.backend, self.registry, cfg, self.clock, self.schedules, self.hooks)
+
+    # -- workflows -------------------------------------------------------------------------
+
+    def batch(
+        self,
+        *,
+        on_success: Signature[Any] | None = None,
+        on_complete: Signature[Any] | None = None,
+    ) -> JobBatch:
+        """Jobs enqueued inside ``async with app.batch(...):`` form a batch; `on_success`
+        runs once they all completed, `on_complete` once they all ended (see
+        `conveyor.workflow.JobBatch`).
+
+        Example:
+            async with app.batch(on_success=notify.s("import done")) as batch:
+                for row in rows:
+                    await import_row.enqueue(row)
+            print(await batch.status())
+        """
+        return JobBatch(self.registry, on_success=on_success, on_complete=on_complete)
 
     # -- locks -----------------------------------------------------------------------------
 

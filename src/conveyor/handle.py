@@ -67,6 +67,11 @@ class JobHandle(Generic[R]):
         self.task = task
         self.created = created
 
+    @property
+    def backend(self) -> Backend:
+        """The store holding the job."""
+        return self._backend
+
     def __repr__(self) -> str:
         return f"<JobHandle {self.task} {self.id}{'' if self.created else ' (existing)'}>"
 

@@ -17,7 +17,7 @@ from typing import Self, TypedDict
 
 import msgspec
 
-from conveyor.backends.base import Backend
+from conveyor.backends.base import MAX_PARENTS, PARENT_POLICIES, Backend
 from conveyor.clock import Clock
 from conveyor.errors import InvalidOption
 from conveyor.job import Job, new_job_ids
@@ -64,6 +64,8 @@ class OptionsDict(TypedDict, total=False):
     unique_for: float | None
     keep_for: float
     meta: Mapping[str, object]
+    after: Sequence[object]
+    on_parent_failure: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +92,10 @@ class JobOptions:
         keep_for: seconds to keep the finished job and its result (default 1 day).
         meta: free-form JSON-serializable metadata stored with the job, at most `MAX_META`
             (64 KiB) encoded and `serde.MAX_DEPTH` levels deep.
+        after: parent jobs (their handles, or ids) this job waits for: it stays `waiting`
+            until every one has ended, and runs once they completed.
+        on_parent_failure: when a parent fails or is cancelled: ``"cancel"`` this job (and
+            what waits on it; the default) or ``"run"`` it anyway.
     """
 
     queue: str | None = None
@@ -104,6 +110,8 @@ class JobOptions:
     unique_for: float | None = None
     keep_for: float | None = None
     meta: Mapping[str, object] | None = None
+    after: Sequence[object] | None = None
+    on_parent_failure: str | None = None
 
     @classmethod
     def from_dict(cls, opts: Mapping[str, object]) -> JobOptions:
@@ -231,6 +239,12 @@ def resolve(opts: JobOptions, now: float) -> dict[str, object]:
             raise InvalidOption("job option unique_for needs a key")
         unique_until = now + _seconds("unique_for", opts.unique_for)
     keep_for = 86_400.0 if opts.keep_for is None else _seconds("keep_for", opts.keep_for)
+    policy = opts.on_parent_failure or "cancel"
+    if policy not in PARENT_POLICIES:
+        raise InvalidOption(
+            f"job option on_parent_failure must be one of {', '.join(map(repr, PARENT_POLICIES))},"
+            f" got {policy!r}"
+        )
     return {
         "queue": queue,
         "priority": priority,
@@ -242,8 +256,37 @@ def resolve(opts: JobOptions, now: float) -> dict[str, object]:
         "key": key,
         "unique_until": unique_until,
         "keep_for": keep_for,
+        "parents": _parents(opts.after),
+        "on_parent_failure": policy,
         "meta": _meta(opts.meta),
     }
+
+
+def _parents(after: Sequence[object] | None) -> tuple[str, ...]:
+    """The ids of `after`'s jobs (handles, or ids)."""
+    if after is None:
+        return ()
+    if isinstance(after, str | bytes) or not isinstance(after, Sequence | set | frozenset):
+        raise InvalidOption(
+            f"job option after takes a list of job handles or ids, got {type(after).__name__}"
+        )
+    ids: list[str] = []
+    for parent in after:
+        job_id = parent if isinstance(parent, str) else getattr(parent, "id", None)
+        if (
+            not isinstance(job_id, str)
+            or not job_id
+            or not job_id.isascii()
+            or not job_id.isalnum()
+        ):
+            raise InvalidOption(
+                f"job option after: {parent!r} is neither a job handle nor a job id"
+            )
+        if job_id not in ids:
+            ids.append(job_id)
+    if len(ids) > MAX_PARENTS:
+        raise InvalidOption(f"job option after lists {len(ids)} jobs; at most {MAX_PARENTS}")
+    return tuple(ids)
 
 
 def build_jobs(task: str, payloads: Sequence[bytes], opts: JobOptions, now: float) -> list[Job]:
@@ -302,6 +345,11 @@ class Producer:
         """Store `jobs`; for each, the id of the job holding its place (see
         `Backend.enqueue`: another job's id where a unique key made it a duplicate)."""
         batcher = self._batcher
-        if len(jobs) == 1 and batcher is not None and asyncio.get_running_loop() is self._loop:
+        if (
+            len(jobs) == 1
+            and batcher is not None
+            and not jobs[0].parents  # its own call: a bad parent must fail it alone
+            and asyncio.get_running_loop() is self._loop
+        ):
             return [await batcher.submit(jobs[0])]
         return await self.backend.enqueue(jobs)

@@ -126,6 +126,7 @@ class ArgsCodec:
     def __init__(self, fn: Callable[..., object], name: str, max_payload: int) -> None:
         self.name = name
         self.max_payload = max_payload
+        self._fn = fn
         self.signature = inspect.signature(fn)
         self._params = tuple(
             _Param(p.name, p.kind, p.default is not inspect.Parameter.empty)
@@ -137,6 +138,7 @@ class ArgsCodec:
         self._required = frozenset(p.name for p in self._params if not p.has_default)
         self._type = _args_type(fn, self.signature, name)
         self.return_type = _return_type(fn)
+        self._fed_type: type | None = None  # the type check of a fed call (built when used)
 
     def bind(self, args: tuple[object, ...], kwargs: Mapping[str, object]) -> dict[str, object]:
         """Bind call arguments to parameter names, or raise `InvalidArguments`."""
@@ -159,7 +161,65 @@ class ArgsCodec:
 
     def encode(self, args: tuple[object, ...], kwargs: Mapping[str, object]) -> bytes:
         """Bind and encode the arguments; raise a specific `EnqueueError` on bad input."""
-        arguments = self.bind(args, kwargs)
+        payload = self._encode(self.bind(args, kwargs))
+        if self._type is not None:
+            # Check the values against the annotations now, so a wrong type is refused at
+            # enqueue instead of failing later in the worker.
+            self.decode(payload)
+        return payload
+
+    @property
+    def fed_parameter(self) -> str:
+        """The parameter a fed call leaves to run time: the first, which must be positional.
+
+        Raises:
+            InvalidArguments: the function has no positional first parameter.
+        """
+        first = self._params[0] if self._params else None
+        if first is None or first.kind not in (
+            inspect.Parameter.POSITIONAL_ONLY,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        ):
+            raise InvalidArguments(
+                f"task {self.name!r} can't take the previous step's result: its first "
+                "parameter must be positional (it receives the result)"
+            )
+        return first.name
+
+    def encode_fed(self, args: tuple[object, ...], kwargs: Mapping[str, object]) -> bytes:
+        """Bind and encode the arguments of a call whose first parameter is given at run
+        time (a chain step gets the previous result there, a chord callback the list of
+        results): `args` are the parameters after it. Raises like `encode`."""
+        first = self.fed_parameter
+        if first in kwargs:
+            raise InvalidArguments(
+                f"task {self.name!r}: {first!r} receives the previous result; don't pass it"
+            )
+        arguments = self.bind((_FED, *args), kwargs)
+        del arguments[first]
+        payload = self._encode(arguments)
+        if self._type is not None:
+            if self._fed_type is None:
+                rest = list(self.signature.parameters.values())[1:]
+                self._fed_type = _args_type(
+                    self._fn, self.signature.replace(parameters=rest), self.name
+                )
+            if self._fed_type is not None:
+                try:
+                    msgspec.json.decode(payload, type=self._fed_type)
+                except msgspec.ValidationError as exc:
+                    raise InvalidArguments(f"task {self.name!r}: {exc}") from None
+        return payload
+
+    def decode_fed(self, payload: bytes, fed: bytes) -> dict[str, object]:
+        """`decode` of a fed call's payload with `fed` (JSON) as its first parameter: the
+        value is checked against that parameter's annotation like any argument."""
+        head = b'{"' + self.fed_parameter.encode() + b'":' + fed
+        return self.decode(
+            head + (b"}" if payload.strip() == b"{}" else b"," + payload.lstrip()[1:])
+        )
+
+    def _encode(self, arguments: dict[str, object]) -> bytes:
         try:
             payload = _encoder.encode(arguments)
         except RecursionError:
@@ -175,10 +235,6 @@ class ArgsCodec:
                 f"task {self.name!r}: encoded arguments are {len(payload)} bytes, over the "
                 f"maximum of {self.max_payload}; store large data elsewhere and pass a reference"
             )
-        if self._type is not None:
-            # Check the values against the annotations now, so a wrong type is refused at
-            # enqueue instead of failing later in the worker.
-            self.decode(payload)
         return payload
 
     def decode(self, payload: bytes) -> dict[str, object]:
@@ -288,3 +344,13 @@ def _args_type(fn: Callable[..., object], sig: inspect.Signature, name: str) -> 
 
 def _empty(kind: inspect._ParameterKind) -> Callable[[], object]:
     return list if kind is inspect.Parameter.VAR_POSITIONAL else dict
+
+
+class _Fed:
+    """Stands in for the argument a fed call gets at run time, while its others are bound."""
+
+    def __repr__(self) -> str:
+        return "<the previous result>"
+
+
+_FED = _Fed()

@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import typing
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, ParamSpec, TypeVar, Unpack
 
-from conveyor.errors import ConfigError, InvalidArguments, UnknownTask
+import msgspec
+
+from conveyor.errors import ConfigError, DependencyError, InvalidArguments, UnknownTask
 from conveyor.handle import JobHandle
 from conveyor.job import Job
 from conveyor.names import check_task_name
@@ -18,7 +21,16 @@ from conveyor.producer import JobOptions, OptionsDict, Producer, build_jobs
 from conveyor.retry import RetryPolicy
 from conveyor.serde import ArgsCodec
 
-__all__ = ["AsyncTask", "Batch", "BatchTask", "BoundTask", "Registry", "SyncTask", "Task"]
+__all__ = [
+    "AsyncTask",
+    "Batch",
+    "BatchTask",
+    "BoundTask",
+    "Registry",
+    "Signature",
+    "SyncTask",
+    "Task",
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -116,7 +128,19 @@ class Task(Generic[P, R]):
         """
         return BoundTask(self, self.defaults.merged(JobOptions.from_dict(opts)))
 
+    def s(self, *args: Any, **kwargs: Any) -> Signature[R]:
+        """A call of this task to make later, as a step of `conveyor.chain`, a member of a
+        `conveyor.group` or `conveyor.chord`, or a batch's callback. Checked against the
+        task's parameters now (a chain step after the first, and a chord's callback, get
+        the previous result as their first argument: leave it out here).
+
+        Example:
+            await conveyor.chain(fetch.s(url), parse.s(), store.s(bucket="b")).enqueue()
+        """
+        return Signature(self, args, kwargs, self.defaults)
+
     def _job(self, args: tuple[object, ...], kwargs: Mapping[str, object], opts: JobOptions) -> Job:
+        check_after(self.registry, opts)
         payload = self.codec.encode(args, kwargs)
         (job,) = build_jobs(self.name, [payload], opts, self.registry.producer.clock.now())
         return job
@@ -124,7 +148,7 @@ class Task(Generic[P, R]):
     async def _store(self, jobs: list[Job]) -> list[JobHandle[R]]:
         # For a duplicate key the store answers with the id of the job holding it: the
         # handle points there.
-        ids = await self.registry.producer.enqueue(jobs)
+        ids = await write_jobs(self.registry, jobs)
         backend, portal = self.registry.producer.backend, self.registry.portal
         rtype = self.codec.return_type
         return [
@@ -163,6 +187,7 @@ class Task(Generic[P, R]):
         return await self._store(self._jobs(calls, self.defaults))
 
     def _jobs(self, calls: Iterable[Call], opts: JobOptions) -> list[Job]:
+        check_after(self.registry, opts)
         payloads: list[bytes] = []
         encode = self.codec.encode
         for i, call in enumerate(calls):
@@ -303,6 +328,82 @@ class BoundTask(Generic[P, R]):
         """Enqueue many with these options. See `Task.enqueue_many`."""
         return await self.task._store(self.task._jobs(calls, self.opts))
 
+    def s(self, *args: Any, **kwargs: Any) -> Signature[R]:
+        """A later call with these options. See `Task.s`."""
+        return Signature(self.task, args, kwargs, self.opts)
+
+
+class Signature(Generic[R]):
+    """A call of a task to make later (from `Task.s`): a workflow's building block.
+
+    Attributes:
+        task: the task.
+        args: its positional arguments (without the fed first one, for a fed step).
+        kwargs: its keyword arguments.
+        opts: its job options.
+    """
+
+    __slots__ = ("args", "kwargs", "opts", "task")
+
+    def __init__(
+        self,
+        task: Task[..., R],
+        args: tuple[object, ...],
+        kwargs: Mapping[str, object],
+        opts: JobOptions,
+    ) -> None:
+        if task.batch is not None:
+            raise ConfigError(
+                f"batch task {task.name!r} can't be part of a workflow: enqueue its items and "
+                "use after= on the jobs that wait for them"
+            )
+        try:
+            task.codec.signature.bind_partial(*args, **kwargs)
+        except TypeError as exc:
+            raise InvalidArguments(f"task {task.name!r}: {exc}") from None
+        self.task, self.args, self.kwargs, self.opts = task, args, dict(kwargs), opts
+
+    def __repr__(self) -> str:
+        shown = [*map(repr, self.args), *(f"{k}={v!r}" for k, v in self.kwargs.items())]
+        return f"{self.task.name}.s({', '.join(shown)})"
+
+    def options(self, **opts: Unpack[OptionsDict]) -> Signature[R]:
+        """This call with job options (merged over its own)."""
+        return Signature(
+            self.task, self.args, self.kwargs, self.opts.merged(JobOptions.from_dict(opts))
+        )
+
+    def job(
+        self, now: float, parents: tuple[str, ...] = (), feed: str = "", policy: str | None = None
+    ) -> Job:
+        """Its `Job` record: waiting on `parents` (added to its own ``after=``), fed by them
+        as `feed` says (``"one"``: the parent's result first; ``"all"``: their list)."""
+        codec = self.task.codec
+        check_after(self.task.registry, self.opts)
+        payload = (
+            codec.encode_fed(self.args, self.kwargs)
+            if feed
+            else codec.encode(self.args, self.kwargs)
+        )
+        (job,) = build_jobs(self.task.name, [payload], self.opts, now)
+        if not (parents or feed or policy):
+            return job
+        own = tuple(p for p in job.parents if p not in parents)
+        return msgspec.structs.replace(
+            job,
+            parents=(*parents, *own),
+            feed=feed,
+            on_parent_failure=policy or job.on_parent_failure,
+        )
+
+    def handle(self, job_id: str, created: bool = True) -> JobHandle[R]:
+        """A handle on the job `job_id` of this call."""
+        registry = self.task.registry
+        return JobHandle(
+            registry.producer.backend, registry.portal, job_id, self.task.name,
+            self.task.codec.return_type, created,
+        )  # fmt: skip
+
 
 def make_task(
     registry: Registry,
@@ -329,3 +430,29 @@ def make_task(
     task = kind(registry, fn, name=name, retry=retry, defaults=defaults)
     registry.add(task)
     return task
+
+
+#: The member lists of the batches open in this context (`App.batch`), innermost last.
+COLLECTING: contextvars.ContextVar[tuple[list[str], ...]] = contextvars.ContextVar(
+    "conveyor_batches", default=()
+)
+
+
+async def write_jobs(registry: Registry, jobs: list[Job]) -> list[str]:
+    """Store `jobs` through the registry's producer (one call), and make them members of
+    every batch open in this context. The ids holding their places (see `Backend.enqueue`)."""
+    ids = await registry.producer.enqueue(jobs)
+    for members in COLLECTING.get():
+        members.extend(ids)
+    return ids
+
+
+def check_after(registry: Registry, opts: JobOptions) -> None:
+    """Refuse ``after=`` handles of jobs in another store than the registry's."""
+    backend = registry.producer.backend
+    for parent in opts.after or ():
+        if isinstance(parent, JobHandle) and parent.backend is not backend:
+            raise DependencyError(
+                f"after= names job {parent.id} of another store ({parent.backend!r}); a job "
+                f"can wait only for jobs of its own store ({backend!r})"
+            )

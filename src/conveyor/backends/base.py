@@ -226,6 +226,8 @@ class Backend(abc.ABC):
             if len(set(job.parents)) != len(job.parents):
                 raise DependencyError(f"job {job.id} lists a parent twice")
             for parent in job.parents:
+                if not parent or "," in parent:
+                    raise DependencyError(f"job {job.id}: {parent!r} is not a job id")
                 at = position.get(parent)
                 if at is None:
                     outside[parent] = job

@@ -29,7 +29,7 @@ import msgspec
 
 from conveyor.backends.base import Backend
 from conveyor.errors import InvalidOption, StateError
-from conveyor.job import AttemptError, Job, Lease
+from conveyor.job import AttemptError, Job, JobState, Lease
 
 __all__ = ["JobContext", "JobInfo", "current_job", "current_jobs", "enter_batch"]
 
@@ -186,7 +186,7 @@ class JobContext(JobInfo):
     """What a running job knows about itself (every `JobInfo` attribute), and how it saves
     its checkpoint and reports progress. `conveyor.current_job()` returns it."""
 
-    __slots__ = ("_backend", "_checkpoint", "_lease", "_lock", "_loop", "_pending")
+    __slots__ = ("_backend", "_checkpoint", "_lease", "_lock", "_loop", "_parents", "_pending")
 
     def __init__(self, backend: Backend, lease: Lease) -> None:
         job = lease.job
@@ -198,6 +198,44 @@ class JobContext(JobInfo):
         self._pending: bytes | None = None
         self._lock = threading.Lock()  # a sync handler's thread and the heartbeat share it
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._parents: tuple[Job | None, ...] = ()
+
+    async def load_parents(self) -> None:
+        """Read the job's parents from the store (the worker does, before the handler runs;
+        one call per 1,000 parents)."""
+        ids = self._job.parents
+        got: list[Job | None] = []
+        for start in range(0, len(ids), 1000):
+            got += await self._backend.get(ids[start : start + 1000])
+        self._parents = tuple(got)
+
+    @property
+    def parents(self) -> tuple[Job | None, ...]:
+        """The records of the jobs this one waited for, in the order given (`None` for one
+        already purged): their state, result, errors."""
+        return self._parents
+
+    @property
+    def parent_results(self) -> list[Any]:
+        """The parents' results, decoded from JSON (plain values; a chain step or a chord
+        callback gets them typed, as its first argument), in order; `None` for a parent that
+        did not complete (``on_parent_failure="run"``: read `parents` for why)."""
+        return [
+            _decode(p.result) if p is not None and p.state is JobState.COMPLETED else None
+            for p in self._parents
+        ]
+
+    def fed(self) -> bytes:
+        """What a chain step (``feed="one"``) or a chord callback (``"all"``) gets as its first
+        argument, as JSON: the parent's result, or the list of them (``null`` for a parent
+        that did not complete)."""
+        results = [
+            (p.result or b"null") if p is not None and p.state is JobState.COMPLETED else b"null"
+            for p in self._parents
+        ]
+        if self._job.feed == "one":
+            return results[0] if results else b"null"
+        return b"[" + b",".join(results) + b"]"
 
     @property
     def checkpoint(self) -> Any:

@@ -182,8 +182,16 @@ async def execute(
             exc = ConveyorError(f"batch task {task.name!r} has no batch runner in this worker")
             return failed(lease, exc, now, "InternalError")
         return await runner.run(lease)
+    if job.parents and context is not None:
+        try:
+            await context.load_parents()
+        except Exception as exc:  # the store failed: try again later
+            return retry_or_fail(task, lease, exc, clock)
     try:
-        arguments = task.codec.decode(job.payload)
+        if job.feed and context is not None:
+            arguments = task.codec.decode_fed(job.payload, context.fed())
+        else:
+            arguments = task.codec.decode(job.payload)
     except ConveyorError as exc3:
         return failed(lease, exc3, now, "PoisonPayload")
     if context is not None:

@@ -1,0 +1,305 @@
+"""Workflows: chains, groups and chords of task calls, and batches with callbacks.
+
+Each is a set of jobs with dependencies (`Job.parents`), written in one store call, all or
+nothing; the store makes a waiting job ready in the settle that ends its last parent, so no
+process coordinates a workflow. A chain step gets the previous step's result as its first
+argument and a chord's callback the list of its members' results (`Job.feed`); a failed
+step cancels what waits on it.
+
+    flow = await conveyor.chain(fetch.s(url), parse.s(), store.s()).enqueue()
+    done = await conveyor.chord([resize.s(p, 200) for p in paths], summarize.s()).enqueue()
+    print(await done.result(timeout=60))
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+from conveyor.errors import ConfigError
+from conveyor.handle import JobHandle
+from conveyor.job import Job, JobState
+from conveyor.registry import Registry
+from conveyor.task import COLLECTING, Signature, write_jobs
+
+__all__ = [
+    "BatchStatus",
+    "Chain",
+    "Chord",
+    "Group",
+    "GroupHandle",
+    "JobBatch",
+    "chain",
+    "chord",
+    "group",
+]
+
+R = TypeVar("R")
+
+
+def _registry(signatures: Sequence[Signature[Any]], what: str) -> Registry:
+    for sig in signatures:
+        if not isinstance(sig, Signature):
+            raise ConfigError(f"{what} takes task signatures (task.s(...)), got {sig!r}")
+    registry = signatures[0].task.registry
+    for sig in signatures[1:]:
+        if sig.task.registry is not registry:
+            raise ConfigError(f"{what}: {sig!r} belongs to another app than {signatures[0]!r}")
+    return registry
+
+
+def _now(registry: Registry) -> float:
+    return registry.producer.clock.now()
+
+
+class Chain(Generic[R]):
+    """Steps that run one after another, each getting the previous one's result as its
+    first argument (from `conveyor.chain`)."""
+
+    def __init__(self, steps: Sequence[Signature[Any]]) -> None:
+        if not steps:
+            raise ConfigError("chain() needs at least one step")
+        self.steps = tuple(steps)
+        self._registry = _registry(self.steps, "chain()")
+        self._jobs(_now(self._registry))  # every step binds (and encodes) now, or raises
+
+    def __repr__(self) -> str:
+        return f"chain({', '.join(map(repr, self.steps))})"
+
+    def _jobs(self, now: float) -> list[Job]:
+        jobs = [self.steps[0].job(now)]
+        for step in self.steps[1:]:
+            jobs.append(step.job(now, parents=(jobs[-1].id,), feed="one"))
+        return jobs
+
+    async def enqueue(self) -> JobHandle[R]:
+        """Store every step (one store call); the handle of the last one, whose result is
+        the chain's."""
+        jobs = self._jobs(_now(self._registry))
+        ids = await write_jobs(self._registry, jobs)
+        return self.steps[-1].handle(ids[-1], ids[-1] == jobs[-1].id)
+
+    def enqueue_sync(self) -> JobHandle[R]:
+        """`enqueue` for synchronous code."""
+        return self._registry.portal.call(self.enqueue())
+
+
+class GroupHandle(Generic[R]):
+    """The jobs of an enqueued group, in member order."""
+
+    def __init__(self, handles: list[JobHandle[R]]) -> None:
+        self.handles = handles
+
+    def __repr__(self) -> str:
+        return f"<GroupHandle of {len(self.handles)} jobs>"
+
+    def __len__(self) -> int:
+        return len(self.handles)
+
+    async def results(self, timeout: float | None = None) -> list[R]:
+        """Every member's result, in member order (raises as `JobHandle.result` does for the
+        first member that failed or was cancelled)."""
+        async with asyncio.timeout(timeout):
+            return [await h.result() for h in self.handles]
+
+
+class Group(Generic[R]):
+    """Independent calls written together (from `conveyor.group`)."""
+
+    def __init__(self, members: Iterable[Signature[R]]) -> None:
+        self.members = tuple(members)
+        self._registry = _registry(self.members, "group()") if self.members else None
+        if self._registry is not None:
+            self._jobs(_now(self._registry))
+
+    def __repr__(self) -> str:
+        return f"group({len(self.members)} calls)"
+
+    def _jobs(self, now: float) -> list[Job]:
+        return [m.job(now) for m in self.members]
+
+    async def enqueue(self) -> GroupHandle[R]:
+        """Store every member (one store call)."""
+        if self._registry is None:
+            return GroupHandle([])
+        jobs = self._jobs(_now(self._registry))
+        ids = await write_jobs(self._registry, jobs)
+        return GroupHandle(
+            [m.handle(got, got == j.id) for m, j, got in zip(self.members, jobs, ids, strict=True)]
+        )
+
+
+class Chord(Generic[R]):
+    """A group and a callback that gets the list of the members' results, in member order,
+    once every member completed (from `conveyor.chord`)."""
+
+    def __init__(self, members: Iterable[Signature[Any]], callback: Signature[R]) -> None:
+        self.members = tuple(members)
+        self.callback = callback
+        self._registry = _registry((*self.members, callback), "chord()")
+        self._jobs(_now(self._registry))
+
+    def __repr__(self) -> str:
+        return f"chord({len(self.members)} calls, {self.callback!r})"
+
+    def _jobs(self, now: float) -> list[Job]:
+        jobs = [m.job(now) for m in self.members]
+        return [*jobs, self.callback.job(now, parents=tuple(j.id for j in jobs), feed="all")]
+
+    async def enqueue(self) -> JobHandle[R]:
+        """Store the members and the callback (one store call); the callback's handle."""
+        jobs = self._jobs(_now(self._registry))
+        ids = await write_jobs(self._registry, jobs)
+        return self.callback.handle(ids[-1], ids[-1] == jobs[-1].id)
+
+
+def chain(*steps: Signature[Any]) -> Chain[Any]:
+    """Steps that run in order, each given the previous result as its first argument.
+
+    Example:
+        flow = await conveyor.chain(fetch.s(url), parse.s(), store.s()).enqueue()
+        print(await flow.result(timeout=30))    # store's result
+    """
+    return Chain(steps)
+
+
+def group(members: Iterable[Signature[R]]) -> Group[R]:
+    """Calls enqueued together in one store call.
+
+    Example:
+        g = await conveyor.group(resize.s(p, 200) for p in paths).enqueue()
+        sizes = await g.results(timeout=60)
+    """
+    return Group(members)
+
+
+def chord(members: Iterable[Signature[Any]], callback: Signature[R]) -> Chord[R]:
+    """Members, then `callback` with the list of their results once all completed (a
+    member that fails cancels the callback).
+
+    Example:
+        done = await conveyor.chord((resize.s(p, 200) for p in paths), summarize.s()).enqueue()
+        print(await done.result(timeout=60))
+    """
+    return Chord(members, callback)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchStatus:
+    """Where a batch's members are: counts by how they ended, and the fraction ended."""
+
+    total: int
+    pending: int
+    completed: int
+    failed: int
+    cancelled: int
+    purged: int = 0  # ended and already deleted (its retention passed)
+
+    @property
+    def progress(self) -> float:
+        """The fraction of members that ended (1.0 for an empty batch)."""
+        return 1.0 if not self.total else (self.total - self.pending) / self.total
+
+    @property
+    def done(self) -> bool:
+        """Whether every member ended."""
+        return self.pending == 0
+
+
+class JobBatch:
+    """Jobs enqueued inside ``async with app.batch(...)`` and callbacks for when they end.
+
+    Every job enqueued in the block (by this task, in this context: nested calls and
+    awaited helpers included) is a member. When the block exits, the callbacks are written
+    as jobs waiting for every member: `on_success` runs once all members completed (a member
+    that fails or is cancelled cancels it), `on_complete` once all ended, however they
+    ended. Each runs once: the store releases it in the settle that ends the last member. A
+    batch opened inside another is a member of it (with its callbacks). If the block raises,
+    its callbacks are not written (the members already enqueued stay).
+
+    Example:
+        async with app.batch(on_success=notify.s("import done"), on_complete=cleanup.s()) as b:
+            for row in rows:
+                await import_row.enqueue(row)
+        print(await b.status())
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        on_success: Signature[Any] | None = None,
+        on_complete: Signature[Any] | None = None,
+    ) -> None:
+        for name, sig in (("on_success", on_success), ("on_complete", on_complete)):
+            if sig is not None:
+                if not isinstance(sig, Signature):
+                    raise ConfigError(
+                        f"batch {name} takes a task signature (task.s(...)), got {sig!r}"
+                    )
+                if sig.task.registry is not registry:
+                    raise ConfigError(f"batch {name}: {sig!r} belongs to another app")
+                sig.job(_now(registry))  # binds now, or raises
+        self._registry = registry
+        self._on_success, self._on_complete = on_success, on_complete
+        self.members: list[str] = []
+        self.callbacks: dict[str, JobHandle[Any]] = {}
+        self._token: Any = None
+
+    def __repr__(self) -> str:
+        return f"<JobBatch of {len(self.members)} jobs>"
+
+    async def __aenter__(self) -> JobBatch:
+        if self._token is not None:
+            raise ConfigError("this batch is open already")
+        self._token = COLLECTING.set((*COLLECTING.get(), self.members))
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        COLLECTING.reset(self._token)
+        self._token = None
+        if exc_type is not None:
+            return
+        calls = [
+            (name, sig, policy)
+            for name, sig, policy in (
+                ("on_success", self._on_success, "cancel"),
+                ("on_complete", self._on_complete, "run"),
+            )
+            if sig is not None
+        ]
+        if not calls:
+            return
+        now = _now(self._registry)
+        parents = tuple(dict.fromkeys(self.members))  # a duplicate's holder may repeat
+        jobs = [sig.job(now, parents=parents, policy=policy) for _, sig, policy in calls]
+        ids = await write_jobs(self._registry, jobs)
+        for (name, sig, _), job, got in zip(calls, jobs, ids, strict=True):
+            self.callbacks[name] = sig.handle(got, got == job.id)
+
+    async def status(self) -> BatchStatus:
+        """How the members stand, read from the store (one call per 1,000 members)."""
+        backend = self._registry.producer.backend
+        ids = list(dict.fromkeys(self.members))
+        by_state: dict[JobState | None, int] = {}
+        for start in range(0, len(ids), 1000):
+            for job in await backend.get(ids[start : start + 1000]):
+                state = None if job is None else job.state  # None: purged
+                by_state[state] = by_state.get(state, 0) + 1
+        completed, failed = by_state.get(JobState.COMPLETED, 0), by_state.get(JobState.FAILED, 0)
+        cancelled, purged = by_state.get(JobState.CANCELLED, 0), by_state.get(None, 0)
+        return BatchStatus(
+            total=len(ids),
+            pending=len(ids) - completed - failed - cancelled - purged,
+            completed=completed,
+            failed=failed,
+            cancelled=cancelled,
+            purged=purged,
+        )
