@@ -89,17 +89,25 @@ def cli(ctx: click.Context, app_spec: str | None, url: str | None, verbose: int)
 @click.option(
     "--scale-target",
     type=float,
+    metavar="SECONDS",
     help="Add a process while the oldest ready job is older than this many seconds [1.0].",
 )
 @click.option(
-    "--scale-idle", type=float, help="Retire a process after this many seconds idle [30]."
+    "--scale-idle",
+    type=float,
+    metavar="SECONDS",
+    help="Retire a process after this many seconds idle [30].",
 )
 @click.option(
-    "--scale-interval", type=float, help="Least seconds between two scaling changes [2.0]."
+    "--scale-interval",
+    type=float,
+    metavar="SECONDS",
+    help="Least seconds between two scaling changes [2.0].",
 )
 @click.option(
     "--scale-cpu-idle",
     type=float,
+    metavar="SHARE",
     help="Least idle CPU share (0-1) to add a process; 0 ignores the CPU [0.2].",
 )
 @click.pass_context
