@@ -20,7 +20,7 @@ from conveyor.backends.base import ClaimRequest, JobFilter
 from conveyor.backends.redis import RedisBackend
 from conveyor.clock import FakeClock
 from conveyor.job import Completed, JobState
-from conveyor.testing.contract import BackendContract, make_job
+from conveyor.testing.contract import BackendContract, DependContract, make_job
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -112,7 +112,7 @@ def clean_cluster(cluster_url: str) -> str:
     return cluster_url
 
 
-class TestRedisClusterBackend(BackendContract):
+class TestRedisClusterBackend(DependContract, BackendContract):
     @pytest.fixture
     async def backend(self, clock: FakeClock, clean_cluster: str) -> AsyncIterator[RedisBackend]:
         async with RedisBackend(clean_cluster, clock=clock) as b:

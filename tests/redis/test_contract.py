@@ -8,10 +8,10 @@ import pytest
 
 from conveyor.backends.redis import RedisBackend
 from conveyor.clock import FakeClock
-from conveyor.testing.contract import BackendContract, Corrupt, PoisonContract
+from conveyor.testing.contract import BackendContract, Corrupt, DependContract, PoisonContract
 
 
-class TestRedisBackend(BackendContract, PoisonContract):
+class TestRedisBackend(DependContract, BackendContract, PoisonContract):
     @pytest.fixture
     async def backend(self, clock: FakeClock, redis_url: str) -> AsyncIterator[RedisBackend]:
         async with RedisBackend(redis_url, clock=clock) as b:
@@ -26,7 +26,7 @@ class TestRedisBackend(BackendContract, PoisonContract):
         return corrupt
 
 
-class TestRedisBackendWithPrefix(BackendContract):
+class TestRedisBackendWithPrefix(DependContract, BackendContract):
     """Another app's jobs under the default prefix stay invisible to this one."""
 
     @pytest.fixture

@@ -51,26 +51,26 @@ async def test_every_script_and_the_library_load(raw: aioredis.Redis) -> None:
 
 
 async def test_a_new_job_state_needs_no_lua_edit(raw: aioredis.Redis) -> None:
-    """A store with a seventh state (``waiting``) in `JobState`: the same Lua files, given
-    the state through the header, treat it as a known state (a claim leaves a waiting job
+    """A store with one more state (``held``, say) in `JobState`: the same Lua files, given
+    the state through the header, treat it as a known state (a claim leaves a held job
     alone), where the library without it leases the job as one in a garbage state."""
-    seventh = dict(scripts.CONSTANTS)
-    seventh["KNOWN"] = {**{s.value: True for s in JobState}, "waiting": True}
-    with_waiting, library = scripts.compile_scripts(seventh)
+    more = dict(scripts.CONSTANTS)
+    more["KNOWN"] = {**{s.value: True for s in JobState}, "held": True}
+    with_held, library = scripts.compile_scripts(more)
     await raw.function_load(library, replace=True)
     await raw.function_load(scripts.LIBRARY, replace=True)
 
     async def claim(function: str) -> tuple[list[object], bytes]:
         await raw.hset(
             "{conveyor}:job:j1",
-            mapping={"id": "j1", "queue": "default", "state": "waiting", "seq": 1, "token": 0},
+            mapping={"id": "j1", "queue": "default", "state": "held", "seq": 1, "token": 0},
         )
         await raw.zadd("{conveyor}:q:default:ready", {"0" * scripts.RANK_WIDTH + "j1": 0})
         args = ["conveyor", "0", "100.0", 10, "30.0", "w", "default"]
         reply = await raw.fcall(function, 1, "{conveyor}:seq", *args)  # type: ignore[misc]
         return reply, await raw.hget("{conveyor}:job:j1", "state")
 
-    reply, state = await claim(with_waiting["claim"].function)
-    assert reply[1:] == [0] and state == b"waiting"  # known: not leased
+    reply, state = await claim(with_held["claim"].function)
+    assert reply[1:] == [0] and state == b"held"  # known: not leased
     reply, state = await claim(scripts.SCRIPTS["claim"].function)
     assert len(reply) == 4 and state == b"running"  # unknown (garbage): leased, to be failed

@@ -26,7 +26,7 @@ from conveyor.backends.redis.connect import Clients, Conn, parse_url, wrap_error
 from conveyor.backends.redis.reads import SWEEP, Reads, pairs
 from conveyor.capabilities import LockInfo, WorkerInfo
 from conveyor.clock import Clock, SystemClock
-from conveyor.errors import ClosedError, ConfigError
+from conveyor.errors import ClosedError, ConfigError, DependencyError
 from conveyor.job import (
     Cancelled,
     Completed,
@@ -88,6 +88,10 @@ class RedisBackend(Reads, Backend):
         self._checked = False
         self._closed = False
         self._known_queues: set[str] = set()
+        if settings.cluster:
+            # One script runs in one slot, and each queue has its own: a parent and its
+            # child must share a queue (the base refuses other edges before writing).
+            self.cross_queue_dependencies = False
 
     def __repr__(self) -> str:
         return f"RedisBackend({self.settings.safe_url!r}, prefix={self.keys.prefix!r})"
@@ -158,7 +162,11 @@ class RedisBackend(Reads, Backend):
 
     async def _enqueue(self, jobs: Sequence[Job], now: float) -> list[str]:
         conn = await self._conn()
-        out = [False] * len(jobs)
+        out = [job.id for job in jobs]
+        dups: list[int] = []
+        graph = any(job.parents for job in jobs)
+        renamed: dict[str, str] = {}  # a duplicate's id -> its key's holder, for later chunks
+        landed: list[int] = []  # (graphs) the jobs of the chunks stored so far
         with self._errors("enqueue"):
             await self._register(conn, {j.queue for j in jobs})
             if self.keys.cluster:
@@ -173,29 +181,45 @@ class RedisBackend(Reads, Backend):
                 for start in range(0, len(batch), _CHUNK):
                     part = batch[start : start + _CHUNK]
                     chunk = [jobs[i] for i in part]
+                    if renamed:
+                        chunk = [_renamed(job, renamed) for job in chunk]
                     res = await conn.scripts["enqueue"](
                         [self.keys.route(chunk[0].queue)], [*self._args(), *enqueue_args(chunk)]
                     )
-                    for i, ok in zip(part, res, strict=True):
-                        out[i] = bool(ok)
-            if all(out):
-                return [job.id for job in jobs]
-            if self.keys.cluster:
-                await conn.call(
-                    "HDEL",
-                    self.keys.idx,
-                    *(j.id for j, ok in zip(jobs, out, strict=True) if not ok),
-                )
-            # Duplicates (rare): which job holds each key.
-            dups = [j for j, ok in zip(jobs, out, strict=True) if not ok]
-            holders = await conn.many(
-                [("HGET", f"{self.keys.slot(j.queue)}:uniq", j.key or "") for j in dups]
-            )
-            held = {j.id: h for j, h in zip(dups, holders, strict=True)}
-        return [
-            job.id if ok or held.get(job.id) is None else text(held[job.id])
-            for job, ok in zip(jobs, out, strict=True)
-        ]
+                    if graph:
+                        if res and isinstance(res[0], list):
+                            await self._refused(conn, jobs, landed, res[0])
+                        landed += part
+                    for i, r in zip(part, res, strict=True):
+                        if r != 1:  # a duplicate: the id of the job holding its key
+                            out[i] = text(r)
+                            dups.append(i)
+                            if graph:
+                                renamed[jobs[i].id] = out[i]
+            if dups and self.keys.cluster:
+                await conn.call("HDEL", self.keys.idx, *(jobs[i].id for i in dups))
+        return out
+
+    async def _refused(
+        self, conn: Conn, jobs: Sequence[Job], landed: list[int], reply: list[Any]
+    ) -> None:
+        """The enqueue script found a parent missing (purged since `_check_dependencies`)
+        and wrote nothing of its chunk: raise, saying what earlier chunks of a call of more
+        than `_CHUNK` jobs stored (a purge between two chunks is the only way there)."""
+        if self.keys.cluster:
+            kept = set(landed)
+            ids = [j.id for i, j in enumerate(jobs) if i not in kept]
+            for s in range(0, len(ids), SWEEP):
+                await conn.call("HDEL", self.keys.idx, *ids[s : s + SWEEP])
+        written = (
+            f"the call's first {len(landed)} jobs were stored, nothing after"
+            if landed
+            else "nothing was written"
+        )
+        raise DependencyError(
+            f"job {text(reply[0])} depends on {text(reply[1])}, which this store doesn't hold "
+            f"(unknown, or already purged); {written}"
+        )
 
     # -- running ---------------------------------------------------------------------------
 
@@ -554,6 +578,13 @@ class RedisBackend(Reads, Backend):
 
     async def _aclose(self) -> None:
         await self._clients.aclose()
+
+
+def _renamed(job: Job, renamed: Mapping[str, str]) -> Job:
+    """`job` with each parent skipped as a duplicate replaced by its key's holder."""
+    if not job.parents or not any(p in renamed for p in job.parents):
+        return job
+    return msgspec.structs.replace(job, parents=tuple(renamed.get(p, p) for p in job.parents))
 
 
 def _outcome_args(outcome: Outcome) -> tuple[Any, Any, Any]:

@@ -3,7 +3,8 @@
 Key layout (``P`` is the prefix; ``T`` the hash tag: ``{P}`` on a single Redis, ``{P:queue}``
 in cluster mode, so every key of one queue shares a slot)::
 
-    T:job:<id>                 HASH   one job (fields: scripts.FIELDS + seq, token, lease)
+    T:job:<id>                 HASH   one job (fields: scripts.FIELDS + seq, token, lease,
+                                      children)
     T:q:<queue>:ready          ZSET   queued jobs; members sort by priority, run_at, seq
     T:q:<queue>:scheduled      ZSET   scheduled jobs by run_at
     T:q:<queue>:running        ZSET   running jobs by lease expiry
@@ -11,6 +12,8 @@ in cluster mode, so every key of one queue shares a slot)::
     T:q:<queue>:expires:<st>   ZSET   finished jobs by finished_at + keep_for (purge)
     T:q:<queue>:wake           LIST   wake-up tokens for idle workers (BLPOP)
     T:q:<queue>:paused         STRING set while the queue is paused (when it was paused)
+    T:q:<queue>:children:<id>  SET    a live parent's waiting children, ``<queue>|<id>``
+                                      each (the parent's hash has ``children`` = 1 then)
     T:uniq                     HASH   unique key → the id of the job holding it
     T:seq                      STRING the enqueue counter
     {P}:queues                 SET    every queue ever used (counts, rescue, query)

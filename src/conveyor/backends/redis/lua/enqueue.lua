@@ -1,31 +1,88 @@
 -- ARGV[4..]: per job, a msgpack array of its fields in the order of E (see
 -- `codec.enqueue_args`; numbers travel as strings so Lua never rounds them; those in
 -- E_UNSET may be '', left unset), then its bytes fields (E_RAW: the payload), raw (Redis 7.0's cmsgpack cannot
--- unpack msgpack `bin`). Returns 1 (stored) or 0 (duplicate key) per job. One INCRBY
--- reserves the sequence numbers of the whole call.
+-- unpack msgpack `bin`). Returns per job 1 (stored) or the id of the job holding its key
+-- (a duplicate, skipped); or {{child, parent}} and nothing written when a parent is neither
+-- earlier in the call nor stored. One INCRBY reserves the sequence numbers of the whole call.
 local out, woke = {}, {}
 local step = 1 + #E_RAW
 local jobs = {}
+local graph = false
 for a = 4, #ARGV - step + 1, step do
   local j = cmsgpack.unpack(ARGV[a])
   for r, at in ipairs(E_RAW) do j[at] = ARGV[a + r] end
   jobs[#jobs + 1] = j
+  if j[E_PARENTS] ~= '' then graph = true end
 end
 if #jobs == 0 then return out end
+if graph then
+  -- First pass, before anything is written: every parent is earlier in the call or stored
+  -- (the caller checked, but a purge may have deleted one since).
+  local earlier = {}
+  for _, j in ipairs(jobs) do
+    for p in string.gmatch(j[E_PARENTS], '[^,]+') do
+      if not earlier[p] and redis.call('EXISTS', jkey(j[E_QUEUE], p)) == 0 then
+        return {{j[E_ID], p}}
+      end
+    end
+    earlier[j[E_ID]] = true
+  end
+end
+
+-- A job with parents, as stored: its state (waiting, cancelled, or by its run_at), its
+-- parents (a duplicate's id replaced by its key's holder), and for a waiting job the
+-- parents it waits for as {queue, id}, each once; for a cancelled one the reason.
+local renamed = {}
+local function blocked(j)
+  local q, policy = j[E_QUEUE], j[E_ON_PARENT_FAILURE]
+  local parents, live, seen, reason = {}, {}, {}, nil
+  local changed = false
+  for p in string.gmatch(j[E_PARENTS], '[^,]+') do
+    if renamed[p] then p = renamed[p]; changed = true end
+    parents[#parents + 1] = p
+    if not seen[p] then
+      seen[p] = true
+      local h = redis.call('HMGET', jkey(q, p), 'state', 'queue')
+      local st = h[1]
+      if st == 'completed' or st == 'failed' or st == 'cancelled' then
+        if st ~= 'completed' and policy ~= 'run' and not reason then
+          reason = 'parent ' .. p .. ' ' .. st
+        end
+      else
+        live[#live + 1] = {h[2] or q, p}
+      end
+    end
+  end
+  local text = changed and table.concat(parents, ',') or nil
+  if reason then return 'cancelled', text, nil, reason end
+  if live[1] then return 'waiting', text, live end
+  return nil, text
+end
+
 local last = redis.call('INCRBY', slot(jobs[1][E_QUEUE]) .. ':seq', #jobs)
 local f = {}  -- one HSET argument list, reused by every job (HSET copies what it gets)
 for k, j in ipairs(jobs) do
   local id, q, key = j[E_ID], j[E_QUEUE], j[E_KEY]
   local jk = jkey(q, id)
+  local holder = nil
   if redis.call('EXISTS', jk) == 1 then
     out[k] = 1  -- a retried call that already landed
-  elseif key ~= '' and holder_of(q, key) then
-    out[k] = 0
   else
-    if key ~= '' then redis.call('HSET', slot(q) .. ':uniq', key, id) end
+    holder = key ~= '' and holder_of(q, key)
+  end
+  if holder then
+    out[k] = holder
+    renamed[id] = holder
+  elseif not out[k] then
     local seq = last - #jobs + k
     local run_at = j[E_RUN_AT]
-    local state = ((tonumber(run_at) or 0) > NOW) and 'scheduled' or 'queued'
+    local state, parents, live, reason
+    if j[E_PARENTS] ~= '' then
+      state, parents, live, reason = blocked(j)
+      if parents then j[E_PARENTS] = parents end
+    end
+    state = state or (((tonumber(run_at) or 0) > NOW) and 'scheduled' or 'queued')
+    if key ~= '' and state ~= 'cancelled' then redis.call('HSET', slot(q) .. ':uniq', key, id) end
     f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8] =
       'attempts', '0', 'seq', tostring(seq), 'token', '0', 'state', state
     local n = 8
@@ -37,11 +94,24 @@ for k, j in ipairs(jobs) do
     if state == 'queued' then
       redis.call('ZADD', qkey(q, 'ready'), 0, rank(j[E_PRIORITY], run_at, seq, id))
       woke[q] = (woke[q] or 0) + 1
-    else
+    elseif state == 'scheduled' then
       redis.call('ZADD', qkey(q, 'scheduled'), run_at, id)
+    elseif state == 'waiting' then
+      f[n + 1], f[n + 2] = 'waiting_for', #live
+      n = n + 2
+      local member = q .. '|' .. id
+      for _, p in ipairs(live) do
+        redis.call('SADD', children_key(p[1], p[2]), member)
+        redis.call('HSET', jkey(p[1], p[2]), 'children', 1)
+      end
     end
     redis.call('HSET', jk, unpack(f, 1, n))
-    index(q, id, seq, nil, state)
+    if state == 'cancelled' then
+      redis.call('HSET', jk, 'cancel_reason', reason)
+      finish(q, jk, id, seq, nil, 'cancelled', j[E_KEEP_FOR], nil, false)
+    else
+      index(q, id, seq, nil, state)
+    end
     out[k] = 1
   end
 end

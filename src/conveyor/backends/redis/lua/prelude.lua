@@ -7,6 +7,8 @@
 -- Set by `begin` at the start of every call (see `run`).
 local PREFIX, CLUSTER, NOW, NOW_S
 local ZADDS, ZREMS, ZPOS = {}, {}, {}
+-- Parents that ended in this call with children to tell: {queue, id, state} (see `finish`).
+local ENDED = {}
 
 local function num(x) return string.format('%.17g', x) end
 
@@ -21,6 +23,7 @@ local function begin(ARGV)
   end
   NOW_S = num(NOW)
   ZADDS, ZREMS, ZPOS = {}, {}, {}
+  ENDED = {}
 end
 
 -- The hash tag every key of queue q shares: one slot per queue in cluster mode, one slot
@@ -204,14 +207,25 @@ local function to_scheduled(q, jk, id, seq, from, run_at)
   index(q, id, seq, from, 'scheduled')
 end
 
--- `keep` is the job's keep_for if the caller read it already; `also` one more field to drop.
-local function finish(q, jk, id, seq, from, state, keep, also)
+-- Dependencies. A parent's waiting children are the set `children_key(q, id)` in the
+-- parent's slot, each member `<child queue>|<child id>` ('|' is outside the queue-name
+-- alphabet, so the first one splits); while it may hold members the parent's hash has
+-- `children` = 1, which the settle reads with its other fields, so a job without children
+-- pays no extra call when it ends.
+local function children_key(q, id) return qkey(q, 'children:' .. id) end
+
+-- The common terminal path. `keep` is the job's keep_for if the caller read it already;
+-- `also` one more field to drop; `kids` the job's `children` field if the caller read it
+-- (nil: look). A job with children is noted in ENDED: `run` tells them before the call ends.
+local function finish(q, jk, id, seq, from, state, keep, also, kids)
   keep = tonumber(keep or redis.call('HGET', jk, 'keep_for')) or 86400
   redis.call('HSET', jk, 'state', state, 'finished_at', NOW_S)
   if also then redis.call('HDEL', jk, 'worker', 'lease', also)
   else redis.call('HDEL', jk, 'worker', 'lease') end
   zadd_later(qkey(q, 'expires:' .. state), NOW + keep, id)
   index(q, id, seq, from, state)
+  if kids == nil then kids = redis.call('HEXISTS', jk, 'children') == 1 end
+  if kids then ENDED[#ENDED + 1] = {q, id, state} end
 end
 
 local function append_error(jk, errors, e)
@@ -237,11 +251,12 @@ end
 -- the lease was live.
 local function give_back(q, id, token)
   local jk = jkey(q, id)
-  local h = redis.call('HMGET', jk, 'state', 'token', 'attempts', 'cancel_requested', 'seq')
+  local h = redis.call('HMGET', jk, 'state', 'token', 'attempts', 'cancel_requested', 'seq',
+                       'children')
   if h[1] ~= 'running' or h[2] ~= token then return false end
   zrem_later(qkey(q, 'running'), id)
   if h[4] == '1' then
-    finish(q, jk, id, h[5], 'running', 'cancelled')
+    finish(q, jk, id, h[5], 'running', 'cancelled', nil, nil, h[6])
     release_key(q, jk, id)
   else
     redis.call('HSET', jk, 'attempts', math.max(0, (tonumber(h[3]) or 1) - 1))
@@ -267,6 +282,51 @@ local function holder_of(q, key)
   return hid
 end
 
+-- Each waiting child of a parent in ENDED counts that end, once (the parent's set goes):
+-- completed, or with the child's policy "run", its `waiting_for` drops and at 0 it becomes
+-- scheduled or queued; failed or cancelled otherwise, it is cancelled, naming the parent,
+-- and its own children are told in turn (`finish` appends it to ENDED).
+local function count_ended()
+  local woke, i = {}, 1
+  while ENDED[i] do
+    local q, id, st = ENDED[i][1], ENDED[i][2], ENDED[i][3]
+    i = i + 1
+    local ck = children_key(q, id)
+    local members = redis.call('SMEMBERS', ck)
+    redis.call('DEL', ck)
+    redis.call('HDEL', jkey(q, id), 'children')
+    for _, m in ipairs(members) do
+      local bar = string.find(m, '|', 1, true)
+      local cq, cid = string.sub(m, 1, bar - 1), string.sub(m, bar + 1)
+      local cjk = jkey(cq, cid)
+      local h = redis.call('HMGET', cjk, 'state', 'waiting_for', 'on_parent_failure', 'run_at',
+                           'seq', 'children')
+      if h[1] == 'waiting' then  -- (a child cancelled or gone meanwhile is left alone)
+        if st == 'completed' or h[3] == 'run' then
+          local left = (tonumber(h[2]) or 1) - 1
+          if left > 0 then
+            redis.call('HSET', cjk, 'waiting_for', left)
+          else
+            redis.call('HDEL', cjk, 'waiting_for')
+            if (tonumber(h[4]) or 0) > NOW then
+              to_scheduled(cq, cjk, cid, h[5], 'waiting', h[4])
+            else
+              to_ready(cq, cjk, cid, 'waiting')
+              woke[cq] = (woke[cq] or 0) + 1
+            end
+          end
+        else
+          redis.call('HSET', cjk, 'cancel_reason', 'parent ' .. id .. ' ' .. st)
+          finish(cq, cjk, cid, h[5], 'waiting', 'cancelled', nil, nil, h[6])
+          release_key(cq, cjk, cid)
+        end
+      end
+    end
+  end
+  ENDED = {}
+  for q, n in pairs(woke) do wake(q, n) end
+end
+
 local function promote_due(q, max)
   local s = qkey(q, 'scheduled')
   local due = redis.call('ZRANGEBYSCORE', s, '-inf', NOW_S, 'LIMIT', 0, max)
@@ -282,6 +342,7 @@ end
 local function run(main, KEYS, ARGV)
   begin(ARGV)
   local result = main(KEYS, ARGV)
+  if ENDED[1] then count_ended() end
   flush_later()
   return result
 end

@@ -10,18 +10,18 @@ for a = 6, #ARGV do
     zrem_later(running, id)
     local jk = jkey(q, id)
     local h = redis.call('HMGET', jk, 'state', 'attempts', 'max_attempts', 'cancel_requested',
-                         'seq', 'errors')
+                         'seq', 'errors', 'children')
     if h[1] == 'running' then
       n = n + 1
       if h[4] == '1' then
-        finish(q, jk, id, h[5], 'running', 'cancelled')
+        finish(q, jk, id, h[5], 'running', 'cancelled', nil, nil, h[7])
         release_key(q, jk, id)
       else
         local attempts = tonumber(h[2]) or 0
         append_error(jk, h[6], '{"attempt":' .. attempts .. ',"type":"LeaseExpired","message":'
                      .. message .. ',"traceback":"","at":' .. NOW_S .. '}')
         if attempts >= (tonumber(h[3]) or 1) then
-          finish(q, jk, id, h[5], 'running', 'failed')
+          finish(q, jk, id, h[5], 'running', 'failed', nil, nil, h[7])
         else
           redis.call('HDEL', jk, 'worker', 'lease')
           to_ready(q, jk, id, 'running')

@@ -6,14 +6,14 @@ for i = 4, #ARGV, 6 do
   local q, id, token, kind, a, b = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3],
                                    ARGV[i + 4], ARGV[i + 5]
   local jk = jkey(q, id)
-  local h = redis.call('HMGET', jk, 'state', 'token', 'seq', 'errors', 'keep_for')
+  local h = redis.call('HMGET', jk, 'state', 'token', 'seq', 'errors', 'keep_for', 'children')
   if h[1] == 'running' and h[2] == token then
     zrem_later(qkey(q, 'running'), id)
     if kind == 'c' then
       redis.call('HSET', jk, 'result', a)
-      finish(q, jk, id, h[3], 'running', 'completed', h[5])
+      finish(q, jk, id, h[3], 'running', 'completed', h[5], nil, h[6])
     elseif kind == 'n' then
-      finish(q, jk, id, h[3], 'running', 'completed', h[5], 'result')
+      finish(q, jk, id, h[3], 'running', 'completed', h[5], 'result', h[6])
     elseif kind == 'r' then
       append_error(jk, h[4], b)
       redis.call('HSET', jk, 'run_at', a)
@@ -26,10 +26,10 @@ for i = 4, #ARGV, 6 do
       end
     elseif kind == 'f' then
       append_error(jk, h[4], b)
-      finish(q, jk, id, h[3], 'running', 'failed', h[5])
+      finish(q, jk, id, h[3], 'running', 'failed', h[5], nil, h[6])
     else
       redis.call('HSET', jk, 'cancel_reason', a)
-      finish(q, jk, id, h[3], 'running', 'cancelled', h[5])
+      finish(q, jk, id, h[3], 'running', 'cancelled', h[5], nil, h[6])
       release_key(q, jk, id)
     end
     out[#out + 1] = 1
