@@ -165,6 +165,39 @@ async def test_hooks_that_raise_or_hang_are_logged_and_change_nothing(
     assert text.count(".stuck_in_a_thread did not finish within 0.2 s") == 3
 
 
+async def test_a_stop_cuts_a_hanging_hook_short_and_interrupted_jobs_run_none(
+    app: conveyor.App,
+) -> None:
+    hooked = asyncio.Event()
+    calls: list[str] = []
+
+    @app.task(retry=no_wait(1))
+    async def boom() -> None:
+        raise ValueError("x")
+
+    @app.task
+    async def slow() -> None:
+        await asyncio.sleep(30)
+
+    @app.on_failure
+    async def hang(job: conveyor.JobInfo, error: BaseException) -> None:
+        calls.append(job.task)
+        hooked.set()
+        await asyncio.sleep(30)
+
+    b, s = await boom.enqueue(), await slow.enqueue()
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(5):
+        async with app.worker(grace=0.1, hook_timeout=30, poll=0.01, maintenance=False):
+            await hooked.wait()
+            started = loop.time()
+    assert loop.time() - started < 2  # the grace, not the hook's 30 s
+    assert calls == [boom.name]  # the interrupted job is retried, not reported as failed
+    assert (await b.get()).state is JobState.FAILED
+    record = await s.get()
+    assert record.state is JobState.QUEUED and record.errors[-1].type == "Interrupted"
+
+
 async def test_completed_jobs_never_reach_the_hooks(app: conveyor.App) -> None:
     calls: list[str] = []
 

@@ -297,7 +297,8 @@ class JobRunner(Service):
                 await flush_progress(self.backend, [e for e in pending if not e.lost], self.worker)
             pairs = [(e, outcomes[e.lease.id]) for e in entries if not e.lost]
             settled = await self._settle(pairs)
-            await self._after_failure([p for p, ok in zip(pairs, settled, strict=True) if ok])
+            if self.hooks.on_failure or self.hooks.on_dead_letter:
+                await self._after_failure([p for p, ok in zip(pairs, settled, strict=True) if ok])
         finally:
             for entry in entries:
                 self.running.pop(entry.lease.id, None)
