@@ -220,6 +220,16 @@ def test_bad_autoscale_options_are_click_errors_naming_the_problem(
     assert message in result.output
 
 
+def test_autoscale_refuses_a_store_that_lives_in_one_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "memapp.py").write_text("import conveyor\napp = conveyor.App('memory://')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    result = CliRunner().invoke(cli, ["worker", "memapp:app", "--autoscale", "1:2"])
+    assert isinstance(result.exception, ConfigError), result.output
+    assert "--autoscale needs a store the processes share" in str(result.exception)
+
+
 # -- real processes --------------------------------------------------------------------------
 
 

@@ -264,6 +264,11 @@ def autoscale(
 
     Returns 0 when every process exited cleanly after a stop signal, 1 otherwise.
     """
+    if app.url.partition(":")[0] == "memory":
+        raise ConfigError(
+            "--autoscale needs a store the processes share (sqlite:// or redis://); "
+            "memory:// lives inside one process"
+        )
     cmd = [sys.executable, "-m", "conveyor", *head, "worker", *argv, "--processes", "1"]
     names = serving(app, queues)
     pool = _Pool(cmd, restart_delay, max_restart_delay)
@@ -305,7 +310,7 @@ async def _supervise(app: App, queues: list[str], pool: _Pool, policy: ScalePoli
                 failing = False
                 held = scaler.held
                 change = scaler.decide(Sample(age, cpu.idle()), time.monotonic(), pool.size)
-                if scaler.held and scaler.held != held:
+                if scaler.held and held is None:  # once per spell of busy CPU
                     log.info("autoscale: not adding a process: %s", scaler.held)
                 if change is not None:
                     log.info("%s", change)
