@@ -4,10 +4,13 @@ run by a real worker on the memory store and on a SQLite file."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 import conveyor
+from conveyor.cli import cli
 from conveyor.errors import ConfigError, DependencyError, InvalidArguments, InvalidOption
 from conveyor.job import JobState
 from conveyor.testing import drain
@@ -301,3 +304,22 @@ async def test_bad_workflows_are_refused_before_anything_is_written(app: conveyo
         await one.options(after="abc").enqueue(1)
     assert sum(sum(per.values()) for per in (await app.backend.counts()).values()) == 0
     await other.aclose()
+
+
+async def test_inspect_shows_a_waiting_jobs_parents(tmp_path: Path) -> None:
+    db = tmp_path / "jobs.db"
+    app = conveyor.App(f"sqlite:///{db}")
+
+    @app.task
+    async def step(n: int) -> int:
+        return n
+
+    a = await step.enqueue(1)
+    b = await step.options(after=[a]).enqueue(2)
+    await app.aclose()
+    run = CliRunner().invoke
+    out = await asyncio.to_thread(run, cli, ["--url", f"sqlite:///{db}", "inspect", "show", b.id])
+    assert out.exit_code == 0, out.output
+    assert a.id in out.output and "1 parent(s)" in out.output and "cancel" in out.output
+    stats = await asyncio.to_thread(run, cli, ["--url", f"sqlite:///{db}", "inspect", "stats"])
+    assert stats.exit_code == 0 and "waiting" in stats.output

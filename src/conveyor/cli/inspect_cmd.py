@@ -188,6 +188,14 @@ def show(get_app: Callable[[], App], job_id: str) -> None:
         table.add_row("progress", _text(shown))
     if job.checkpoint is not None:
         table.add_row("checkpoint", _text(job.checkpoint.decode(errors="replace")[:500]))
+    if job.parents:
+        shown_parents = ", ".join(job.parents[:20]) + (
+            f" … ({len(job.parents)} in all)" if len(job.parents) > 20 else ""
+        )
+        table.add_row("parents", _text(shown_parents))
+        table.add_row("on_parent_failure", _text(job.on_parent_failure))
+        if job.state is JobState.WAITING:
+            table.add_row("waiting_for", _text(f"{job.waiting_for} parent(s)"))
     console.print(table)
     for e in job.errors:
         head = Text.assemble((f"attempt {e.attempt}", "bold"), f" {_ts(e.at)} ")

@@ -103,6 +103,12 @@ def build(url: str) -> conveyor.App:
         note("done", n)
         return os.getpid()
 
+    @app.task(retry=RETRY)
+    def summarize(values: list[int]) -> int:
+        """A chord's callback: notes how many results it got."""
+        note("callback", len(values))
+        return len(values)
+
     @app.task(timeout=0.5, retry=conveyor.RetryPolicy(max_attempts=2, base_delay=0.05))
     async def never_returns(n: int) -> None:
         """Awaits forever; only its timeout ends it."""
