@@ -1,0 +1,244 @@
+"""Job dependencies on Redis beyond the contract: the store's own parent check (purge race),
+chunked calls, queues with ':' in their names, edges that leave nothing behind, wake-ups,
+and a release that survives a redis-server restart."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from conveyor.backends.base import ClaimRequest
+from conveyor.backends.redis import RedisBackend
+from conveyor.backends.redis.backend import _CHUNK
+from conveyor.clock import FakeClock
+from conveyor.errors import DependencyError
+from conveyor.job import Cancelled, Completed, Failed, JobState
+from conveyor.testing.contract import err, make_job, stored
+
+from .indexes import index_problems
+from .servers import Server
+
+W = "w1"
+
+
+def _clean(url: str) -> list[str]:
+    """What a store under the default prefix has wrong or left behind: index problems, and
+    children sets or flags of parents that ended."""
+    client = redis.Redis.from_url(url)
+    try:
+        problems = index_problems(client)
+        for key in client.scan_iter(match="{conveyor}:q:*:children:*", count=1000):
+            parent = key.decode().rpartition(":children:")[2]
+            state = client.hget(f"{{conveyor}}:job:{parent}", "state")
+            if state is None or state.decode() in ("completed", "failed", "cancelled"):
+                problems.append(f"{key.decode()} outlived its parent ({state!r})")
+        for key in client.scan_iter(match="{conveyor}:job:*", count=1000):
+            state, flag = client.hmget(key, "state", "children")
+            if flag is not None and state in (b"completed", b"failed", b"cancelled"):
+                problems.append(f"{key.decode()} ended {state!r} with its children flag")
+        return problems
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def backend(redis_url: str, clock: FakeClock) -> AsyncIterator[RedisBackend]:
+    async with RedisBackend(redis_url, clock=clock) as b:
+        yield b
+
+
+async def _run(backend: RedisBackend, queue: str = "default") -> list[str]:
+    leases = await backend.claim(ClaimRequest([queue], 1000, 30.0, W))
+    assert all(await backend.settle([(lease, Completed(None)) for lease in leases]))
+    return [lease.id for lease in leases]
+
+
+async def test_a_parent_purged_after_the_base_check_writes_nothing(
+    backend: RedisBackend, clock: FakeClock, redis_url: str
+) -> None:
+    """The base checks stored parents with one `get`; a purge can land before the write.
+    The enqueue script checks again first, so nothing of the call is written."""
+    gone = await backend.enqueue([make_job(clock, keep_for=0.0)])
+    assert await _run(backend) == gone
+    assert await backend.purge([JobState.COMPLETED]) == 1
+    ok = make_job(clock)
+    child = make_job(clock, parents=(ok.id,))
+    late = make_job(clock, parents=(gone[0],), key="k")
+    # What `enqueue` does after `_check_dependencies` passed, with the parent gone since.
+    with pytest.raises(DependencyError, match=rf"{late.id} depends on {gone[0]}.*nothing was"):
+        await backend._enqueue([ok, child, late], clock.now())
+    assert await backend.get([ok.id, child.id, late.id]) == [None, None, None]
+    assert await backend.counts() == {}
+    assert await stored(backend, [make_job(clock, key="k")]) == [True]  # the key is free
+    assert _clean(redis_url) == []
+
+
+async def test_a_refusal_in_a_later_chunk_says_what_was_stored(
+    backend: RedisBackend, clock: FakeClock
+) -> None:
+    """A call of more than one script's worth of jobs is stored chunk by chunk; a parent
+    purged between two chunks stops the call there, and the error says so."""
+    jobs = [make_job(clock) for _ in range(_CHUNK)]
+    orphan = make_job(clock, parents=("f" * 32,))
+    with pytest.raises(DependencyError, match=rf"first {_CHUNK} jobs were stored"):
+        await backend._enqueue([*jobs, orphan], clock.now())
+    got = await backend.get([jobs[0].id, jobs[-1].id, orphan.id])
+    assert [j is not None for j in got] == [True, True, False]
+
+
+async def test_a_duplicate_parent_in_an_earlier_chunk_stands_for_its_holder(
+    backend: RedisBackend, clock: FakeClock, redis_url: str
+) -> None:
+    holder = make_job(clock, key="step-1")
+    assert await stored(backend, [holder]) == [True]
+    dup = make_job(clock, key="step-1")
+    filler = [make_job(clock) for _ in range(_CHUNK)]
+    child = make_job(clock, parents=(dup.id,))  # in the second chunk
+    twice = make_job(clock, parents=(holder.id, dup.id))  # the same job twice, once counted
+    ids = await backend.enqueue([dup, *filler, child, twice])
+    assert ids[0] == holder.id and ids[-2:] == [child.id, twice.id]
+    got = {j.id: j for j in await backend.get([child.id, twice.id]) if j is not None}
+    assert got[child.id].parents == (holder.id,) and got[child.id].state is JobState.WAITING
+    assert got[twice.id].parents == (holder.id, holder.id)
+    assert got[twice.id].waiting_for == 1
+    lease = (await backend.claim(ClaimRequest(["default"], 1, 30.0, W)))[0]
+    assert lease.id == holder.id
+    assert await backend.settle([(lease, Completed(None))]) == [True]
+    states = [j.state for j in await backend.get([child.id, twice.id]) if j is not None]
+    assert states == [JobState.QUEUED, JobState.QUEUED]
+    assert _clean(redis_url) == []
+
+
+async def test_edges_across_queues_with_colons_in_their_names(
+    backend: RedisBackend, clock: FakeClock, redis_url: str
+) -> None:
+    a = make_job(clock, queue="etl:extract")
+    b = make_job(clock, queue="etl:load:v2", parents=(a.id,))
+    c = make_job(clock, queue="x", parents=(a.id, b.id), on_parent_failure="run")
+    d = make_job(clock, queue="etl:load:v2", parents=(b.id,))
+    assert all(await stored(backend, [a, b, c, d]))
+    assert await _run(backend, "etl:extract") == [a.id]
+    leases = await backend.claim(ClaimRequest(["etl:load:v2"], 10, 30.0, W))
+    assert [lease.id for lease in leases] == [b.id]
+    assert await backend.settle([(leases[0], Failed(err()))]) == [True]
+    got = {j.id: j for j in await backend.get([c.id, d.id]) if j is not None}
+    assert got[c.id].state is JobState.QUEUED  # runs anyway
+    assert got[d.id].state is JobState.CANCELLED
+    assert got[d.id].meta["cancel_reason"] == f"parent {b.id} failed"
+    counts = await backend.counts()
+    assert counts["x"] == {JobState.QUEUED: 1}
+    assert _clean(redis_url) == []
+
+
+async def test_a_release_with_a_cancel_requested_cancels_the_children(
+    backend: RedisBackend, clock: FakeClock, redis_url: str
+) -> None:
+    parent = make_job(clock)
+    child = make_job(clock, parents=(parent.id,))
+    grandchild = make_job(clock, parents=(child.id,), key="g")
+    assert all(await stored(backend, [parent, child, grandchild]))
+    (lease,) = await backend.claim(ClaimRequest(["default"], 10, 30.0, W))
+    assert await backend.cancel(parent.id) is JobState.RUNNING
+    assert await backend.release([lease]) == [True]
+    got = await backend.get([parent.id, child.id, grandchild.id])
+    assert [j.state for j in got if j is not None] == [JobState.CANCELLED] * 3
+    assert got[2] is not None and got[2].meta["cancel_reason"] == f"parent {child.id} cancelled"
+    assert await stored(backend, [make_job(clock, key="g")]) == [True]  # its key was let go
+    assert _clean(redis_url) == []
+
+
+async def test_a_long_chain_cascades_in_one_step(
+    backend: RedisBackend, clock: FakeClock, redis_url: str
+) -> None:
+    chain = [make_job(clock)]
+    for _ in range(300):
+        chain.append(make_job(clock, parents=(chain[-1].id,)))
+    assert all(await stored(backend, chain))
+    (lease,) = await backend.claim(ClaimRequest(["default"], 10, 30.0, W))
+    assert await backend.settle([(lease, Cancelled("stop"))]) == [True]
+    counts = await backend.counts("default")
+    assert counts["default"] == {JobState.CANCELLED: 301}
+    assert _clean(redis_url) == []
+
+
+async def test_no_dependency_keys_for_jobs_without_parents(
+    backend: RedisBackend, clock: FakeClock, raw: aioredis.Redis
+) -> None:
+    jobs = [make_job(clock) for _ in range(5)]
+    assert all(await stored(backend, jobs))
+    await _run(backend)
+    assert [k async for k in raw.scan_iter(match="*children*")] == []
+    for job in jobs:
+        assert await raw.hget(f"{{conveyor}}:job:{job.id}", "children") is None
+
+
+async def test_a_released_child_wakes_an_idle_worker(redis_url: str, clock: FakeClock) -> None:
+    """A worker waiting on the child's queue (another backend instance, as another process
+    would be) wakes when the parent's settle makes the child ready, long before its timeout."""
+    async with (
+        RedisBackend(redis_url, clock=clock) as producer,
+        RedisBackend(redis_url, clock=clock) as idle,
+    ):
+        parent = make_job(clock, queue="a")
+        child = make_job(clock, queue="b", parents=(parent.id,))
+        assert all(await stored(producer, [parent, child]))
+        (lease,) = await producer.claim(ClaimRequest(["a"], 1, 30.0, W))
+        assert await idle.claim(ClaimRequest(["b"], 1, 30.0, "w2")) == []
+        waiting = asyncio.ensure_future(idle.wait(["b"], 5.0))
+        await asyncio.sleep(0.1)
+        assert not waiting.done()
+        start = time.monotonic()
+        assert await producer.settle([(lease, Completed(None))]) == [True]
+        await asyncio.wait_for(waiting, 2.0)
+        assert time.monotonic() - start < 1.0
+        (got,) = await idle.claim(ClaimRequest(["b"], 1, 30.0, "w2"))
+        assert got.id == child.id
+
+
+@pytest.mark.timeout(60)
+async def test_a_waiting_child_survives_a_restart_and_is_released_after_it(
+    tmp_path: Path,
+) -> None:
+    """redis-server with an fsync'd append-only file is SIGKILLed while a parent runs: a new
+    backend (a new process, as far as the store knows) finds the child still waiting, and
+    the parent's settle there releases it."""
+    server = Server(tmp_path / "redis", ["--appendonly", "yes", "--appendfsync", "always"])
+    server.start()
+    try:
+        clock = FakeClock()
+        async with RedisBackend(server.url, clock=clock) as first:
+            parent = make_job(clock)
+            child = make_job(clock, parents=(parent.id,), feed="one")
+            other = make_job(clock, parents=(parent.id,), delay=60)
+            assert all(await stored(first, [parent, child, other]))
+            (lease,) = await first.claim(ClaimRequest(["default"], 10, 30.0, W))
+        server.kill()
+        server.start()
+        async with RedisBackend(server.url, clock=clock) as second:
+            got = await second.get([child.id, other.id])
+            assert [(j.state, j.waiting_for) for j in got if j is not None] == [
+                (JobState.WAITING, 1),
+                (JobState.WAITING, 1),
+            ]
+            assert await second.settle([(lease, Completed(b"42"))]) == [True]
+            got = await second.get([child.id, other.id])
+            assert [j.state for j in got if j is not None] == [
+                JobState.QUEUED,
+                JobState.SCHEDULED,
+            ]
+            (run,) = await second.claim(ClaimRequest(["default"], 10, 30.0, W))
+            assert run.id == child.id and run.job.feed == "one"
+        assert _clean(server.url) == []
+    finally:
+        server.stop()
