@@ -143,3 +143,31 @@ async def test_queues_land_on_different_nodes_and_work_end_to_end(clean_cluster:
         assert len(page.jobs) == 30
         fetched = await b.get([j.id for j in jobs])
         assert [j.id for j in fetched if j is not None] == [j.id for j in jobs]
+
+
+async def test_chains_of_queues_on_different_nodes_in_one_call(clean_cluster: str) -> None:
+    """One enqueue with a chain in each of several queues (slots on different masters),
+    interleaved: each queue's part is its own script call, and every chain runs in order."""
+    clock = FakeClock()
+    queues = [f"q{i}" for i in range(6)]
+    async with RedisBackend(clean_cluster, clock=clock) as b:
+        assert b.cross_queue_dependencies is False
+        chains: dict[str, list[str]] = {q: [] for q in queues}
+        jobs = []
+        for _ in range(4):
+            for q in queues:
+                parents = tuple(chains[q][-1:])
+                job = make_job(clock, queue=q, parents=parents)
+                chains[q].append(job.id)
+                jobs.append(job)
+        assert await b.enqueue(jobs) == [j.id for j in jobs]
+        order: list[str] = []
+        for _ in range(4):
+            leases = await b.claim(ClaimRequest(queues, 100, 10, "w"))
+            assert len(leases) == len(queues)  # one step of each chain at a time
+            assert all(await b.settle([(lease, Completed(None)) for lease in leases]))
+            order += [lease.id for lease in leases]
+        for q in queues:
+            assert [i for i in order if i in set(chains[q])] == chains[q]
+        counts = await b.counts()
+        assert all(c == {JobState.COMPLETED: 4} for c in counts.values())

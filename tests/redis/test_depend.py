@@ -242,3 +242,44 @@ async def test_a_waiting_child_survives_a_restart_and_is_released_after_it(
         assert _clean(server.url) == []
     finally:
         server.stop()
+
+
+async def test_purge_and_requeue_beside_waiting_jobs(
+    backend: RedisBackend, clock: FakeClock, redis_url: str
+) -> None:
+    """Purge leaves waiting jobs alone; a child cancelled by its parent can be requeued (it
+    runs, an operator's choice) or purged like any cancelled job."""
+    a = make_job(clock, keep_for=0.0)
+    waits = make_job(clock, parents=(a.id,), keep_for=0.0)
+    b = make_job(clock, keep_for=0.0)
+    doomed = make_job(clock, parents=(b.id,), keep_for=0.0)
+    purged = make_job(clock, parents=(b.id,), keep_for=0.0)
+    assert all(await stored(backend, [a, waits, b, doomed, purged]))
+    leases = {x.id: x for x in await backend.claim(ClaimRequest(["default"], 10, 30.0, W))}
+    assert set(leases) == {a.id, b.id}
+    assert await backend.settle([(leases[b.id], Failed(err()))]) == [True]
+    assert await backend.purge([JobState.FAILED]) == 1  # b; `waits` is still waiting
+    assert await backend.requeue(doomed.id)
+    assert await backend.purge([JobState.CANCELLED]) == 1  # `purged`
+    got = await backend.get([waits.id, doomed.id, purged.id])
+    assert got[0] is not None and got[0].state is JobState.WAITING
+    assert got[1] is not None and got[1].state is JobState.QUEUED
+    assert got[2] is None
+    assert await backend.settle([(leases[a.id], Completed(None))]) == [True]
+    assert sorted(await _run(backend)) == sorted([waits.id, doomed.id])
+    assert _clean(redis_url) == []
+
+
+async def test_a_child_released_into_a_paused_queue_waits_for_the_resume(
+    backend: RedisBackend, clock: FakeClock, raw: aioredis.Redis
+) -> None:
+    parent = make_job(clock)
+    child = make_job(clock, queue="later", parents=(parent.id,))
+    assert all(await stored(backend, [parent, child]))
+    assert await backend.pause("later")
+    assert await _run(backend) == [parent.id]
+    assert [j.state for j in await backend.get([child.id]) if j is not None] == [JobState.QUEUED]
+    assert await raw.llen("{conveyor}:q:later:wake") == 0  # nobody woken for nothing
+    assert await backend.claim(ClaimRequest(["later"], 10, 30.0, W)) == []
+    assert await backend.resume("later")
+    assert await _run(backend, "later") == [child.id]

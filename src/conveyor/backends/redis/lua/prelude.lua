@@ -324,7 +324,9 @@ local function count_ended()
     end
   end
   ENDED = {}
-  for q, n in pairs(woke) do wake(q, n) end
+  for q, n in pairs(woke) do
+    if not is_paused(q) then wake(q, n) end  -- a paused queue wakes nobody
+  end
 end
 
 local function promote_due(q, max)
