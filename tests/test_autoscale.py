@@ -1,5 +1,6 @@
 """`conveyor worker --autoscale MIN:MAX`: the decision, the measurements, the CLI's bad inputs,
-and real processes on a real SQLite file scaling up under a burst and back down when idle."""
+and real processes (on a SQLite file, and on Redis) scaling up under a burst and back down
+when idle, with every job completed once."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from conveyor.cli.autoscale import (
 )
 from conveyor.errors import ConfigError
 from tests.faults.conftest import Cluster, app_on, until
+from tests.redis.conftest import flush
 
 # -- the decision ----------------------------------------------------------------------------
 
@@ -234,8 +236,14 @@ def test_autoscale_refuses_a_store_that_lives_in_one_process(
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    with Cluster(tmp_path) as c:
+def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]:
+    """Processes on a SQLite file, or on Redis when parametrized with "redis"."""
+    redis_url = None
+    if getattr(request, "param", "sqlite") == "redis":
+        # Skips locally without redis-server, fails under CI=true (tests/conftest.py).
+        redis_url = request.getfixturevalue("redis_server").url
+        flush(redis_url)
+    with Cluster(tmp_path, redis_url) as c:
         yield c
 
 
@@ -249,6 +257,7 @@ def _workers(sup_pid: int) -> set[int]:
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("cluster", ["sqlite", "redis"], indirect=True)
 async def test_a_burst_scales_up_idle_scales_back_and_no_job_is_lost(cluster: Cluster) -> None:
     short, long = 800, 12
     total = short + long
