@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conveyor.clock import FakeClock
 from conveyor.errors import CircuitOpen, ConfigError
@@ -300,3 +302,83 @@ def test_bad_configuration_is_refused() -> None:
 
     with pytest.raises(ConfigError, match="decorates async functions"):
         CircuitBreaker(Circuit(0.5, 1, 1))(sync)  # type: ignore[arg-type]
+
+
+# -- a property test against the rules ------------------------------------------------------
+
+Step = tuple[str, float]
+steps = st.lists(
+    st.one_of(
+        st.tuples(st.sampled_from(["ok", "fail"]), st.just(0.0)),
+        st.tuples(st.just("wait"), st.sampled_from([0.1, 0.7, 2.5, 9.0, 31.0])),
+    ),
+    max_size=120,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    ops=steps,
+    rate=st.sampled_from([0.2, 0.5, 1.0]),
+    min_calls=st.integers(1, 6),
+)
+def test_every_transition_follows_the_rules(ops: list[Step], rate: float, min_calls: int) -> None:
+    asyncio.run(_check_rules(ops, rate, min_calls))
+
+
+async def _check_rules(ops: list[Step], rate: float, min_calls: int) -> None:
+    window, cooldown = 10.0, 30.0
+    clock = FakeClock(start=1000.0)
+    b = CircuitBreaker(Circuit(rate, window, cooldown, min_calls=min_calls), clock=clock)
+    counted: list[tuple[float, bool]] = []  # closed-state outcomes since the last change
+    opened_at: float | None = None
+    ran = 0
+    for op, dt in ops:
+        if op == "wait":
+            clock.advance(dt)
+            continue
+        now = clock.monotonic()
+        before = b.statistics()
+        if before.state == "closed":
+            recent = [t for t, _ in counted if t >= now - window - 1e-9]
+            sure = [t for t, _ in counted if t > now - 0.95 * window + 1e-9]
+            assert len(sure) <= before.calls <= len(recent), (before, counted, now)
+        if opened_at is not None and before.state != "closed":
+            # Open for exactly the cooldown, then half-open.
+            assert before.state == ("open" if now < opened_at + cooldown else "half-open")
+
+        async def dependency(fail: bool = op == "fail") -> None:
+            nonlocal ran
+            ran += 1
+            if fail:
+                raise Down
+
+        calls = ran
+        refused: CircuitOpen | None = None
+        try:
+            await b.call(dependency)
+        except CircuitOpen as exc:
+            refused = exc
+        except Down:
+            pass
+        if refused is not None:
+            assert before.state == "open" and ran == calls  # refused without running
+            assert opened_at is not None
+            assert refused.remaining == pytest.approx(opened_at + cooldown - now)
+            continue
+        assert ran == calls + 1
+        after = b.state
+        failed = op == "fail"
+        if before.state == "half-open":  # the probe decides
+            assert after == ("open" if failed else "closed")
+        elif failed:
+            n, f = before.calls + 1, before.failures + 1
+            should_open = n >= min_calls and f >= rate * n - 1e-9
+            assert after == ("open" if should_open else "closed"), (before, n, f)
+        else:
+            assert after == "closed"  # a success never opens it
+        if after != before.state:
+            counted.clear()
+            opened_at = now if after == "open" else None
+        elif after == "closed":
+            counted.append((now, failed))
