@@ -22,7 +22,6 @@ import contextvars
 import math
 import threading
 from collections.abc import Mapping, Sequence
-from types import MappingProxyType
 from typing import Any
 
 import msgspec
@@ -168,7 +167,8 @@ class JobInfo:
 
     @property
     def meta(self) -> Mapping[str, object]:
-        return MappingProxyType(self._job.meta)
+        # The snapshot's own dict (typed read-only): a mappingproxy would not JSON-encode.
+        return self._job.meta
 
     @property
     def errors(self) -> tuple[AttemptError, ...]:

@@ -45,6 +45,8 @@ __all__ = ["JobRunner", "Worker", "WorkerStats"]
 
 log = logging.getLogger("conveyor.worker")
 
+_HOOKS = "/hooks"  # `running` key suffix of a job whose failure hooks run (see `_park`)
+
 
 class Worker:
     """Runs jobs from `backend` for the tasks in `registry`, as a list of services.
@@ -266,7 +268,7 @@ class JobRunner(Service):
             if ok and type(outcome) is not Completed:  # a job that completed pays nothing more
                 await self._after_failure([(entry, outcome)])
         finally:
-            self.running.pop(lease.id, None)
+            self._forget([entry])
             self.slot_freed()
 
     async def _run_group(self, name: str, entries: list[Running]) -> None:
@@ -300,8 +302,7 @@ class JobRunner(Service):
             if self.hooks.on_failure or self.hooks.on_dead_letter:
                 await self._after_failure([p for p, ok in zip(pairs, settled, strict=True) if ok])
         finally:
-            for entry in entries:
-                self.running.pop(entry.lease.id, None)
+            self._forget(entries)
             self.slot_freed()
 
     async def _after_failure(self, pairs: list[tuple[Running, Outcome]]) -> None:
@@ -322,6 +323,7 @@ class JobRunner(Service):
             calls.append((info, exc, isinstance(outcome, Failed)))
         if not calls:
             return
+        self._park([entry for entry, _ in pairs])
         threads, timeout = self._threads, self.config.hook_timeout
         assert threads is not None
         try:
@@ -337,6 +339,27 @@ class JobRunner(Service):
             if not any(entry.interrupted for entry, _ in pairs):
                 raise
             # stopped past the grace while hooks ran: the outcomes are recorded already
+
+    # A settled retry may be claimed again, by this worker too, while the last attempt's hooks
+    # run: so those run under another key of `running` (keeping their slot, and cancelled by
+    # a stop like jobs), and each entry is removed only by its own task. If the new attempt
+    # was claimed before the old one parked, the old one's hooks run outside `running` (not
+    # counted, not cancelled by a stop: they end within `hook_timeout`).
+
+    def _park(self, entries: list[Running]) -> None:
+        for entry in entries:
+            if self.running.get(entry.lease.id) is entry:
+                del self.running[entry.lease.id]
+                self.running[entry.lease.id + _HOOKS] = entry
+
+    def _forget(self, entries: list[Running]) -> None:
+        running = self.running
+        for entry in entries:
+            key = entry.lease.id
+            if running.get(key) is entry:
+                del running[key]
+            elif running.get(key + _HOOKS) is entry:
+                del running[key + _HOOKS]
 
     def _interrupted(self, lease: Lease) -> Outcome:
         now = self.clock.now()
