@@ -1,23 +1,33 @@
 """The backend contract against SQLite, plus what only a file-backed store can show."""
 
+import asyncio
 import os
+import signal
 import sqlite3
 import stat
-from collections.abc import AsyncIterator
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
 
 from conveyor.backends.base import ClaimRequest
-from conveyor.backends.sqlite import SQLiteBackend
+from conveyor.backends.sqlite import SQLiteBackend, ops
 from conveyor.backends.sqlite.schema import SCHEMA_VERSION
 from conveyor.clock import FakeClock
-from conveyor.errors import StoreUnavailable
-from conveyor.job import JobState
-from conveyor.testing.contract import BackendContract, Corrupt, PoisonContract, make_job
+from conveyor.errors import BackendError, DependencyError, StoreUnavailable
+from conveyor.job import Completed, Job, JobState
+from conveyor.testing.contract import (
+    BackendContract,
+    Corrupt,
+    DependContract,
+    PoisonContract,
+    make_job,
+)
 
 
-class TestSQLiteBackend(BackendContract, PoisonContract):
+class TestSQLiteBackend(DependContract, BackendContract, PoisonContract):
     @pytest.fixture
     async def backend(self, clock: FakeClock, tmp_path: Path) -> AsyncIterator[SQLiteBackend]:
         async with SQLiteBackend(tmp_path / "jobs.db", clock=clock) as b:
@@ -145,6 +155,7 @@ async def test_a_version_2_file_gains_the_paused_table(tmp_path: Path) -> None:
     path = tmp_path / "j.db"
     async with SQLiteBackend(path) as b:
         await b.enqueue([make_job(FakeClock())])
+    _as_version_3(path)
     conn = sqlite3.connect(path)
     conn.execute("DROP TABLE paused")
     conn.execute("PRAGMA user_version = 2")
@@ -154,5 +165,231 @@ async def test_a_version_2_file_gains_the_paused_table(tmp_path: Path) -> None:
         assert await b.pause("default") is True
         assert await b.claim(ClaimRequest(["default"], 10, 30.0, "w")) == []
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     conn.close()
+
+
+def _as_version_3(path: Path) -> None:
+    """Take a version 4 file back to version 3 (no dependency edges)."""
+    conn = sqlite3.connect(path)
+    conn.execute("DROP TABLE edges")
+    conn.execute("ALTER TABLE jobs DROP COLUMN has_children")
+    conn.execute("PRAGMA user_version = 3")
+    conn.commit()
+    conn.close()
+
+
+async def test_a_version_3_file_gains_the_edges_and_its_jobs_wait(tmp_path: Path) -> None:
+    clock = FakeClock()
+    path = tmp_path / "j.db"
+    old = make_job(clock)
+    async with SQLiteBackend(path, clock=clock) as b:
+        await b.enqueue([old])
+    _as_version_3(path)
+    async with SQLiteBackend(path, clock=clock) as b:
+        child = make_job(clock, parents=(old.id,))
+        assert await b.enqueue([child]) == [child.id]
+        (lease,) = await b.claim(ClaimRequest(["default"], 10, 30.0, "w"))
+        assert lease.id == old.id
+        assert await b.settle([(lease, Completed(None))]) == [True]
+        (got,) = await b.get([child.id])
+        assert got is not None and got.state is JobState.QUEUED
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    conn.close()
+
+
+# -- dependencies: what only a file-backed store can show -----------------------------------
+
+
+def _edges(path: Path) -> list[tuple[str, str]]:
+    conn = sqlite3.connect(path)
+    try:
+        return sorted(conn.execute("SELECT parent, child FROM edges"))
+    finally:
+        conn.close()
+
+
+async def test_a_release_survives_reopening_the_file(tmp_path: Path) -> None:
+    clock = FakeClock()
+    path = tmp_path / "j.db"
+    a = make_job(clock)
+    b = make_job(clock, parents=(a.id,))
+    c = make_job(clock, parents=(b.id,))
+    async with SQLiteBackend(path, clock=clock) as first:
+        assert await first.enqueue([a, b, c]) == [a.id, b.id, c.id]
+        (lease,) = await first.claim(ClaimRequest(["default"], 10, 30.0, "w"))
+    assert _edges(path) == sorted([(a.id, b.id), (b.id, c.id)])
+    async with SQLiteBackend(path, clock=clock) as second:  # a restarted process
+        got = await second.get([b.id, c.id])
+        assert [j.state for j in got if j] == [JobState.WAITING, JobState.WAITING]
+        assert await second.settle([(lease, Completed(b"1"))]) == [True]
+        (got_b,) = await second.get([b.id])
+        assert got_b is not None and got_b.state is JobState.QUEUED and got_b.waiting_for == 0
+    assert _edges(path) == [(b.id, c.id)]  # the counted edge is gone
+    async with SQLiteBackend(path, clock=clock) as third:
+        (lease,) = await third.claim(ClaimRequest(["default"], 10, 30.0, "w"))
+        assert lease.id == b.id
+        assert await third.settle([(lease, Completed(None))]) == [True]
+        (lease,) = await third.claim(ClaimRequest(["default"], 10, 30.0, "w"))
+        assert lease.id == c.id
+    assert _edges(path) == []
+
+
+_HOLDER = """
+import asyncio, sys, time
+from conveyor.backends.base import ClaimRequest
+from conveyor.backends.sqlite import SQLiteBackend, ops
+from conveyor.job import Job
+
+async def main():
+    now = time.time()
+    parent = Job(id=sys.argv[2], task="t", payload=b"{}", run_at=now, max_attempts=2)
+    child = Job(id=sys.argv[3], task="t", payload=b"{}", run_at=now, parents=(parent.id,))
+    backend = SQLiteBackend(sys.argv[1])
+    await backend.enqueue([parent, child])
+    (lease,) = await backend.claim(ClaimRequest(["default"], 1, 0.3, "doomed"))
+    print(lease.id, flush=True)
+    await asyncio.sleep(60)  # SIGKILLed here, holding the parent
+
+asyncio.run(main())
+"""
+
+
+async def test_a_child_waits_out_its_parents_worker_being_killed(tmp_path: Path) -> None:
+    path = tmp_path / "j.db"
+    parent, child = "a" * 32, "b" * 32
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _HOLDER, str(path), parent, child, stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 30)
+        assert line.decode().strip() == parent
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        await asyncio.wait_for(proc.wait(), 10)
+    assert proc.returncode == -signal.SIGKILL
+    async with SQLiteBackend(path) as b:
+        (got,) = await b.get([child])
+        assert got is not None and got.state is JobState.WAITING
+        deadline = time.monotonic() + 5
+        while await b.rescue() == 0:  # the killed worker's 0.3 s lease runs out
+            assert time.monotonic() < deadline, "the parent's lease never expired"
+            await asyncio.sleep(0.05)
+        assert [j.state for j in await b.get([parent, child]) if j] == [
+            JobState.QUEUED, JobState.WAITING,
+        ]  # fmt: skip
+        (lease,) = await b.claim(ClaimRequest(["default"], 10, 30.0, "w"))
+        assert lease.id == parent
+        assert await b.settle([(lease, Completed(None))]) == [True]
+        (got,) = await b.get([child])
+        assert got is not None and got.state is JobState.QUEUED
+
+
+async def test_the_parents_end_and_its_childrens_release_are_one_transaction(
+    tmp_path: Path,
+) -> None:
+    clock = FakeClock()
+    path = tmp_path / "j.db"
+    parent = make_job(clock)
+    child = make_job(clock, parents=(parent.id,))
+    async with SQLiteBackend(path, clock=clock) as b:
+        await b.enqueue([parent, child])
+        (lease,) = await b.claim(ClaimRequest(["default"], 10, 30.0, "w"))
+        conn = sqlite3.connect(path)
+        with conn:  # the release fails inside the settle's transaction
+            conn.execute(
+                "CREATE TRIGGER refuse BEFORE UPDATE OF state ON jobs "
+                "WHEN OLD.state = 'waiting' BEGIN SELECT RAISE(ABORT, 'release refused'); END"
+            )
+        with pytest.raises(BackendError, match="release refused"):
+            await b.settle([(lease, Completed(None))])
+        got = await b.get([parent.id, child.id])
+        assert [j.state for j in got if j] == [JobState.RUNNING, JobState.WAITING]
+        assert _edges(path) == [(parent.id, child.id)]
+        with conn:
+            conn.execute("DROP TRIGGER refuse")
+        conn.close()
+        assert await b.settle([(lease, Completed(None))]) == [True]
+        got = await b.get([parent.id, child.id])
+        assert [j.state for j in got if j] == [JobState.COMPLETED, JobState.QUEUED]
+
+
+class _PurgedMeanwhile(SQLiteBackend):
+    """A store whose parents are purged, by another connection, between the base's check
+    and the write (the purge race)."""
+
+    async def _check_dependencies(self, jobs: Sequence[Job]) -> None:
+        await super()._check_dependencies(jobs)
+        async with SQLiteBackend(self.path, clock=self.clock) as other:
+            await other.purge([JobState.COMPLETED])
+
+
+async def test_a_parent_purged_after_the_check_writes_nothing(tmp_path: Path) -> None:
+    clock = FakeClock()
+    async with _PurgedMeanwhile(tmp_path / "j.db", clock=clock) as b:
+        gone = make_job(clock, keep_for=0.0)
+        await b.enqueue([gone])
+        (lease,) = await b.claim(ClaimRequest(["default"], 10, 30.0, "w"))
+        assert await b.settle([(lease, Completed(None))]) == [True]
+        sibling = make_job(clock)
+        late = make_job(clock, parents=(sibling.id, gone.id))
+        with pytest.raises(DependencyError, match=rf"{late.id} depends on {gone.id}.*purged"):
+            await b.enqueue([sibling, late])
+        assert await b.get([gone.id, sibling.id, late.id]) == [None, None, None]
+    assert _edges(tmp_path / "j.db") == []
+
+
+async def test_a_cancel_cascades_down_a_long_chain_in_one_step(tmp_path: Path) -> None:
+    clock = FakeClock()
+    path = tmp_path / "j.db"
+    chain = [make_job(clock)]
+    for _ in range(299):
+        chain.append(make_job(clock, parents=(chain[-1].id,)))
+    side = make_job(clock, parents=(chain[5].id, chain[0].id), key="side")
+    async with SQLiteBackend(path, clock=clock) as b:
+        await b.enqueue([*chain, side])
+        assert await b.cancel(chain[0].id, "stop") is JobState.CANCELLED
+        got = await b.get([j.id for j in chain])
+        assert all(j is not None and j.state is JobState.CANCELLED for j in got)
+        for parent, job in zip(chain, got[1:], strict=False):
+            assert job is not None and job.meta["cancel_reason"] == f"parent {parent.id} cancelled"
+        (got_side,) = await b.get([side.id])
+        assert got_side is not None and got_side.state is JobState.CANCELLED
+        assert got_side.meta["cancel_reason"] == f"parent {chain[0].id} cancelled"
+        again = make_job(clock, key="side")  # a cancelled child released its key
+        assert await b.enqueue([again]) == [again.id]
+    assert _edges(path) == []
+
+
+async def test_a_cancelled_child_leaves_no_edges_behind(tmp_path: Path) -> None:
+    clock = FakeClock()
+    path = tmp_path / "j.db"
+    a, b_ = make_job(clock), make_job(clock)
+    child = make_job(clock, parents=(a.id, b_.id))
+    async with SQLiteBackend(path, clock=clock) as b:
+        await b.enqueue([a, b_, child])
+        assert len(_edges(path)) == 2
+        assert await b.cancel(child.id) is JobState.CANCELLED
+        assert _edges(path) == []  # its parents, still queued, have nothing left to count
+        leases = await b.claim(ClaimRequest(["default"], 10, 30.0, "w"))
+        assert {lease.id for lease in leases} == {a.id, b_.id}
+        assert await b.settle([(lease, Completed(None)) for lease in leases]) == [True, True]
+        (got,) = await b.get([child.id])
+        assert got is not None and got.state is JobState.CANCELLED
+
+
+async def test_the_edge_read_uses_the_primary_key(tmp_path: Path) -> None:
+    async with SQLiteBackend(tmp_path / "j.db") as b:
+        await b.counts()
+    conn = sqlite3.connect(tmp_path / "j.db")
+    plan = " ".join(
+        str(r)
+        for r in conn.execute(
+            "EXPLAIN QUERY PLAN " + ops._CHILDREN.format(marks="?, ?"), ("a" * 32, "b" * 32)
+        )
+    )
+    conn.close()
+    assert "SEARCH e USING PRIMARY KEY (parent=?)" in plan
+    assert "SEARCH j USING INDEX sqlite_autoindex_jobs_1 (id=?)" in plan

@@ -11,10 +11,12 @@ import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 
 import msgspec
+from msgspec.structs import replace
 
 from conveyor.backends import rules
 from conveyor.backends.base import ClaimRequest, JobFilter, Page
 from conveyor.backends.sqlite.schema import COLUMNS, INSERTED
+from conveyor.errors import DependencyError
 from conveyor.fields import ENQUEUED, NAMES
 from conveyor.job import (
     TERMINAL,
@@ -68,21 +70,202 @@ def _insert_row(job: Job, now: float) -> tuple[object, ...]:
 
 
 def enqueue(conn: sqlite3.Connection, jobs: Sequence[Job], now: float) -> list[str]:
-    if all(job.key is None for job in jobs):
+    if all(job.key is None and not job.parents for job in jobs):
         conn.executemany(_INSERT_PLAIN, [_insert_row(job, now) for job in jobs])
         return [job.id for job in jobs]
     out: list[str] = []
+    renamed: dict[str, str] = {}  # a duplicate's id -> its key's holder
     for job in jobs:
-        if job.key is None:
+        if job.parents:
+            got = _enqueue_child(conn, job, renamed, now)
+        elif job.key is None:
             conn.execute(_INSERT_PLAIN, _insert_row(job, now))
-            out.append(job.id)
-            continue
+            got = job.id
+        else:
+            _release_stale_key(conn, job.key, now)
+            got = job.id
+            if conn.execute(_INSERT_KEYED, _insert_row(job, now)).rowcount != 1:
+                holder = conn.execute(
+                    "SELECT id FROM jobs WHERE key_lock = ?", (job.key,)
+                ).fetchone()
+                got = job.id if holder is None else holder[0]
+        if got != job.id:
+            renamed[job.id] = got
+        out.append(got)
+    return out
+
+
+# A job with parents is written with the columns the store would otherwise set later.
+_INSERT_CHILD = (
+    f"INSERT OR IGNORE INTO jobs ({', '.join(INSERTED)}, waiting_for, finished_at, expires_at) "
+    f"VALUES ({', '.join('?' * (len(INSERTED) + 3))})"
+)
+_ENDED = frozenset(s.value for s in TERMINAL)
+_IN_CHUNK = 500  # ids per `IN (...)`: well under SQLite's parameter limit
+
+
+def _enqueue_child(
+    conn: sqlite3.Connection, job: Job, renamed: Mapping[str, str], now: float
+) -> str:
+    """Store a job with parents (see `Backend.enqueue`): waiting, with one `edges` row per
+    parent that has not ended; ready or cancelled at once by parents that all have. The id
+    that holds its place."""
+    if renamed and any(p in renamed for p in job.parents):
+        job = replace(job, parents=tuple(renamed.get(p, p) for p in job.parents))
+    states = _parent_states(conn, job)
+    if job.key is not None:
         _release_stale_key(conn, job.key, now)
-        if conn.execute(_INSERT_KEYED, _insert_row(job, now)).rowcount == 1:
-            out.append(job.id)
-            continue
         holder = conn.execute("SELECT id FROM jobs WHERE key_lock = ?", (job.key,)).fetchone()
-        out.append(job.id if holder is None else holder[0])
+        if holder is not None:
+            return str(holder[0])
+    waiting: list[str] = []
+    reason = None
+    for parent in job.parents:
+        state = states[parent]
+        if state not in _ENDED:
+            waiting.append(parent)
+        elif state != "completed" and job.on_parent_failure != "run":
+            reason = f"parent {parent} {state}"
+            break
+    if reason is not None:  # stored ended: it holds no key and waits for nothing
+        job = replace(job, meta={**job.meta, "cancel_reason": reason})
+        done: tuple[object, ...] = ("cancelled", None, job.waiting_for, now, now + job.keep_for)
+    elif waiting:
+        done = ("waiting", job.key, len(waiting), None, None)
+    else:
+        done = (rules.state_for_run_at(job.run_at, now).value, job.key, 0, None, None)
+    if conn.execute(_INSERT_CHILD, (*_insert_row(job, now)[:-2], *done)).rowcount != 1:
+        return job.id  # stored already (a retried call): its edges were written then
+    if waiting:
+        conn.executemany(
+            "INSERT OR IGNORE INTO edges (parent, child) VALUES (?, ?)",
+            [(parent, job.id) for parent in waiting],
+        )
+        for start in range(0, len(waiting), _IN_CHUNK):  # their ends now look up edges
+            chunk = waiting[start : start + _IN_CHUNK]
+            conn.execute(
+                "UPDATE jobs SET has_children = 1 WHERE has_children = 0 "
+                f"AND id IN ({','.join('?' * len(chunk))})",
+                chunk,
+            )
+    return job.id
+
+
+def _parent_states(conn: sqlite3.Connection, job: Job) -> dict[str, str]:
+    """The stored state of each of `job`'s parents (an unknown state reads as failed); a
+    parent the file doesn't hold (purged since the caller checked) is a `DependencyError`."""
+    states: dict[str, str] = {}
+    parents = job.parents
+    for start in range(0, len(parents), _IN_CHUNK):
+        chunk = parents[start : start + _IN_CHUNK]
+        marks = ",".join("?" * len(chunk))
+        for parent, state in conn.execute(
+            f"SELECT id, state FROM jobs WHERE id IN ({marks})", chunk
+        ):
+            states[parent] = state if state in _STATES else "failed"
+    if len(states) < len(parents):
+        missing = next(p for p in parents if p not in states)
+        raise DependencyError(
+            f"job {job.id} depends on {missing}, which this store doesn't hold "
+            "(unknown, or already purged); nothing was written"
+        )
+    return states
+
+
+class _Child:
+    """A waiting child as `_count_ended` sees it while it counts its parents' ends."""
+
+    __slots__ = ("has_children", "policy", "run_at", "state", "waiting_for")
+
+    def __init__(
+        self, state: str, waiting_for: int, policy: str, run_at: float, has_children: int
+    ) -> None:
+        self.state, self.waiting_for, self.policy = state, waiting_for, policy
+        self.run_at, self.has_children = run_at, has_children
+
+
+def _count_ended(conn: sqlite3.Connection, ended: Sequence[tuple[str, str]], now: float) -> None:
+    """Each waiting child of the jobs that just ended (id, state) counts that end, in this
+    transaction: runnable once every parent has ended, or cancelled (and so, in turn, its
+    own waiting children) by a parent that failed or was cancelled. Counted edges are
+    deleted, so a parent that ends again changes nothing.
+
+    Callers pass only jobs marked `has_children` (the statement that ended them returns
+    it), so jobs without children cost nothing here; one indexed read of `edges` for the
+    batch, one more per job cancelled here. Parents are taken last-ended first and
+    children in enqueue order, as the memory store does (it decides which parent a
+    `cancel_reason` names when several end together).
+    """
+    found = _children_of(conn, [parent for parent, _ in ended])
+    if not found:
+        return
+    stack = [(parent, state, False) for parent, state in ended]
+    children: dict[str, _Child] = {}
+    changed: dict[str, _Child] = {}
+    reasons: dict[str, str] = {}
+    while stack:
+        parent, state, cascaded = stack.pop()
+        rows = _children_of(conn, [parent]).get(parent, []) if cascaded else found.pop(parent, [])
+        for child_id, child_state, waiting_for, policy, run_at, grandchildren in rows:
+            child = children.get(child_id)
+            if child is None:
+                child = _Child(child_state, waiting_for, policy, run_at, grandchildren)
+                children[child_id] = child
+            if child.state != "waiting":
+                continue
+            changed[child_id] = child
+            if state == "completed" or child.policy == "run":
+                if child.waiting_for > 1:
+                    child.waiting_for -= 1
+                    continue
+                child.state = rules.state_for_run_at(child.run_at, now).value
+                child.waiting_for = 0
+            else:
+                child.state = "cancelled"
+                reasons[child_id] = f"parent {parent} {state}"
+                if child.has_children:
+                    stack.append((child_id, "cancelled", True))
+    conn.executemany(
+        "UPDATE jobs SET state = ?, waiting_for = ? WHERE id = ?",
+        [(c.state, c.waiting_for, i) for i, c in changed.items() if i not in reasons],
+    )
+    if reasons:
+        conn.executemany(
+            f"UPDATE jobs SET state = 'cancelled', waiting_for = ?, key_lock = NULL, {_DONE}, "
+            "meta = json_set(meta, '$.cancel_reason', ?) WHERE id = ?",
+            [(changed[i].waiting_for, now, now, reason, i) for i, reason in reasons.items()],
+        )
+        # Their edges from parents still live would count nothing: the table keeps only
+        # the edges of waiting jobs.
+        conn.executemany("DELETE FROM edges WHERE child = ?", [(i,) for i in reasons])
+
+
+_Row = tuple[str, str, int, str, float, int]
+# The waiting children of some parents, by the edges' primary key (`EXPLAIN` in the tests).
+_CHILDREN = (
+    "SELECT e.parent, j.id, j.state, j.waiting_for, j.on_parent_failure, j.run_at, "
+    "j.has_children FROM edges AS e JOIN jobs AS j ON j.id = e.child "
+    "WHERE e.parent IN ({marks}) ORDER BY j.seq"
+)
+
+
+def _children_of(conn: sqlite3.Connection, parents: Sequence[str]) -> dict[str, list[_Row]]:
+    """Take the `edges` of `parents`: for each one that has some, its children as (id,
+    state, waiting_for, on_parent_failure, run_at, has_children), in enqueue order. The
+    edges are deleted (each is counted once)."""
+    out: dict[str, list[_Row]] = {}
+    for start in range(0, len(parents), _IN_CHUNK):
+        chunk = parents[start : start + _IN_CHUNK]
+        marks = ",".join("?" * len(chunk))
+        rows = conn.execute(
+            _CHILDREN.format(marks=marks),
+            chunk,
+        ).fetchall()
+        if not rows:
+            continue
+        conn.execute(f"DELETE FROM edges WHERE parent IN ({marks})", chunk)
+        for parent, *child in rows:
+            out.setdefault(parent, []).append(tuple(child))
     return out
 
 
@@ -124,6 +307,7 @@ def extend(
     conn: sqlite3.Connection, leases: Sequence[Lease], lease_for: float, now: float
 ) -> list[Lease | None]:
     out: list[Lease | None] = []
+    ended: list[tuple[str, str]] = []
     expires = now + lease_for
     for lease in leases:
         updated = conn.execute(
@@ -135,13 +319,18 @@ def extend(
             out.append(Lease(lease.job, lease.token, expires))
             continue
         # A requested cancel lands here, fenced like any other transition.
-        conn.execute(
+        row = conn.execute(
             "UPDATE jobs SET state = 'cancelled', finished_at = ?, expires_at = ? + keep_for, "
             "worker = NULL, lease_expires = NULL, key_lock = NULL "
-            "WHERE id = ? AND state = 'running' AND token = ? AND cancel_requested = 1",
+            "WHERE id = ? AND state = 'running' AND token = ? AND cancel_requested = 1 "
+            "RETURNING has_children",
             (now, now, lease.id, lease.token),
-        )
+        ).fetchone()
+        if row is not None and row[0]:
+            ended.append((lease.id, "cancelled"))
         out.append(None)
+    if ended:
+        _count_ended(conn, ended, now)
     return out
 
 
@@ -156,21 +345,26 @@ _DONE = "finished_at = ?, expires_at = ? + keep_for, worker = NULL, lease_expire
 def release(conn: sqlite3.Connection, leases: Sequence[Lease], now: float) -> list[bool]:
     """Unstarted leases back to queued, the attempt not counted (cancelled if requested)."""
     out: list[bool] = []
+    ended: list[tuple[str, str]] = []
     for lease in leases:
         fence = (lease.id, lease.token)
-        took = (
-            conn.execute(
-                "UPDATE jobs SET state = 'queued', attempts = max(attempts - 1, 0), worker = NULL, "
-                f"lease_expires = NULL, started_at = NULL {_FENCE} AND cancel_requested = 0",
-                fence,
-            ).rowcount
-            or conn.execute(
+        took = conn.execute(
+            "UPDATE jobs SET state = 'queued', attempts = max(attempts - 1, 0), worker = NULL, "
+            f"lease_expires = NULL, started_at = NULL {_FENCE} AND cancel_requested = 0",
+            fence,
+        ).rowcount
+        if not took:
+            row = conn.execute(
                 f"UPDATE jobs SET state = 'cancelled', {_DONE}, key_lock = NULL "
-                f"{_FENCE} AND cancel_requested = 1",
+                f"{_FENCE} AND cancel_requested = 1 RETURNING has_children",
                 (now, now, *fence),
-            ).rowcount
-        )
+            ).fetchone()
+            took = row is not None
+            if took and row[0]:
+                ended.append((lease.id, "cancelled"))
         out.append(bool(took))
+    if ended:
+        _count_ended(conn, ended, now)
     return out
 
 
@@ -203,10 +397,10 @@ _COMPLETE_CHUNK = 400  # rows per statement: 3 parameters each, well under SQLit
 
 def _complete_many(
     conn: sqlite3.Connection, done: Sequence[tuple[Lease, Completed]], now: float
-) -> set[tuple[str, int]]:
+) -> dict[tuple[str, int], int]:
     """Complete many jobs in one statement per chunk, fenced per row; the (id, token) pairs
-    that took."""
-    took: set[tuple[str, int]] = set()
+    that took, each with its `has_children` mark."""
+    took: dict[tuple[str, int], int] = {}
     for start in range(0, len(done), _COMPLETE_CHUNK):
         chunk = done[start : start + _COMPLETE_CHUNK]
         values = ",".join("(?, ?, ?)" for _ in chunk)
@@ -217,10 +411,11 @@ def _complete_many(
             f"UPDATE jobs SET state = 'completed', result = v.column3, finished_at = ?, "
             f"expires_at = ? + keep_for, worker = NULL, lease_expires = NULL "
             f"FROM (VALUES {values}) AS v WHERE jobs.id = v.column1 "
-            f"AND jobs.token = v.column2 AND jobs.state = 'running' RETURNING jobs.id, jobs.token",
+            f"AND jobs.token = v.column2 AND jobs.state = 'running' "
+            "RETURNING jobs.id, jobs.token, jobs.has_children",
             (now, now, *args),
         ).fetchall()
-        took.update((r[0], r[1]) for r in rows)
+        took.update({(i, token): children for i, token, children in rows})
     return took
 
 
@@ -228,12 +423,16 @@ def settle(
     conn: sqlite3.Connection, outcomes: Sequence[tuple[Lease, Outcome]], now: float
 ) -> list[bool]:
     done = [(lease, o) for lease, o in outcomes if isinstance(o, Completed)]
-    completed = _complete_many(conn, done, now) if done else set()
+    completed = _complete_many(conn, done, now) if done else {}
     out: list[bool] = []
+    ended: list[tuple[str, str]] = []  # parents that ended, in outcome order
     for lease, outcome in outcomes:
         fence = (lease.id, lease.token)
         if isinstance(outcome, Completed):
-            out.append((lease.id, lease.token) in completed)
+            children = completed.get(fence)
+            out.append(children is not None)
+            if children:
+                ended.append((lease.id, "completed"))
             continue
         if isinstance(outcome, Retrying):
             state = rules.state_for_run_at(outcome.run_at, now).value
@@ -242,25 +441,34 @@ def settle(
                 f"errors = json_insert(errors, '$[#]', json(?)) {_FENCE}",
                 (state, outcome.run_at, _error_json(outcome.error), *fence),
             )
-        elif isinstance(outcome, Failed):
+            out.append(cur.rowcount == 1)
+            continue
+        if isinstance(outcome, Failed):
+            state = "failed"
             cur = conn.execute(
                 f"UPDATE jobs SET state = 'failed', {_DONE}, "
-                f"errors = json_insert(errors, '$[#]', json(?)) {_FENCE}",
+                f"errors = json_insert(errors, '$[#]', json(?)) {_FENCE} RETURNING has_children",
                 (now, now, _error_json(outcome.error), *fence),
             )
         else:
+            state = "cancelled"
             cur = conn.execute(
                 f"UPDATE jobs SET state = 'cancelled', key_lock = NULL, {_DONE}, "
-                f"meta = json_set(meta, '$.cancel_reason', ?) {_FENCE}",
+                f"meta = json_set(meta, '$.cancel_reason', ?) {_FENCE} RETURNING has_children",
                 (now, now, outcome.reason, *fence),
             )
-        out.append(cur.rowcount == 1)
+        row = cur.fetchone()
+        out.append(row is not None)
+        if row is not None and row[0]:
+            ended.append((lease.id, state))
+    if ended:
+        _count_ended(conn, ended, now)
     return out
 
 
 def rescue(conn: sqlite3.Connection, now: float) -> int:
     error = rules.lease_expired_error(0, now)
-    return conn.execute(
+    rows = conn.execute(
         "UPDATE jobs SET "
         "state = CASE WHEN cancel_requested THEN 'cancelled' "
         "  WHEN attempts >= max_attempts THEN 'failed' ELSE 'queued' END, "
@@ -272,9 +480,13 @@ def rescue(conn: sqlite3.Connection, now: float) -> int:
         "  THEN ? + keep_for END, "
         "key_lock = CASE WHEN cancel_requested THEN NULL ELSE key_lock END, "
         "worker = NULL, lease_expires = NULL "
-        "WHERE state = 'running' AND lease_expires <= ?",
+        "WHERE state = 'running' AND lease_expires <= ? RETURNING seq, id, state, has_children",
         (error.type, error.message, now, now, now, now),
-    ).rowcount
+    ).fetchall()
+    ended = sorted((seq, i, s) for seq, i, s, children in rows if children and s != "queued")
+    if ended:  # in enqueue order (RETURNING gives none)
+        _count_ended(conn, [(i, state) for _, i, state in ended], now)
+    return len(rows)
 
 
 def purge(
@@ -290,16 +502,20 @@ def purge(
 
 
 def cancel(conn: sqlite3.Connection, job_id: str, reason: str, now: float) -> JobState | None:
-    row = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    row = conn.execute("SELECT state, has_children FROM jobs WHERE id = ?", (job_id,)).fetchone()
     if row is None:
         return None
     state = _STATES.get(row[0], JobState.FAILED)  # an unknown state reads as failed
-    if state in (JobState.SCHEDULED, JobState.QUEUED):
+    if state in (JobState.WAITING, JobState.SCHEDULED, JobState.QUEUED):
         conn.execute(
             f"UPDATE jobs SET state = 'cancelled', key_lock = NULL, {_DONE}, "
             "meta = json_set(meta, '$.cancel_reason', ?) WHERE id = ?",
             (now, now, reason, job_id),
         )
+        if state is JobState.WAITING:  # the edges of its parents would count nothing
+            conn.execute("DELETE FROM edges WHERE child = ?", (job_id,))
+        if row[1]:
+            _count_ended(conn, [(job_id, "cancelled")], now)
         return JobState.CANCELLED
     if state is JobState.RUNNING:
         conn.execute(

@@ -3,7 +3,8 @@
 The `jobs` table's record columns derive from `conveyor.fields`: `COLUMNS` (what every
 SELECT/RETURNING reads), `INSERTED` (what an enqueue writes) and, for a field added to `Job`
 after a file was created, `sync_columns` adds its column on open. Columns only this store
-needs (`seq`, `token`, `key_lock`, `lease_expires`, `expires_at`) and the indexes are in the
+needs (`seq`, `token`, `key_lock`, `lease_expires`, `expires_at`, `has_children`), the
+indexes and the other tables (the capabilities', the dependency `edges`) are in the
 migrations, which are history: never edit one, add the next.
 """
 
@@ -16,7 +17,7 @@ from conveyor.fields import ENQUEUED, FIELDS, NAMES, Field, Kind
 
 __all__ = ["COLUMNS", "INSERTED", "SCHEMA_VERSION", "column_decl", "migrate", "sync_columns"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: Every SELECT/RETURNING reads `seq`, the record's fields in `fields.FIELDS` order, then
 #: `token`; `ops.row_to_job` depends on it.
@@ -150,8 +151,24 @@ CREATE TABLE paused (
 ) WITHOUT ROWID;
 """
 
+# Version 4: job dependencies. One row per parent→child edge not yet counted: written when a
+# waiting child is enqueued, read (by parent, the primary key) and deleted in the transaction
+# that ends the parent; a child cancelled meanwhile loses the rest of its edges. So the table
+# holds exactly the uncounted edges of waiting jobs. `has_children` marks the jobs an edge
+# ever named: the statement that ends a job returns it, and only those look up edges (jobs
+# without children pay no extra statement, whatever else the file holds).
+_V4 = """
+ALTER TABLE jobs ADD COLUMN has_children INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE edges (
+    parent     TEXT NOT NULL,                      -- a job that has not ended yet
+    child      TEXT NOT NULL,                      -- a waiting job that counts its end
+    PRIMARY KEY (parent, child)
+) WITHOUT ROWID;
+CREATE INDEX edges_child ON edges (child);         -- a cancelled child's uncounted edges go
+"""
+
 # MIGRATIONS[n] moves a file at version n to version n + 1.
-MIGRATIONS: dict[int, str] = {0: _V1, 1: _V2, 2: _V3}
+MIGRATIONS: dict[int, str] = {0: _V1, 1: _V2, 2: _V3, 3: _V4}
 
 
 def migrate(conn: sqlite3.Connection) -> None:
