@@ -19,6 +19,7 @@ from redis.crc import key_slot
 from conveyor.backends.base import ClaimRequest, JobFilter
 from conveyor.backends.redis import RedisBackend
 from conveyor.clock import FakeClock
+from conveyor.errors import DependencyError
 from conveyor.job import Completed, JobState
 from conveyor.testing.contract import BackendContract, DependContract, make_job
 
@@ -171,3 +172,22 @@ async def test_chains_of_queues_on_different_nodes_in_one_call(clean_cluster: st
             assert [i for i in order if i in set(chains[q])] == chains[q]
         counts = await b.counts()
         assert all(c == {JobState.COMPLETED: 4} for c in counts.values())
+
+
+async def test_a_parent_gone_at_write_time_leaves_nothing_in_the_cluster(
+    clean_cluster: str,
+) -> None:
+    """The enqueue script checks parents again (a purge since the base's check): nothing of
+    the call is written, not even the id → queue index entries written ahead of it."""
+    clock = FakeClock()
+    async with RedisBackend(clean_cluster, clock=clock) as b:
+        ok = make_job(clock, queue="q1")
+        orphan = make_job(clock, queue="q1", parents=("a" * 32,))
+        with pytest.raises(DependencyError, match="nothing was written"):
+            await b._enqueue([ok, orphan], clock.now())
+        assert await b.get([ok.id, orphan.id]) == [None, None]
+        client = redis.RedisCluster.from_url(clean_cluster.replace("redis+cluster", "redis"))
+        try:
+            assert client.hlen(b.keys.idx) == 0
+        finally:
+            client.close()

@@ -91,7 +91,9 @@ async def test_a_refusal_in_a_later_chunk_says_what_was_stored(
     purged between two chunks stops the call there, and the error says so."""
     jobs = [make_job(clock) for _ in range(_CHUNK)]
     orphan = make_job(clock, parents=("f" * 32,))
-    with pytest.raises(DependencyError, match=rf"first {_CHUNK} jobs were stored"):
+    with pytest.raises(
+        DependencyError, match=rf"the {_CHUNK} jobs of the call's earlier chunks were stored"
+    ):
         await backend._enqueue([*jobs, orphan], clock.now())
     got = await backend.get([jobs[0].id, jobs[-1].id, orphan.id])
     assert [j is not None for j in got] == [True, True, False]

@@ -188,7 +188,7 @@ class RedisBackend(Reads, Backend):
                     )
                     if graph:
                         if res and isinstance(res[0], list):
-                            await self._refused(conn, jobs, landed, res[0])
+                            await self._refused(conn, jobs, landed, dups, res[0])
                         landed += part
                     for i, r in zip(part, res, strict=True):
                         if r != 1:  # a duplicate: the id of the job holding its key
@@ -201,18 +201,18 @@ class RedisBackend(Reads, Backend):
         return out
 
     async def _refused(
-        self, conn: Conn, jobs: Sequence[Job], landed: list[int], reply: list[Any]
+        self, conn: Conn, jobs: Sequence[Job], landed: list[int], dups: list[int], reply: Any
     ) -> None:
         """The enqueue script found a parent missing (purged since `_check_dependencies`)
         and wrote nothing of its chunk: raise, saying what earlier chunks of a call of more
         than `_CHUNK` jobs stored (a purge between two chunks is the only way there)."""
         if self.keys.cluster:
-            kept = set(landed)
+            kept = set(landed).difference(dups)
             ids = [j.id for i, j in enumerate(jobs) if i not in kept]
             for s in range(0, len(ids), SWEEP):
                 await conn.call("HDEL", self.keys.idx, *ids[s : s + SWEEP])
         written = (
-            f"the call's first {len(landed)} jobs were stored, nothing after"
+            f"the {len(landed)} jobs of the call's earlier chunks were stored, none of the rest"
             if landed
             else "nothing was written"
         )
