@@ -6,10 +6,10 @@ import pytest
 
 from conveyor.backends.memory import MemoryBackend
 from conveyor.clock import FakeClock
-from conveyor.testing.contract import BackendContract, DependContract
+from conveyor.testing.contract import BackendContract
 
 
-class TestMemoryBackend(DependContract, BackendContract):
+class TestMemoryBackend(BackendContract):
     @pytest.fixture
     async def backend(self, clock: FakeClock) -> AsyncIterator[MemoryBackend]:
         async with MemoryBackend(clock=clock) as b:

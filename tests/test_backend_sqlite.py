@@ -21,13 +21,12 @@ from conveyor.job import Completed, Job, JobState
 from conveyor.testing.contract import (
     BackendContract,
     Corrupt,
-    DependContract,
     PoisonContract,
     make_job,
 )
 
 
-class TestSQLiteBackend(DependContract, BackendContract, PoisonContract):
+class TestSQLiteBackend(BackendContract, PoisonContract):
     @pytest.fixture
     async def backend(self, clock: FakeClock, tmp_path: Path) -> AsyncIterator[SQLiteBackend]:
         async with SQLiteBackend(tmp_path / "jobs.db", clock=clock) as b:

@@ -21,7 +21,7 @@ from conveyor.backends.redis import RedisBackend
 from conveyor.clock import FakeClock
 from conveyor.errors import DependencyError
 from conveyor.job import Completed, JobState
-from conveyor.testing.contract import BackendContract, DependContract, make_job
+from conveyor.testing.contract import BackendContract, make_job
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -113,7 +113,7 @@ def clean_cluster(cluster_url: str) -> str:
     return cluster_url
 
 
-class TestRedisClusterBackend(DependContract, BackendContract):
+class TestRedisClusterBackend(BackendContract):
     @pytest.fixture
     async def backend(self, clock: FakeClock, clean_cluster: str) -> AsyncIterator[RedisBackend]:
         async with RedisBackend(clean_cluster, clock=clock) as b:

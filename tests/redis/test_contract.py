@@ -8,10 +8,10 @@ import pytest
 
 from conveyor.backends.redis import RedisBackend
 from conveyor.clock import FakeClock
-from conveyor.testing.contract import BackendContract, Corrupt, DependContract, PoisonContract
+from conveyor.testing.contract import BackendContract, Corrupt, PoisonContract
 
 
-class TestRedisBackend(DependContract, BackendContract, PoisonContract):
+class TestRedisBackend(BackendContract, PoisonContract):
     @pytest.fixture
     async def backend(self, clock: FakeClock, redis_url: str) -> AsyncIterator[RedisBackend]:
         async with RedisBackend(redis_url, clock=clock) as b:
@@ -26,7 +26,7 @@ class TestRedisBackend(DependContract, BackendContract, PoisonContract):
         return corrupt
 
 
-class TestRedisBackendWithPrefix(DependContract, BackendContract):
+class TestRedisBackendWithPrefix(BackendContract):
     """Another app's jobs under the default prefix stay invisible to this one."""
 
     @pytest.fixture

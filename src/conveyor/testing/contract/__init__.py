@@ -52,7 +52,8 @@ __all__ = [
 
 
 class BackendContract(
-    AnnotateContract,  # builds on CoreContract's helpers, so it comes first
+    AnnotateContract,  # these two build on CoreContract's helpers, so they come first
+    DependContract,
     CoreContract,
     RecordContract,
     CountersContract,
@@ -60,4 +61,4 @@ class BackendContract(
     PresenceContract,
     QueueControlContract,
 ):
-    """Every contract test: the lifecycle, the record, and every capability."""
+    """Every contract test: the lifecycle, dependencies, the record, and every capability."""
