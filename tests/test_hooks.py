@@ -42,6 +42,7 @@ async def test_hooks_see_every_failed_attempt_and_the_dead_letter_in_order(
     calls: Calls = []
     recorded: list[tuple[int, int, JobState]] = []
     seen: list[conveyor.JobInfo] = []
+    outside: list[str] = []
 
     @app.task(retry=no_wait(3), queue="q")
     async def flaky(n: int) -> None:
@@ -67,6 +68,10 @@ async def test_hooks_see_every_failed_attempt_and_the_dead_letter_in_order(
     @app.on_dead_letter
     async def dead(job: conveyor.JobInfo, error: BaseException) -> None:
         calls.append(("dead", job.task, job.attempt, repr(error)))
+        try:
+            conveyor.current_job()
+        except StateError:  # the attempt is over: a hook runs outside it
+            outside.append(job.id)
 
     h = await flaky.enqueue(1)
     ok = await fine.enqueue()
@@ -87,6 +92,7 @@ async def test_hooks_see_every_failed_attempt_and_the_dead_letter_in_order(
         ],
     ]
     assert len(calls) == 7
+    assert outside == [h.id]
     assert all(errors >= attempt for attempt, errors, _ in recorded)
     assert recorded[-1] == (3, 3, JobState.FAILED)
     last = seen[-1]

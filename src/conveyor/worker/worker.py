@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import logging
 import os
@@ -327,14 +328,12 @@ class JobRunner(Service):
         threads, timeout = self._threads, self.config.hook_timeout
         assert threads is not None
         try:
-            if len(calls) == 1:
-                info, exc, dead = calls[0]
-                await hooks.failed(info, exc, dead=dead, threads=threads, timeout=timeout)
-                return
             async with asyncio.TaskGroup() as tg:
                 for info, exc, dead in calls:
                     run = hooks.failed(info, exc, dead=dead, threads=threads, timeout=timeout)
-                    tg.create_task(run, name=f"conveyor-hooks-{info.id}")
+                    # A fresh context: the attempt is over, so no `current_job()` in a hook.
+                    name = f"conveyor-hooks-{info.id}"
+                    tg.create_task(run, name=name, context=contextvars.Context())
         except asyncio.CancelledError:
             if not any(entry.interrupted for entry, _ in pairs):
                 raise
