@@ -16,13 +16,16 @@ def test_public_namespace_is_locked() -> None:
     expected = [
         "App",
         "Batch",
+        "BatchStatus",
         "BatchTask",
         "Cancel",
         "Clock",
         "ConveyorError",
         "Fail",
         "FakeClock",
+        "GroupHandle",
         "Job",
+        "JobBatch",
         "JobCancelled",
         "JobContext",
         "JobFailed",
@@ -35,11 +38,15 @@ def test_public_namespace_is_locked() -> None:
         "NonRetryable",
         "Retry",
         "RetryPolicy",
+        "Signature",
         "SystemClock",
         "Task",
         "WorkerConfig",
+        "chain",
+        "chord",
         "current_job",
         "current_jobs",
+        "group",
     ]
     assert sorted(conveyor.__all__) == expected
     for name in conveyor.__all__:
