@@ -75,23 +75,29 @@ def enqueue(conn: sqlite3.Connection, jobs: Sequence[Job], now: float) -> list[s
         return [job.id for job in jobs]
     out: list[str] = []
     renamed: dict[str, str] = {}  # a duplicate's id -> its key's holder
+    plain: list[Job] = []  # a run of jobs with neither key nor parents, inserted together
     for job in jobs:
-        if job.parents:
-            got = _enqueue_child(conn, job, renamed, now)
-        elif job.key is None:
-            conn.execute(_INSERT_PLAIN, _insert_row(job, now))
-            got = job.id
-        else:
-            _release_stale_key(conn, job.key, now)
+        key = job.key
+        if key is None and not job.parents:
+            plain.append(job)
+            out.append(job.id)
+            continue
+        if plain:
+            conn.executemany(_INSERT_PLAIN, [_insert_row(j, now) for j in plain])
+            plain.clear()
+        if key is not None and not job.parents:
+            _release_stale_key(conn, key, now)
             got = job.id
             if conn.execute(_INSERT_KEYED, _insert_row(job, now)).rowcount != 1:
-                holder = conn.execute(
-                    "SELECT id FROM jobs WHERE key_lock = ?", (job.key,)
-                ).fetchone()
+                holder = conn.execute("SELECT id FROM jobs WHERE key_lock = ?", (key,)).fetchone()
                 got = job.id if holder is None else holder[0]
+        else:
+            got = _enqueue_child(conn, job, renamed, now)
         if got != job.id:
             renamed[job.id] = got
         out.append(got)
+    if plain:
+        conn.executemany(_INSERT_PLAIN, [_insert_row(j, now) for j in plain])
     return out
 
 
