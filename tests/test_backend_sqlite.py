@@ -17,11 +17,12 @@ from conveyor.backends.sqlite import SQLiteBackend, ops
 from conveyor.backends.sqlite.schema import SCHEMA_VERSION
 from conveyor.clock import FakeClock
 from conveyor.errors import BackendError, DependencyError, StoreUnavailable
-from conveyor.job import Completed, Job, JobState
+from conveyor.job import Completed, Failed, Job, JobState
 from conveyor.testing.contract import (
     BackendContract,
     Corrupt,
     PoisonContract,
+    err,
     make_job,
 )
 
@@ -392,3 +393,31 @@ async def test_the_edge_read_uses_the_primary_key(tmp_path: Path) -> None:
     conn.close()
     assert "SEARCH e USING PRIMARY KEY (parent=?)" in plan
     assert "SEARCH j USING INDEX sqlite_autoindex_jobs_1 (id=?)" in plan
+
+
+async def test_a_call_mixing_plain_keyed_and_waiting_jobs(tmp_path: Path) -> None:
+    clock = FakeClock()
+    path = tmp_path / "j.db"
+    async with SQLiteBackend(path, clock=clock) as b:
+        failed = make_job(clock)
+        await b.enqueue([failed])
+        (lease,) = await b.claim(ClaimRequest(["default"], 10, 30.0, "w"))
+        assert await b.settle([(lease, Failed(err()))]) == [True]
+        a, c = make_job(clock), make_job(clock)
+        child = make_job(clock, parents=(a.id, c.id))  # both plain, earlier in the call
+        keyed = make_job(clock, key="k")
+        doomed = make_job(clock, parents=(failed.id,), key="doomed")
+        tail = make_job(clock, parents=(child.id,))
+        jobs = [a, c, child, keyed, make_job(clock, key="k"), doomed, tail, make_job(clock)]
+        ids = await b.enqueue(jobs)
+        assert ids == [j.id for j in jobs[:4]] + [keyed.id] + [j.id for j in jobs[5:]]
+        got = {j.id: j for j in await b.get(ids) if j}
+        assert [got[j.id].state for j in (a, c, child, keyed, doomed, tail)] == [
+            JobState.QUEUED, JobState.QUEUED, JobState.WAITING, JobState.QUEUED,
+            JobState.CANCELLED, JobState.WAITING,
+        ]  # fmt: skip
+        assert got[child.id].waiting_for == 2
+        assert got[doomed.id].meta["cancel_reason"] == f"parent {failed.id} failed"
+        again = make_job(clock, key="doomed")  # stored cancelled, it never held its key
+        assert await b.enqueue([again]) == [again.id]
+    assert _edges(path) == sorted([(a.id, child.id), (c.id, child.id), (child.id, tail.id)])
