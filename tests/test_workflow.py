@@ -4,12 +4,14 @@ run by a real worker on the memory store and on a SQLite file."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 import conveyor
+from conveyor.backends.base import JobFilter
 from conveyor.cli import cli
 from conveyor.errors import ConfigError, DependencyError, InvalidArguments, InvalidOption
 from conveyor.job import JobState
@@ -325,3 +327,23 @@ async def test_inspect_shows_a_waiting_jobs_parents(tmp_path: Path) -> None:
     # (The console's width is fixed when the CLI module is first imported: 80 columns here,
     # which cuts the header to "wait…".)
     assert stats.exit_code == 0 and "wait" in stats.output, stats.output
+
+
+async def test_each_chain_step_starts_as_soon_as_the_last_one_settled(tmp_path: Path) -> None:
+    # A regression: SQLite's idle wait took its change baseline after looking for ready work,
+    # so a child released by the worker's own settle in between waited out the idle wait (1 s).
+    app = conveyor.App(f"sqlite:///{tmp_path}/jobs.db")
+
+    @app.task
+    async def step(n: int) -> int:
+        return n + 1
+
+    async with app:
+        async with app.worker(concurrency=64):
+            flow = await conveyor.chain(step.s(0), *(step.s() for _ in range(99))).enqueue()
+            assert await flow.result(timeout=60) == 100
+        page = await app.backend.query(JobFilter(), limit=1000)
+    times = sorted((j.started_at or 0.0, j.finished_at or 0.0) for j in page.jobs)
+    gaps = [b[0] - a[1] for a, b in itertools.pairwise(times)]
+    assert max(gaps) < 0.5, sorted(gaps)[-5:]  # a lost wake-up costs a whole second
+    await app.aclose()

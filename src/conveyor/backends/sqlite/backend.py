@@ -312,18 +312,21 @@ class SQLiteBackend(Backend):
         return await self._ro(lambda c: ops.query(c, filter, after, limit))
 
     async def _wait(self, queues: Sequence[str], timeout: float) -> None:
+        # The baseline comes first: a commit that lands while we look (another process's
+        # enqueue, or this worker's own settle releasing a waiting child) must wake us, not
+        # fall between the look and the baseline and cost a whole idle wait.
+        self._changed()
         now = self.clock.now()
         due = await self._ro(lambda c: ops.next_due(c, queues, now))
         if due == 0.0:
             return
         if due is not None:
             timeout = min(timeout, due)
-        self._changed()  # take the current version as the baseline
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 while True:
-                    # Commits in this process wake us at once; other processes' commits are
-                    # seen by the data_version poll.
+                    # This store's enqueues and settles notify `local_wakeup` (`Backend._woke`);
+                    # every other commit is seen by the data_version poll.
                     await self.local_wakeup.wait(_POLL)
                     if self._changed():
                         return
