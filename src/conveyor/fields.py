@@ -82,7 +82,7 @@ class Field:
 # Fields the store sets as the job moves; every other field comes from the producer.
 MANAGED = frozenset(
     {"state", "attempts", "result", "errors", "started_at", "finished_at", "worker",
-     "cancel_requested", "checkpoint", "progress", "waiting_for"}
+     "cancel_requested", "checkpoint", "progress"}
 )  # fmt: skip
 
 _KINDS: dict[object, Kind] = {

@@ -90,7 +90,9 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     anyway). `feed` says how the parents' results reach the handler: ``""`` not at all (the
     job context has them), ``"one"`` the one parent's result as the first argument (a chain
     step), ``"all"`` the list of the parents' results, in `parents` order, as the first
-    argument (a chord callback).
+    argument (a chord callback). A producer may enqueue a job with `waiting_for` > 0:
+    holds it waits for besides its parents, given back with `Backend.link` (a batch's
+    callbacks wait so for the batch's block to end).
     """
 
     id: str
@@ -111,6 +113,7 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     parents: tuple[str, ...] = ()
     on_parent_failure: str = "cancel"
     feed: str = ""
+    waiting_for: int = 0
     meta: Mapping[str, object] = msgspec.field(default_factory=dict)
     result: bytes | None = None
     errors: tuple[AttemptError, ...] = ()
@@ -120,7 +123,6 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     cancel_requested: bool = False
     checkpoint: bytes | None = None
     progress: Mapping[str, object] = msgspec.field(default_factory=dict)
-    waiting_for: int = 0
 
     @property
     def last_error(self) -> AttemptError | None:

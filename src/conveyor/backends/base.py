@@ -174,7 +174,9 @@ class Backend(abc.ABC):
         `scheduled`.
 
         Dependencies: a job with `parents` is stored `waiting` while any parent has not
-        ended, `waiting_for` counting those. A parent is a stored job or a job earlier in
+        ended, `waiting_for` counting those, plus the holds it was enqueued with (its own
+        `waiting_for`, given back with `link`: a job enqueued with holds waits for them
+        even without parents). A parent is a stored job or a job earlier in
         the same call (a parent skipped there as a duplicate stands for its key's holder).
         A parent that already ended counts as ended: completed, or failed/cancelled with
         ``on_parent_failure="run"``; one that failed or was cancelled otherwise makes the
@@ -191,6 +193,13 @@ class Backend(abc.ABC):
         are its own waiting children. Each parent→child edge counts once: a parent
         requeued and ended again changes nothing for its children.
         """
+        for job in jobs:
+            holds = job.waiting_for
+            if holds and (isinstance(holds, bool) or not 0 < holds <= MAX_PARENTS):
+                raise InvalidOption(
+                    f"job {job.id}: waiting_for (holds) must be within 0..{MAX_PARENTS}, "
+                    f"not {holds!r}"
+                )
         if any(job.parents for job in jobs):
             await self._check_dependencies(jobs)
         if self.op_batch and len(jobs) > self.op_batch and any(job.parents for job in jobs):
@@ -252,6 +261,82 @@ class Backend(abc.ABC):
                 )
             if not self.cross_queue_dependencies and got.queue != child.queue:
                 raise DependencyError(_cross_queue(self, child, parent, got.queue))
+
+    async def link(self, child: str, parents: Sequence[str] = (), holds: int = 0) -> bool:
+        """Make a waiting job wait for more, or for less: in one atomic step, if `child` is
+        `waiting`, each of `parents` not yet among its parents becomes one (appended to
+        `Job.parents`): one that has not ended adds one to its `waiting_for`; one that has
+        ended counts at once, as at enqueue (a failed or cancelled one, with the child's
+        policy ``"cancel"``, cancels the child and what waits on it). Then `holds` is added
+        to `waiting_for` (negative: holds given back; a producer puts holds on a job by
+        enqueueing it with `Job.waiting_for` > 0); at 0 the child becomes scheduled or
+        queued. `False`, and nothing changed, if `child` is not waiting (unknown, released
+        already, or ended). A batch uses this to gather members for its callbacks.
+
+        Raises:
+            DependencyError: a parent this store doesn't hold, the child itself or a job
+                that waits for it (a cycle), or one in another queue where
+                `cross_queue_dependencies` is false; nothing was changed.
+            InvalidOption: `holds` is not an int within ±`MAX_PARENTS`.
+        """
+        self._open()
+        if isinstance(holds, bool) or not isinstance(holds, int) or abs(holds) > MAX_PARENTS:
+            raise InvalidOption(f"holds must be an int within ±{MAX_PARENTS}, not {holds!r}")
+        wanted = list(dict.fromkeys(parents))
+        if len(wanted) > MAX_PARENTS:
+            raise DependencyError(f"link() takes at most {MAX_PARENTS} parents, not {len(wanted)}")
+        for parent in wanted:
+            if not parent or "," in parent:
+                raise DependencyError(f"job {child}: {parent!r} is not a job id")
+            if parent == child:
+                raise DependencyError(f"job {child} can't wait for itself (a cycle)")
+        if wanted:
+            await self._check_link(child, wanted)
+        if not wanted and not holds:
+            (job,) = await self._get([child])
+            return job is not None and job.state is JobState.WAITING
+        changed = await self._link(child, wanted, holds, self.clock.now())
+        self._woke(changed)
+        return changed
+
+    async def _check_link(self, child: str, parents: list[str]) -> None:
+        """Refuse parents that don't exist or wait (through live edges) for `child`."""
+        known: dict[str, Job] = {}
+        frontier = parents
+        first = True
+        while frontier:
+            got = await self._chunked(lambda part, now: self._get(part), frontier)
+            nxt: list[str] = []
+            for job_id, job in zip(frontier, got, strict=True):
+                if job is None:
+                    if first:
+                        raise DependencyError(
+                            f"job {child} can't wait for {job_id}, which this store doesn't "
+                            "hold (unknown, or already purged); nothing was changed"
+                        )
+                    continue
+                known[job_id] = job
+                if job.state is JobState.WAITING:
+                    for up in job.parents:
+                        if up == child:
+                            raise DependencyError(
+                                f"job {child} can't wait for {job_id}: {job_id} waits for it "
+                                "(a cycle); nothing was changed"
+                            )
+                        if up not in known:
+                            nxt.append(up)
+            frontier = list(dict.fromkeys(nxt))
+            first = False
+        if not self.cross_queue_dependencies:
+            (own,) = await self._get([child])
+            for parent in parents:
+                if own is not None and known[parent].queue != own.queue:
+                    raise DependencyError(_cross_queue(self, own, parent, known[parent].queue))
+
+    async def _link(self, child: str, parents: Sequence[str], holds: int, now: float) -> bool:
+        """Apply `link` in one atomic step; parents are checked to exist and to make no
+        cycle (the store checks existence again)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement link()")
 
     async def _enqueue_graph(self, jobs: Sequence[Job]) -> list[str]:
         """A call larger than `op_batch` with dependencies, chunk by chunk: a later chunk's

@@ -127,11 +127,11 @@ class MemoryBackend(Backend):
             elif parent.state is not JobState.COMPLETED and job.on_parent_failure != "run":
                 reason = f"parent {parent_id} {parent.state.value}"
                 return self._cancelled(job, Cancelled(reason), now)
-        if not waiting:
+        if not waiting and not job.waiting_for:
             return replace(job, state=rules.state_for_run_at(job.run_at, now))
         for parent_id in waiting:
             self._children.setdefault(parent_id, []).append(job.id)
-        return replace(job, state=JobState.WAITING, waiting_for=len(waiting))
+        return replace(job, state=JobState.WAITING, waiting_for=len(waiting) + job.waiting_for)
 
     def _live_lease(self, lease: Lease) -> Job | None:
         job = self._jobs.get(lease.id)
@@ -163,7 +163,7 @@ class MemoryBackend(Backend):
                         renamed[job.id] = holder.id
                         continue
                 self._seq[job.id] = next(self._counter)
-                if job.parents:
+                if job.parents or job.waiting_for:
                     parents = tuple(renamed.get(p, p) for p in job.parents)
                     job = self._blocked(replace(job, parents=parents), now)
                 else:
@@ -173,6 +173,39 @@ class MemoryBackend(Backend):
                 self._put(job)
                 out.append(job.id)
         return out
+
+    async def _link(self, child: str, parents: Sequence[str], holds: int, now: float) -> bool:
+        with self._lock:
+            job = self._jobs.get(child)
+            if job is None or job.state is not JobState.WAITING:
+                return False
+            for parent_id in parents:
+                if parent_id not in self._jobs:
+                    raise DependencyError(
+                        f"job {child} can't wait for {parent_id}, which this store doesn't "
+                        "hold (unknown, or already purged); nothing was changed"
+                    )
+            new = [p for p in parents if p not in job.parents]
+            live = [p for p in new if not self._jobs[p].state.terminal]
+            job = replace(job, parents=(*job.parents, *new))
+            for parent_id in new:
+                parent = self._jobs[parent_id]
+                if parent.state.terminal and parent.state is not JobState.COMPLETED:
+                    if job.on_parent_failure != "run":
+                        reason = f"parent {parent_id} {parent.state.value}"
+                        self._put(self._cancelled(job, Cancelled(reason), now))
+                        self._count_ended(now)
+                        return True
+            for parent_id in live:
+                self._children.setdefault(parent_id, []).append(child)
+            left = max(0, job.waiting_for + len(live) + holds)
+            if left:
+                self._jobs[child] = replace(job, waiting_for=left)
+            else:
+                self._put(
+                    replace(job, state=rules.state_for_run_at(job.run_at, now), waiting_for=0)
+                )
+            return True
 
     def _check_parents(self, jobs: Sequence[Job]) -> None:
         earlier: set[str] = set()

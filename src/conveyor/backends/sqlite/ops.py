@@ -58,9 +58,10 @@ _INSERT_PLAIN = _INSERT.format(verb="")
 _INSERT_KEYED = _INSERT.format(verb="OR IGNORE")
 _ENQUEUED = tuple(f.name for f in ENQUEUED)
 # Encoded below, the rest stored as they are: meta (last) and the parents' ids (just before).
-assert _ENQUEUED[-4:] == ("parents", "on_parent_failure", "feed", "meta")
-_plain = operator.attrgetter(*_ENQUEUED[:-4])
-_flow = operator.attrgetter("on_parent_failure", "feed")
+assert _ENQUEUED[-5:] == ("parents", "on_parent_failure", "feed", "waiting_for", "meta")
+_plain = operator.attrgetter(*_ENQUEUED[:-5])
+_flow = operator.attrgetter("on_parent_failure", "feed", "waiting_for")
+_WAITING_FOR = INSERTED.index("waiting_for")
 
 
 def _insert_row(job: Job, now: float) -> tuple[object, ...]:
@@ -103,8 +104,8 @@ def enqueue(conn: sqlite3.Connection, jobs: Sequence[Job], now: float) -> list[s
 
 # A job with parents is written with the columns the store would otherwise set later.
 _INSERT_CHILD = (
-    f"INSERT OR IGNORE INTO jobs ({', '.join(INSERTED)}, waiting_for, finished_at, expires_at) "
-    f"VALUES ({', '.join('?' * (len(INSERTED) + 3))})"
+    f"INSERT OR IGNORE INTO jobs ({', '.join(INSERTED)}, finished_at, expires_at) "
+    f"VALUES ({', '.join('?' * (len(INSERTED) + 2))})"
 )
 _ENDED = frozenset(s.value for s in TERMINAL)
 _IN_CHUNK = 500  # ids per `IN (...)`: well under SQLite's parameter limit
@@ -140,7 +141,9 @@ def _enqueue_child(
         done = ("waiting", job.key, len(waiting), None, None)
     else:
         done = (rules.state_for_run_at(job.run_at, now).value, job.key, 0, None, None)
-    if conn.execute(_INSERT_CHILD, (*_insert_row(job, now)[:-2], *done)).rowcount != 1:
+    row = list(_insert_row(job, now)[:-2])
+    row[_WAITING_FOR] = done[2]
+    if conn.execute(_INSERT_CHILD, (*row, done[0], done[1], *done[3:])).rowcount != 1:
         return job.id  # stored already (a retried call): its edges were written then
     if waiting:
         conn.executemany(

@@ -321,3 +321,97 @@ class DependContract(CoreContract):
         with pytest.raises(DependencyError, match="share a queue"):
             await backend.enqueue([a, b])
         await self._nothing_stored(backend, [a, b])
+
+    # -- holds and link (a batch gathering members for its callbacks) -----------------------
+
+    async def test_a_job_enqueued_with_holds_waits_for_them(
+        self, backend: Backend, clock: FakeClock
+    ) -> None:
+        held = await self._enqueue(backend, clock, waiting_for=2)
+        parent = await self._enqueue(backend, clock)
+        both = await self._enqueue(backend, clock, waiting_for=1, parents=(parent.id,))
+        (got,) = await self._jobs(backend, [held.id])
+        assert got.state is JobState.WAITING and got.waiting_for == 2
+        (got,) = await self._jobs(backend, [both.id])
+        assert got.state is JobState.WAITING and got.waiting_for == 2
+        assert await self._run(backend) == [parent.id]
+        (got,) = await self._jobs(backend, [both.id])
+        assert got.state is JobState.WAITING and got.waiting_for == 1  # the hold is left
+        assert await backend.link(held.id, holds=-1)
+        (got,) = await self._jobs(backend, [held.id])
+        assert got.state is JobState.WAITING and got.waiting_for == 1
+        assert await backend.link(held.id, holds=-1)
+        assert await backend.link(both.id, holds=-1)
+        assert sorted(await self._run(backend)) == sorted([held.id, both.id])
+
+    async def test_link_adds_parents_to_a_waiting_job(
+        self, backend: Backend, clock: FakeClock
+    ) -> None:
+        held = await self._enqueue(backend, clock, waiting_for=1)
+        a = await self._enqueue(backend, clock)
+        b = await self._enqueue(backend, clock)
+        assert await backend.link(held.id, [a.id, b.id, a.id], holds=-1)
+        (got,) = await self._jobs(backend, [held.id])
+        assert got.state is JobState.WAITING and got.waiting_for == 2
+        assert got.parents == (a.id, b.id)
+        assert await backend.link(held.id, [a.id])  # a parent already: nothing changes
+        (got,) = await self._jobs(backend, [held.id])
+        assert got.waiting_for == 2 and got.parents == (a.id, b.id)
+        first = await self._claim_one(backend)
+        assert await backend.settle([(first, Completed(None))]) == [True]
+        assert await self._states(backend, held) == [JobState.WAITING]
+        assert sorted(await self._run(backend)) == [b.id]
+        assert await self._run(backend) == [held.id]
+
+    async def test_link_counts_parents_that_already_ended(
+        self, backend: Backend, clock: FakeClock
+    ) -> None:
+        done = await self._enqueue(backend, clock)
+        assert await self._run(backend) == [done.id]
+        failed = await self._enqueue(backend, clock)
+        lease = await self._claim_one(backend)
+        assert await backend.settle([(lease, Failed(err()))]) == [True]
+        held = await self._enqueue(backend, clock, waiting_for=1)
+        anyway = await self._enqueue(backend, clock, waiting_for=1, on_parent_failure="run")
+        assert await backend.link(held.id, [done.id])
+        (got,) = await self._jobs(backend, [held.id])
+        assert got.state is JobState.WAITING and got.waiting_for == 1
+        assert await backend.link(anyway.id, [done.id, failed.id], holds=-1)
+        assert await self._states(backend, anyway) == [JobState.QUEUED]
+        child = await self._enqueue(backend, clock, parents=(held.id,))
+        assert await backend.link(held.id, [failed.id])
+        got = {j.id: j for j in await self._jobs(backend, [held.id, child.id])}
+        assert got[held.id].state is JobState.CANCELLED
+        assert got[held.id].meta.get("cancel_reason") == f"parent {failed.id} failed"
+        assert got[child.id].state is JobState.CANCELLED  # the cascade
+
+    async def test_link_changes_nothing_on_a_job_that_no_longer_waits(
+        self, backend: Backend, clock: FakeClock
+    ) -> None:
+        ready = await self._enqueue(backend, clock)
+        parent = await self._enqueue(backend, clock)
+        assert not await backend.link(ready.id, [parent.id])
+        assert not await backend.link(ready.id, holds=1)
+        assert not await backend.link("f" * 32, holds=-1)
+        (got,) = await self._jobs(backend, [ready.id])
+        assert got.state is JobState.QUEUED and got.parents == () and got.waiting_for == 0
+        assert await self._run(backend) == [ready.id, parent.id]
+
+    async def test_bad_links_change_nothing(self, backend: Backend, clock: FakeClock) -> None:
+        held = await self._enqueue(backend, clock, waiting_for=1)
+        below = await self._enqueue(backend, clock, parents=(held.id,))
+        deeper = await self._enqueue(backend, clock, parents=(below.id,))
+        with pytest.raises(DependencyError, match="unknown, or already purged"):
+            await backend.link(held.id, ["0" * 32], holds=-1)
+        with pytest.raises(DependencyError, match="cycle"):
+            await backend.link(held.id, [deeper.id], holds=-1)
+        with pytest.raises(DependencyError, match="itself"):
+            await backend.link(held.id, [held.id])
+        with pytest.raises(InvalidOption, match="holds"):
+            await backend.link(held.id, holds=True)
+        with pytest.raises(InvalidOption, match="holds"):
+            await backend.enqueue([make_job(clock, waiting_for=-1)])
+        (got,) = await self._jobs(backend, [held.id])
+        assert got.state is JobState.WAITING and got.waiting_for == 1 and got.parents == ()
+        assert await backend.link(held.id, holds=-1)
+        assert await self._run(backend) == [held.id]
