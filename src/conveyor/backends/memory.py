@@ -190,12 +190,12 @@ class MemoryBackend(Backend):
             job = replace(job, parents=(*job.parents, *new))
             for parent_id in new:
                 parent = self._jobs[parent_id]
-                if parent.state.terminal and parent.state is not JobState.COMPLETED:
-                    if job.on_parent_failure != "run":
-                        reason = f"parent {parent_id} {parent.state.value}"
-                        self._put(self._cancelled(job, Cancelled(reason), now))
-                        self._count_ended(now)
-                        return True
+                failed = parent.state.terminal and parent.state is not JobState.COMPLETED
+                if failed and job.on_parent_failure != "run":
+                    reason = f"parent {parent_id} {parent.state.value}"
+                    self._put(self._cancelled(job, Cancelled(reason), now))
+                    self._count_ended(now)
+                    return True
             for parent_id in live:
                 self._children.setdefault(parent_id, []).append(child)
             left = max(0, job.waiting_for + len(live) + holds)
