@@ -380,10 +380,10 @@ class DependContract(CoreContract):
         assert await self._states(backend, anyway) == [JobState.QUEUED]
         child = await self._enqueue(backend, clock, parents=(held.id,))
         assert await backend.link(held.id, [failed.id])
-        got = {j.id: j for j in await self._jobs(backend, [held.id, child.id])}
-        assert got[held.id].state is JobState.CANCELLED
-        assert got[held.id].meta.get("cancel_reason") == f"parent {failed.id} failed"
-        assert got[child.id].state is JobState.CANCELLED  # the cascade
+        cancelled, below = await self._jobs(backend, [held.id, child.id])
+        assert cancelled.state is JobState.CANCELLED
+        assert cancelled.meta.get("cancel_reason") == f"parent {failed.id} failed"
+        assert below.state is JobState.CANCELLED  # the cascade
 
     async def test_link_changes_nothing_on_a_job_that_no_longer_waits(
         self, backend: Backend, clock: FakeClock
