@@ -204,9 +204,12 @@ async def test_a_batch_whose_members_fail_completes_but_does_not_succeed(
     assert await batch.callbacks["on_success"].status() is JobState.CANCELLED
 
 
-async def test_a_batch_block_that_raises_writes_no_callbacks(app: conveyor.App) -> None:
+async def test_a_batch_block_that_raises_keeps_its_members(app: conveyor.App) -> None:
+    fired: list[int] = []
+
     @app.task
     async def row(n: int) -> int:
+        fired.append(n)
         return n
 
     batch = app.batch(on_complete=row.s(0))
@@ -218,7 +221,57 @@ async def test_a_batch_block_that_raises_writes_no_callbacks(app: conveyor.App) 
 
     with pytest.raises(RuntimeError):
         await fill()
-    assert batch.callbacks == {} and len(batch.members) == 1
+    assert len(batch.members) == 1
+    await drain(app)
+    assert fired == [1, 0]  # the member, then the callback: the batch didn't hang
+
+
+async def test_a_member_reopens_its_batch_to_add_jobs(app: conveyor.App) -> None:
+    order: list[str] = []
+
+    @app.task
+    async def crawl(page: int, batch_id: str) -> None:
+        order.append(f"page {page}")
+        if page < 3:
+            async with app.batch(reopen=batch_id):
+                await crawl.enqueue(page + 1, batch_id)
+
+    @app.task
+    async def report() -> None:
+        order.append("report")
+
+    async with app.batch(on_success=report.s()) as batch:
+        assert batch.id is not None
+        await crawl.enqueue(0, batch.id)
+    await drain(app)
+    assert order == ["page 0", "page 1", "page 2", "page 3", "report"]
+    status = await batch.status()
+    assert (status.total, status.completed) == (4, 4)  # what the members added counts too
+    with pytest.raises(conveyor.ConveyorError, match="has finished"):
+        async with app.batch(reopen=batch.id):
+            pass
+    with pytest.raises(conveyor.ConveyorError, match="no batch"):
+        async with app.batch(reopen="0" * 32):
+            pass
+    plain = app.batch()
+    async with plain:
+        await report.enqueue()
+    assert plain.id is None and len(plain.members) == 1
+
+
+async def test_a_member_that_waits_for_its_batch_is_a_cycle(app: conveyor.App) -> None:
+    @app.task
+    async def row(n: int) -> int:
+        return n
+
+    batch = app.batch(on_complete=row.s(0))
+
+    async def fill() -> None:
+        async with batch:
+            await row.options(after=[batch.callbacks["on_complete"]]).enqueue(1)
+
+    with pytest.raises(DependencyError, match="cycle"):
+        await fill()
 
 
 async def test_a_chain_from_sync_code(app: conveyor.App) -> None:

@@ -322,10 +322,11 @@ class App:
         *,
         on_success: Signature[Any] | None = None,
         on_complete: Signature[Any] | None = None,
+        reopen: str | None = None,
     ) -> JobBatch:
         """Jobs enqueued inside ``async with app.batch(...):`` form a batch; `on_success`
-        runs once they all completed, `on_complete` once they all ended (see
-        `conveyor.workflow.JobBatch`).
+        runs once they all completed, `on_complete` once they all ended. ``reopen=batch.id``
+        opens an existing batch again to add jobs (see `conveyor.workflow.JobBatch`).
 
         Example:
             async with app.batch(on_success=notify.s("import done")) as batch:
@@ -333,7 +334,9 @@ class App:
                     await import_row.enqueue(row)
             print(await batch.status())
         """
-        return JobBatch(self.registry, on_success=on_success, on_complete=on_complete)
+        return JobBatch(
+            self.registry, on_success=on_success, on_complete=on_complete, reopen=reopen
+        )
 
     # -- locks -----------------------------------------------------------------------------
 

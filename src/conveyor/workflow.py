@@ -19,7 +19,10 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
-from conveyor.errors import ConfigError
+import msgspec
+
+from conveyor.backends.base import MAX_PARENTS
+from conveyor.errors import ConfigError, StateError
 from conveyor.handle import JobHandle
 from conveyor.job import Job, JobState
 from conveyor.registry import Registry
@@ -38,6 +41,9 @@ __all__ = [
 ]
 
 R = TypeVar("R")
+
+#: The meta key a batch's callbacks carry: the ids of its callbacks, by name.
+BATCH_META = "conveyor_batch"
 
 
 def _registry(signatures: Sequence[Signature[Any]], what: str) -> Registry:
@@ -212,18 +218,21 @@ class BatchStatus:
 class JobBatch:
     """Jobs enqueued inside ``async with app.batch(...)`` and callbacks for when they end.
 
-    Every job enqueued in the block (by this task, in this context: nested calls and
-    awaited helpers included) is a member. When the block exits, the callbacks are written
-    as jobs waiting for every member: `on_success` runs once all members completed (a member
-    that fails or is cancelled cancels it), `on_complete` once all ended, however they
-    ended. Each runs once: the store releases it in the settle that ends the last member. A
-    batch opened inside another is a member of it (with its callbacks). If the block raises,
-    its callbacks are not written (the members already enqueued stay).
+    Every job enqueued in the block (in this context: nested calls and awaited helpers
+    included) is a member. The callbacks are written when the block opens, as jobs held
+    `waiting` (`Job.waiting_for` holds), and when it exits the members become their parents
+    and the hold is given back (`Backend.link`): `on_success` runs once every member
+    completed (a member that fails or is cancelled cancels it), `on_complete` once all
+    ended, however they ended. Each runs once: the store releases it in the settle that
+    ends the last member. Opened again (``app.batch(reopen=batch.id)``, from any process,
+    a member's handler included) while its callbacks still wait, it gathers more members;
+    once they ran, reopening is a `StateError`. A batch opened inside another is a member
+    of it, callbacks included. If the block raises, the members it enqueued stay members.
 
     Example:
         async with app.batch(on_success=notify.s("import done"), on_complete=cleanup.s()) as b:
             for row in rows:
-                await import_row.enqueue(row)
+                await import_row.enqueue(row, b.id)    # a row may reopen the batch to add more
         print(await b.status())
     """
 
@@ -232,6 +241,7 @@ class JobBatch:
         registry: Registry,
         on_success: Signature[Any] | None = None,
         on_complete: Signature[Any] | None = None,
+        reopen: str | None = None,
     ) -> None:
         for name, sig in (("on_success", on_success), ("on_complete", on_complete)):
             if sig is not None:
@@ -242,20 +252,79 @@ class JobBatch:
                 if sig.task.registry is not registry:
                     raise ConfigError(f"batch {name}: {sig!r} belongs to another app")
                 sig.job(_now(registry))  # binds now, or raises
+        if reopen is not None and (on_success is not None or on_complete is not None):
+            raise ConfigError("a reopened batch keeps its callbacks: give reopen= alone")
+        if reopen is not None and (not isinstance(reopen, str) or not reopen):
+            raise ConfigError(f"reopen= takes a batch's id (batch.id), not {reopen!r}")
         self._registry = registry
-        self._on_success, self._on_complete = on_success, on_complete
+        self._calls = [
+            (name, sig, policy)
+            for name, sig, policy in (
+                ("on_success", on_success, "cancel"),
+                ("on_complete", on_complete, "run"),
+            )
+            if sig is not None
+        ]
+        self._reopen = reopen
         self.members: list[str] = []
         self.callbacks: dict[str, JobHandle[Any]] = {}
+        self._callback_ids: dict[str, str] = {}
         self._token: Any = None
 
     def __repr__(self) -> str:
-        return f"<JobBatch of {len(self.members)} jobs>"
+        return f"<JobBatch {self.id or '(no callbacks)'} of {len(self.members)} jobs>"
+
+    @property
+    def id(self) -> str | None:
+        """The batch's id (its first callback's job id), to reopen it; `None` without
+        callbacks (nothing waits for such a batch)."""
+        ids = self._callback_ids
+        return ids.get("on_complete") or ids.get("on_success") or self._reopen
 
     async def __aenter__(self) -> JobBatch:
         if self._token is not None:
             raise ConfigError("this batch is open already")
+        if self._reopen is not None:
+            await self._hold_again(self._reopen)
+        elif self._calls and not self._callback_ids:
+            now = _now(self._registry)
+            jobs = [sig.job(now) for _, sig, _ in self._calls]
+            ids = {name: job.id for (name, _, _), job in zip(self._calls, jobs, strict=True)}
+            jobs = [
+                msgspec.structs.replace(
+                    job,
+                    waiting_for=1,
+                    on_parent_failure=policy,
+                    meta={**job.meta, BATCH_META: ids},
+                )
+                for (_, _, policy), job in zip(self._calls, jobs, strict=True)
+            ]
+            got = await write_jobs(self._registry, jobs)  # members of any outer batch
+            for (name, sig, _), job, job_id in zip(self._calls, jobs, got, strict=True):
+                self._callback_ids[name] = job_id
+                self.callbacks[name] = sig.handle(job_id, job_id == job.id)
+        elif self._callback_ids:  # the same object entered again
+            await self._hold_again(self.id or "")
         self._token = COLLECTING.set((*COLLECTING.get(), self.members))
         return self
+
+    async def _hold_again(self, batch_id: str) -> None:
+        backend = self._registry.producer.backend
+        (record,) = await backend.get([batch_id])
+        ids = record.meta.get(BATCH_META) if record is not None else None
+        if not isinstance(ids, dict) or not ids:
+            raise StateError(f"no batch {batch_id!r} in this store (unknown, or purged)")
+        taken: list[str] = []
+        for name, job_id in ids.items():
+            if not await backend.link(str(job_id), holds=1):
+                for held in taken:
+                    await backend.link(held, holds=-1)  # give back what this reopen took
+                raise StateError(
+                    f"batch {batch_id} has finished: its {name} callback no longer waits, so "
+                    "no job can join it"
+                )
+            taken.append(str(job_id))
+            self._callback_ids[str(name)] = str(job_id)
 
     async def __aexit__(
         self,
@@ -265,29 +334,23 @@ class JobBatch:
     ) -> None:
         COLLECTING.reset(self._token)
         self._token = None
-        if exc_type is not None:
-            return
-        calls = [
-            (name, sig, policy)
-            for name, sig, policy in (
-                ("on_success", self._on_success, "cancel"),
-                ("on_complete", self._on_complete, "run"),
-            )
-            if sig is not None
-        ]
-        if not calls:
-            return
-        now = _now(self._registry)
-        parents = tuple(dict.fromkeys(self.members))  # a duplicate's holder may repeat
-        jobs = [sig.job(now, parents=parents, policy=policy) for _, sig, policy in calls]
-        ids = await write_jobs(self._registry, jobs)
-        for (name, sig, _), job, got in zip(calls, jobs, ids, strict=True):
-            self.callbacks[name] = sig.handle(got, got == job.id)
+        backend = self._registry.producer.backend
+        members = list(dict.fromkeys(self.members))  # a duplicate's holder may repeat
+        chunks = [members[i : i + MAX_PARENTS] for i in range(0, len(members), MAX_PARENTS)]
+        chunks = chunks or [[]]
+        for job_id in self._callback_ids.values():
+            for i, chunk in enumerate(chunks):  # the hold goes back with the last chunk
+                await backend.link(job_id, chunk, holds=-1 if i == len(chunks) - 1 else 0)
 
     async def status(self) -> BatchStatus:
-        """How the members stand, read from the store (one call per 1,000 members)."""
+        """How the members stand, read from the store (one call per 1,000 members): every
+        member, also those another process added by reopening the batch."""
         backend = self._registry.producer.backend
         ids = list(dict.fromkeys(self.members))
+        if self.id is not None:
+            (record,) = await backend.get([self.id])
+            if record is not None:
+                ids = list(dict.fromkeys([*record.parents, *ids]))
         by_state: dict[JobState | None, int] = {}
         for start in range(0, len(ids), 1000):
             for job in await backend.get(ids[start : start + 1000]):
