@@ -421,3 +421,135 @@ async def test_a_call_mixing_plain_keyed_and_waiting_jobs(tmp_path: Path) -> Non
         again = make_job(clock, key="doomed")  # stored cancelled, it never held its key
         assert await b.enqueue([again]) == [again.id]
     assert _edges(path) == sorted([(a.id, child.id), (c.id, child.id), (child.id, tail.id)])
+
+
+# -- holds and link ------------------------------------------------------------------------
+
+
+async def test_a_first_wait_on_a_new_file_creates_it_private_and_times_out(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "jobs.db"
+    async with SQLiteBackend(path) as b:
+        start = time.monotonic()
+        await b.wait(["default"], timeout=0.2)  # the file's own creation is no news
+        assert time.monotonic() - start >= 0.15
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+async def test_held_jobs_survive_reopening_and_another_process_links_them(
+    tmp_path: Path,
+) -> None:
+    clock = FakeClock()
+    path = tmp_path / "j.db"
+    held = make_job(clock, waiting_for=1, key="callback")
+    plain = make_job(clock)
+    async with SQLiteBackend(path, clock=clock) as first:
+        assert await first.enqueue([plain, held]) == [plain.id, held.id]
+    async with (
+        SQLiteBackend(path, clock=clock) as b,
+        SQLiteBackend(path, clock=clock) as other,  # another process's view of the file
+    ):
+        (got,) = await b.get([held.id])
+        assert got is not None and got.state is JobState.WAITING and got.waiting_for == 1
+        assert await b.enqueue([make_job(clock, key="callback")]) == [held.id]  # key held
+        (lease,) = await b.claim(ClaimRequest(["default"], 10, 30.0, "w"))
+        assert lease.id == plain.id
+        assert await other.link(held.id, [plain.id])  # a live parent: an edge
+        assert _edges(path) == [(plain.id, held.id)]
+        waiter = asyncio.create_task(b.wait(["default"], timeout=10.0))
+        await asyncio.sleep(0.05)
+        assert not waiter.done()
+        assert await other.settle([(lease, Completed(None))]) == [True]
+        (got,) = await b.get([held.id])
+        assert got is not None and got.state is JobState.WAITING and got.waiting_for == 1
+        start = time.monotonic()
+        assert await other.link(held.id, holds=-1)  # the last hold: released
+        await asyncio.wait_for(waiter, 2.0)  # woken by the other connection's commit
+        assert time.monotonic() - start < 1.0
+        (lease,) = await b.claim(ClaimRequest(["default"], 10, 30.0, "w"))
+        assert lease.id == held.id and lease.job.parents == (plain.id,)
+    assert _edges(path) == []
+
+
+async def test_a_link_of_many_parents_in_one_call(tmp_path: Path) -> None:
+    clock = FakeClock()
+    path = tmp_path / "j.db"
+    async with SQLiteBackend(path, clock=clock) as b:
+        done = [make_job(clock) for _ in range(300)]
+        await b.enqueue(done)
+        leases = await b.claim(ClaimRequest(["default"], 1000, 30.0, "w"))
+        assert all(await b.settle([(lease, Completed(None)) for lease in leases]))
+        live = [make_job(clock) for _ in range(900)]  # more than one `IN (...)` chunk
+        held = make_job(clock, waiting_for=1)
+        await b.enqueue([*live, held])
+        parents = [j.id for j in done + live]
+        assert await b.link(held.id, parents, holds=-1)
+        (got,) = await b.get([held.id])
+        assert got is not None and got.state is JobState.WAITING and got.waiting_for == 900
+        assert got.parents == tuple(parents)
+        assert len(_edges(path)) == 900
+        leases = await b.claim(ClaimRequest(["default"], 1000, 30.0, "w"))
+        assert {lease.id for lease in leases} == {j.id for j in live}
+        assert all(await b.settle([(lease, Completed(None)) for lease in leases]))
+        (got,) = await b.get([held.id])
+        assert got is not None and got.state is JobState.QUEUED and got.waiting_for == 0
+    assert _edges(path) == []
+
+
+async def test_a_link_that_cancels_or_over_releases_leaves_no_edges(tmp_path: Path) -> None:
+    clock = FakeClock()
+    path = tmp_path / "j.db"
+    async with SQLiteBackend(path, clock=clock) as b:
+        failed = make_job(clock)
+        await b.enqueue([failed])
+        (lease,) = await b.claim(ClaimRequest(["default"], 10, 30.0, "w"))
+        assert await b.settle([(lease, Failed(err()))]) == [True]
+        a, c = make_job(clock), make_job(clock)
+        doomed = make_job(clock, parents=(a.id,), waiting_for=1, key="doomed")
+        below = make_job(clock, parents=(doomed.id,))
+        early = make_job(clock, parents=(c.id,), waiting_for=1)
+        await b.enqueue([a, c, doomed, below, early])
+        assert _edges(path) == sorted([(a.id, doomed.id), (doomed.id, below.id), (c.id, early.id)])
+        assert await b.link(doomed.id, [failed.id])
+        got = {j.id: j for j in await b.get([doomed.id, below.id]) if j}
+        assert got[doomed.id].state is JobState.CANCELLED
+        assert got[doomed.id].parents == (a.id, failed.id)
+        assert got[below.id].meta["cancel_reason"] == f"parent {doomed.id} cancelled"
+        assert await b.enqueue([again := make_job(clock, key="doomed")]) == [again.id]
+        # More holds given back than were taken: released, its parent still queued.
+        assert await b.link(early.id, holds=-5)
+        (got_early,) = await b.get([early.id])
+        assert got_early is not None and got_early.state is JobState.QUEUED
+        assert _edges(path) == []
+        leases = await b.claim(ClaimRequest(["default"], 10, 30.0, "w"))
+        assert {lease.id for lease in leases} == {a.id, c.id, early.id, again.id}
+        assert all(await b.settle([(lease, Completed(None)) for lease in leases]))
+
+
+class _PurgedBeforeLink(SQLiteBackend):
+    """A store whose completed jobs are purged, by another connection, between the base's
+    link checks and the write."""
+
+    async def _check_link(self, child: str, parents: list[str]) -> None:
+        await super()._check_link(child, parents)
+        async with SQLiteBackend(self.path, clock=self.clock) as other:
+            await other.purge([JobState.COMPLETED])
+
+
+async def test_a_parent_purged_after_the_link_check_changes_nothing(tmp_path: Path) -> None:
+    clock = FakeClock()
+    path = tmp_path / "j.db"
+    async with _PurgedBeforeLink(path, clock=clock) as b:
+        gone, live = make_job(clock, keep_for=0.0), make_job(clock)
+        await b.enqueue([gone])
+        (lease,) = await b.claim(ClaimRequest(["default"], 10, 30.0, "w"))
+        assert await b.settle([(lease, Completed(None))]) == [True]
+        held = make_job(clock, waiting_for=1)
+        await b.enqueue([live, held])
+        with pytest.raises(DependencyError, match=rf"{held.id} can't wait for {gone.id}.*purged"):
+            await b.link(held.id, [live.id, gone.id], holds=-1)
+        (got,) = await b.get([held.id])
+        assert got is not None and got.state is JobState.WAITING
+        assert got.waiting_for == 1 and got.parents == ()
+    assert _edges(path) == []

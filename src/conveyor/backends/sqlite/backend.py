@@ -268,6 +268,9 @@ class SQLiteBackend(Backend):
     async def _enqueue(self, jobs: Sequence[Job], now: float) -> list[str]:
         return await self._tx(lambda c: ops.enqueue(c, jobs, now))
 
+    async def _link(self, child: str, parents: Sequence[str], holds: int, now: float) -> bool:
+        return await self._tx(lambda c: ops.link(c, child, parents, holds, now))
+
     async def _claim(self, request: ClaimRequest, now: float) -> list[Lease]:
         return await self._tx(lambda c: ops.claim(c, request, now))
 
@@ -314,7 +317,10 @@ class SQLiteBackend(Backend):
     async def _wait(self, queues: Sequence[str], timeout: float) -> None:
         # The baseline comes first: a commit that lands while we look (another process's
         # enqueue, or this worker's own settle releasing a waiting child) must wake us, not
-        # fall between the look and the baseline and cost a whole idle wait.
+        # fall between the look and the baseline and cost a whole idle wait. The file is
+        # opened (created, migrated) before that: its own first commit is no news.
+        if self._conn is None or self._pid != os.getpid():
+            await self._ro(lambda c: None)
         self._changed()
         now = self.clock.now()
         due = await self._ro(lambda c: ops.next_due(c, queues, now))

@@ -57,11 +57,11 @@ _INSERT = (
 _INSERT_PLAIN = _INSERT.format(verb="")
 _INSERT_KEYED = _INSERT.format(verb="OR IGNORE")
 _ENQUEUED = tuple(f.name for f in ENQUEUED)
-# Encoded below, the rest stored as they are: meta (last) and the parents' ids (just before).
+# Encoded below, the rest stored as they are: meta (last) and the parents' ids. A plain
+# job's row stores its own `waiting_for` (0); a job with parents or holds gets its count.
 assert _ENQUEUED[-5:] == ("parents", "on_parent_failure", "feed", "waiting_for", "meta")
 _plain = operator.attrgetter(*_ENQUEUED[:-5])
 _flow = operator.attrgetter("on_parent_failure", "feed", "waiting_for")
-_WAITING_FOR = INSERTED.index("waiting_for")
 
 
 def _insert_row(job: Job, now: float) -> tuple[object, ...]:
@@ -71,22 +71,25 @@ def _insert_row(job: Job, now: float) -> tuple[object, ...]:
 
 
 def enqueue(conn: sqlite3.Connection, jobs: Sequence[Job], now: float) -> list[str]:
-    if all(job.key is None and not job.parents for job in jobs):
+    # Plain jobs (no key, no parents, no holds) go in with one executemany; the others
+    # one at a time, in call order (a parent before its children).
+    if all(job.key is None and not job.parents and not job.waiting_for for job in jobs):
         conn.executemany(_INSERT_PLAIN, [_insert_row(job, now) for job in jobs])
         return [job.id for job in jobs]
     out: list[str] = []
     renamed: dict[str, str] = {}  # a duplicate's id -> its key's holder
-    plain: list[Job] = []  # a run of jobs with neither key nor parents, inserted together
+    plain: list[Job] = []  # a run of plain jobs, inserted together
     for job in jobs:
         key = job.key
-        if key is None and not job.parents:
+        blocked = job.parents or job.waiting_for
+        if key is None and not blocked:
             plain.append(job)
             out.append(job.id)
             continue
         if plain:
             conn.executemany(_INSERT_PLAIN, [_insert_row(j, now) for j in plain])
             plain.clear()
-        if key is not None and not job.parents:
+        if key is not None and not blocked:
             _release_stale_key(conn, key, now)
             got = job.id
             if conn.execute(_INSERT_KEYED, _insert_row(job, now)).rowcount != 1:
@@ -102,7 +105,9 @@ def enqueue(conn: sqlite3.Connection, jobs: Sequence[Job], now: float) -> list[s
     return out
 
 
-# A job with parents is written with the columns the store would otherwise set later.
+# A job with parents or holds is written with the columns the store would otherwise set
+# later: its state, count and key as the parents' states make them, and, stored cancelled,
+# its end.
 _INSERT_CHILD = (
     f"INSERT OR IGNORE INTO jobs ({', '.join(INSERTED)}, finished_at, expires_at) "
     f"VALUES ({', '.join('?' * (len(INSERTED) + 2))})"
@@ -111,74 +116,149 @@ _ENDED = frozenset(s.value for s in TERMINAL)
 _IN_CHUNK = 500  # ids per `IN (...)`: well under SQLite's parameter limit
 
 
+def _child_row(
+    job: Job, state: str, waiting_for: int, key_lock: str | None, ended: float | None
+) -> tuple[object, ...]:
+    meta = _json.encode(job.meta).decode() if job.meta else "{}"
+    expires = None if ended is None else ended + job.keep_for
+    return (
+        *_plain(job), ",".join(job.parents), job.on_parent_failure, job.feed, waiting_for,
+        meta, state, key_lock, ended, expires,
+    )  # fmt: skip
+
+
 def _enqueue_child(
     conn: sqlite3.Connection, job: Job, renamed: Mapping[str, str], now: float
 ) -> str:
-    """Store a job with parents (see `Backend.enqueue`): waiting, with one `edges` row per
-    parent that has not ended; ready or cancelled at once by parents that all have. The id
+    """Store a job with parents or holds (see `Backend.enqueue`): waiting, with one `edges`
+    row per parent that has not ended, `waiting_for` counting those and the holds; ready
+    (no holds, every parent ended) or cancelled (a parent failed) at once otherwise. The id
     that holds its place."""
     if renamed and any(p in renamed for p in job.parents):
         job = replace(job, parents=tuple(renamed.get(p, p) for p in job.parents))
-    states = _parent_states(conn, job)
+    states = _states(conn, job.parents)
+    if len(states) < len(job.parents):
+        missing = next(p for p in job.parents if p not in states)
+        raise DependencyError(
+            f"job {job.id} depends on {missing}, which this store doesn't hold "
+            "(unknown, or already purged); nothing was written"
+        )
     if job.key is not None:
         _release_stale_key(conn, job.key, now)
         holder = conn.execute("SELECT id FROM jobs WHERE key_lock = ?", (job.key,)).fetchone()
         if holder is not None:
             return str(holder[0])
-    waiting: list[str] = []
-    reason = None
-    for parent in job.parents:
-        state = states[parent]
-        if state not in _ENDED:
-            waiting.append(parent)
-        elif state != "completed" and job.on_parent_failure != "run":
-            reason = f"parent {parent} {state}"
-            break
+    waiting = [p for p in job.parents if states[p] not in _ENDED]
+    reason = _doomed(job.parents, states, job.on_parent_failure)
     if reason is not None:  # stored ended: it holds no key and waits for nothing
         job = replace(job, meta={**job.meta, "cancel_reason": reason})
-        done: tuple[object, ...] = ("cancelled", None, job.waiting_for, now, now + job.keep_for)
-    elif waiting:
-        done = ("waiting", job.key, len(waiting), None, None)
+        row = _child_row(job, "cancelled", job.waiting_for, None, now)
+    elif waiting or job.waiting_for:
+        row = _child_row(job, "waiting", len(waiting) + job.waiting_for, job.key, None)
     else:
-        done = (rules.state_for_run_at(job.run_at, now).value, job.key, 0, None, None)
-    row = list(_insert_row(job, now)[:-2])
-    row[_WAITING_FOR] = done[2]
-    if conn.execute(_INSERT_CHILD, (*row, done[0], done[1], *done[3:])).rowcount != 1:
+        row = _child_row(job, rules.state_for_run_at(job.run_at, now).value, 0, job.key, None)
+    if conn.execute(_INSERT_CHILD, row).rowcount != 1:
         return job.id  # stored already (a retried call): its edges were written then
-    if waiting:
-        conn.executemany(
-            "INSERT OR IGNORE INTO edges (parent, child) VALUES (?, ?)",
-            [(parent, job.id) for parent in waiting],
-        )
-        for start in range(0, len(waiting), _IN_CHUNK):  # their ends now look up edges
-            chunk = waiting[start : start + _IN_CHUNK]
-            conn.execute(
-                "UPDATE jobs SET has_children = 1 WHERE has_children = 0 "
-                f"AND id IN ({','.join('?' * len(chunk))})",
-                chunk,
-            )
+    if reason is None:
+        _add_edges(conn, waiting, job.id)
     return job.id
 
 
-def _parent_states(conn: sqlite3.Connection, job: Job) -> dict[str, str]:
-    """The stored state of each of `job`'s parents (an unknown state reads as failed); a
-    parent the file doesn't hold (purged since the caller checked) is a `DependencyError`."""
-    states: dict[str, str] = {}
-    parents = job.parents
+def _doomed(parents: Iterable[str], states: Mapping[str, str], policy: str) -> str | None:
+    """The `cancel_reason` a child gets from the first of `parents` that ended failed or
+    cancelled (`None` if none did, or the child's policy is "run")."""
+    if policy == "run":
+        return None
+    for parent in parents:
+        state = states[parent]
+        if state in _ENDED and state != "completed":
+            return f"parent {parent} {state}"
+    return None
+
+
+def _add_edges(conn: sqlite3.Connection, parents: Sequence[str], child: str) -> None:
+    """`child` waits for `parents` (live ones): an edge each, and their ends look them up."""
+    if not parents:
+        return
+    conn.executemany(
+        "INSERT OR IGNORE INTO edges (parent, child) VALUES (?, ?)",
+        [(parent, child) for parent in parents],
+    )
     for start in range(0, len(parents), _IN_CHUNK):
         chunk = parents[start : start + _IN_CHUNK]
+        conn.execute(
+            "UPDATE jobs SET has_children = 1 WHERE has_children = 0 "
+            f"AND id IN ({','.join('?' * len(chunk))})",
+            chunk,
+        )
+
+
+def _states(conn: sqlite3.Connection, ids: Sequence[str]) -> dict[str, str]:
+    """The stored state of each of `ids` the file holds (an unknown state reads as failed);
+    the caller names what is missing."""
+    states: dict[str, str] = {}
+    for start in range(0, len(ids), _IN_CHUNK):
+        chunk = ids[start : start + _IN_CHUNK]
         marks = ",".join("?" * len(chunk))
-        for parent, state in conn.execute(
+        for job_id, state in conn.execute(
             f"SELECT id, state FROM jobs WHERE id IN ({marks})", chunk
         ):
-            states[parent] = state if state in _STATES else "failed"
+            states[job_id] = state if state in _STATES else "failed"
+    return states
+
+
+def link(
+    conn: sqlite3.Connection, child: str, parents: Sequence[str], holds: int, now: float
+) -> bool:
+    """`Backend.link` in the caller's transaction: `False`, nothing written, if `child` is
+    not waiting; a `DependencyError` (the caller rolls back) for a parent the file doesn't
+    hold. New live parents get edges and count in `waiting_for`, ended ones count at once
+    (a failed one may cancel the child, cascading); then the holds; at 0 it is released."""
+    row = conn.execute(
+        "SELECT state, waiting_for, parents, on_parent_failure, run_at, has_children "
+        "FROM jobs WHERE id = ?",
+        (child,),
+    ).fetchone()
+    if row is None or row[0] != "waiting":
+        return False
+    _, waiting_for, stored, policy, run_at, has_children = row
+    states = _states(conn, parents)
     if len(states) < len(parents):
         missing = next(p for p in parents if p not in states)
         raise DependencyError(
-            f"job {job.id} depends on {missing}, which this store doesn't hold "
-            "(unknown, or already purged); nothing was written"
+            f"job {child} can't wait for {missing}, which this store doesn't hold "
+            "(unknown, or already purged); nothing was changed"
         )
-    return states
+    have = set(stored.split(",")) if stored else set()
+    new = [p for p in parents if p not in have]
+    ids = ",".join(filter(None, (stored, *new)))
+    reason = _doomed(new, states, policy)
+    if reason is not None:
+        conn.execute(
+            f"UPDATE jobs SET state = 'cancelled', parents = ?, key_lock = NULL, {_DONE}, "
+            "meta = json_set(meta, '$.cancel_reason', ?) WHERE id = ?",
+            (ids, now, now, reason, child),
+        )
+        conn.execute("DELETE FROM edges WHERE child = ?", (child,))
+        if has_children:
+            _count_ended(conn, [(child, "cancelled")], now)
+        return True
+    live = [p for p in new if states[p] not in _ENDED]
+    left = max(0, waiting_for + len(live) + holds)
+    if left:
+        _add_edges(conn, live, child)
+        conn.execute(
+            "UPDATE jobs SET waiting_for = ?, parents = ? WHERE id = ?", (left, ids, child)
+        )
+        return True
+    # Released with parents still live (more holds given back than were taken): their
+    # edges would count nothing, and the table keeps only waiting jobs' edges.
+    conn.execute("DELETE FROM edges WHERE child = ?", (child,))
+    conn.execute(
+        "UPDATE jobs SET state = ?, waiting_for = 0, parents = ? WHERE id = ?",
+        (rules.state_for_run_at(run_at, now).value, ids, child),
+    )
+    return True
 
 
 class _Child:
