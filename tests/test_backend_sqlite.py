@@ -553,3 +553,24 @@ async def test_a_parent_purged_after_the_link_check_changes_nothing(tmp_path: Pa
         assert got is not None and got.state is JobState.WAITING
         assert got.waiting_for == 1 and got.parents == ()
     assert _edges(path) == []
+
+
+async def test_a_poison_child_is_released_and_its_parent_settles(tmp_path: Path) -> None:
+    clock = FakeClock()
+    path = tmp_path / "j.db"
+    async with SQLiteBackend(path, clock=clock) as b:
+        parent = make_job(clock)
+        child = make_job(clock, parents=(parent.id,))
+        await b.enqueue([parent, child])
+        conn = sqlite3.connect(path)
+        with conn:  # unreadable values: they read as their defaults (0)
+            conn.execute(
+                "UPDATE jobs SET waiting_for = 'many', run_at = 'soon' WHERE id = ?", (child.id,)
+            )
+        conn.close()
+        (lease,) = await b.claim(ClaimRequest(["default"], 10, 30.0, "w"))
+        assert await b.settle([(lease, Completed(None))]) == [True]
+        (got,) = await b.get([child.id])
+        assert got is not None and got.state is JobState.QUEUED
+        (lease,) = await b.claim(ClaimRequest(["default"], 10, 30.0, "w"))
+        assert lease.id == child.id

@@ -331,9 +331,11 @@ def _count_ended(conn: sqlite3.Connection, ended: Sequence[tuple[str, str]], now
 
 _Row = tuple[str, str, int, str, float, int]
 # The waiting children of some parents, by the edges' primary key (`EXPLAIN` in the tests).
+# The casts read a poison count or run_at as 0 (their defaults, as `rows.decode_job` does):
+# a corrupt child is released, and never fails its parent's settle or the rescue.
 _CHILDREN = (
-    "SELECT e.parent, j.id, j.state, j.waiting_for, j.on_parent_failure, j.run_at, "
-    "j.has_children FROM edges AS e JOIN jobs AS j ON j.id = e.child "
+    "SELECT e.parent, j.id, j.state, CAST(j.waiting_for AS INTEGER), j.on_parent_failure, "
+    "CAST(j.run_at AS REAL), j.has_children FROM edges AS e JOIN jobs AS j ON j.id = e.child "
     "WHERE e.parent IN ({marks}) ORDER BY j.seq"
 )
 
