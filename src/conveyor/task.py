@@ -432,6 +432,11 @@ def make_task(
     return task
 
 
+#: The id of the job whose handler runs in this context (the worker sets it), if any.
+RUNNING_JOB: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "conveyor_running_job", default=None
+)
+
 #: The member lists of the batches open in this context (`App.batch`), innermost last.
 COLLECTING: contextvars.ContextVar[tuple[list[str], ...]] = contextvars.ContextVar(
     "conveyor_batches", default=()

@@ -26,7 +26,7 @@ from conveyor.errors import ConfigError, StateError
 from conveyor.handle import JobHandle
 from conveyor.job import Job, JobState
 from conveyor.registry import Registry
-from conveyor.task import COLLECTING, Signature, write_jobs
+from conveyor.task import COLLECTING, RUNNING_JOB, Signature, write_jobs
 
 __all__ = [
     "BatchStatus",
@@ -270,6 +270,7 @@ class JobBatch:
         self.callbacks: dict[str, JobHandle[Any]] = {}
         self._callback_ids: dict[str, str] = {}
         self._token: Any = None
+        self._held = False  # whether this opening holds the callbacks (given back at exit)
 
     def __repr__(self) -> str:
         return f"<JobBatch {self.id or '(no callbacks)'} of {len(self.members)} jobs>"
@@ -303,6 +304,7 @@ class JobBatch:
             for (name, sig, _), job, job_id in zip(self._calls, jobs, got, strict=True):
                 self._callback_ids[name] = job_id
                 self.callbacks[name] = sig.handle(job_id, job_id == job.id)
+            self._held = True
         elif self._callback_ids:  # the same object entered again
             await self._hold_again(self.id or "")
         self._token = COLLECTING.set((*COLLECTING.get(), self.members))
@@ -312,8 +314,15 @@ class JobBatch:
         backend = self._registry.producer.backend
         (record,) = await backend.get([batch_id])
         ids = record.meta.get(BATCH_META) if record is not None else None
-        if not isinstance(ids, dict) or not ids:
+        if record is None or not isinstance(ids, dict) or not ids:
             raise StateError(f"no batch {batch_id!r} in this store (unknown, or purged)")
+        running = RUNNING_JOB.get()
+        if running in record.parents and record.state is JobState.WAITING:
+            # A member reopening its own batch: its own end is what the callbacks still wait
+            # for, so they can't run before this block exits, and no hold is taken (a hold a
+            # SIGKILLed member took would never be given back).
+            self._callback_ids.update((str(k), str(v)) for k, v in ids.items())
+            return
         taken: list[str] = []
         for name, job_id in ids.items():
             if not await backend.link(str(job_id), holds=1):
@@ -325,6 +334,7 @@ class JobBatch:
                 )
             taken.append(str(job_id))
             self._callback_ids[str(name)] = str(job_id)
+        self._held = True
 
     async def __aexit__(
         self,
@@ -338,9 +348,16 @@ class JobBatch:
         members = list(dict.fromkeys(self.members))  # a duplicate's holder may repeat
         chunks = [members[i : i + MAX_PARENTS] for i in range(0, len(members), MAX_PARENTS)]
         chunks = chunks or [[]]
-        for job_id in self._callback_ids.values():
+        give_back = -1 if self._held else 0
+        self._held = False
+        for name, job_id in self._callback_ids.items():
             for i, chunk in enumerate(chunks):  # the hold goes back with the last chunk
-                await backend.link(job_id, chunk, holds=-1 if i == len(chunks) - 1 else 0)
+                last = i == len(chunks) - 1
+                if not await backend.link(job_id, chunk, holds=give_back if last else 0) and chunk:
+                    raise StateError(
+                        f"batch {self.id}'s {name} callback stopped waiting before "
+                        f"{len(members)} job(s) enqueued in this block could join it"
+                    )
 
     async def status(self) -> BatchStatus:
         """How the members stand, read from the store (one call per 1,000 members): every

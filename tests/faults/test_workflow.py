@@ -101,3 +101,57 @@ async def test_a_chord_and_a_dag_complete_under_a_sigkill_storm(
     ]  # fmt: skip
     assert early == [], early[:10]
     assert reran >= 1  # the kills interrupted running jobs (else this proves nothing)
+
+
+FANOUT = 300
+
+
+@on_both_stores
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+async def test_a_batch_whose_members_add_members_completes_under_a_sigkill_storm(
+    cluster: Cluster, app: conveyor.App
+) -> None:
+    fanout, batch_done = app.registry.get("fanout"), app.registry.get("batch_done")
+    async with app.batch(on_success=batch_done.s(1), on_complete=batch_done.s(0)) as batch:
+        assert batch.id is not None
+        for n in range(FANOUT):
+            await fanout.enqueue(n, batch.id)
+    added = {100_000 + 10 * n + i for n in range(FANOUT) for i in range(3)}
+
+    def start(slot: int) -> Proc:
+        return cluster.worker(
+            "-c", "8", "--lease", str(LEASE), "--grace", "5", name=f"w{slot}",
+            env={"FAULT_TASK_SLEEP": "0.1"},
+        )  # fmt: skip
+
+    workers = [start(0), start(1)]
+    await ready(workers[0])
+    await ready(workers[1])
+    began = time.monotonic()
+    for k in range(4):
+        await asyncio.sleep(max(0.0, began + (k + 1) * KILL_EVERY - time.monotonic()))
+        cluster.kill(workers[k % 2])
+        workers[k % 2] = start(k % 2)
+    for name in ("on_success", "on_complete"):
+        await batch.callbacks[name].result(timeout=60)
+    for w in workers:
+        await ready(w)
+        w.send(signal.SIGTERM)
+    for w in workers:
+        assert cluster.wait_exit(w, 15) == 0, w.stderr()
+
+    events = cluster.ledger()
+    first_done: dict[int, float] = {}
+    for ev, n, _, at in events:
+        if ev == "done":
+            first_done.setdefault(n, at)
+    assert set(first_done) == set(range(FANOUT)) | added
+    callbacks = sorted((n, at) for ev, n, _, at in events if ev == "callback")
+    assert [n for n, _ in callbacks] == [0, 1], callbacks  # each once
+    last = max(first_done.values())
+    assert all(at > last for _, at in callbacks), (callbacks, last)
+    status = await batch.status()
+    assert (status.total, status.completed, status.pending) == (4 * FANOUT, 4 * FANOUT, 0)
+    (stats,) = await app.inspector.stats()
+    assert (stats.waiting, stats.failed, stats.cancelled) == (0, 0, 0), stats

@@ -29,6 +29,7 @@ import msgspec
 from conveyor.backends.base import Backend
 from conveyor.errors import InvalidOption, StateError
 from conveyor.job import AttemptError, Job, JobState, Lease
+from conveyor.task import RUNNING_JOB
 
 __all__ = ["JobContext", "JobInfo", "current_job", "current_jobs", "enter_batch"]
 
@@ -301,6 +302,7 @@ class JobContext(JobInfo):
     def enter(self) -> contextvars.Token[JobContext]:
         """Make this the current job of the calling context (the worker calls it)."""
         self._loop = _running_loop()
+        RUNNING_JOB.set(self._job.id)
         return _CURRENT.set(self)
 
 

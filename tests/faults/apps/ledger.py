@@ -104,6 +104,24 @@ def build(url: str) -> conveyor.App:
         return os.getpid()
 
     @app.task(retry=RETRY)
+    async def fanout(n: int, batch_id: str) -> int:
+        """A batch member that reopens its batch to add 3 `record` jobs (keyed, so a re-run
+        finds the ones an interrupted attempt enqueued)."""
+        note("start", n)
+        await asyncio.sleep(float(os.environ.get("FAULT_TASK_SLEEP", "0.005")))
+        async with app.batch(reopen=batch_id):
+            for i in range(3):
+                await record.options(key=f"fan-{n}-{i}").enqueue(100_000 + 10 * n + i)
+        note("done", n)
+        return os.getpid()
+
+    @app.task(retry=RETRY)
+    def batch_done(which: int) -> int:
+        """A batch's callback: notes which one ran."""
+        note("callback", which)
+        return which
+
+    @app.task(retry=RETRY)
     def summarize(values: list[int]) -> int:
         """A chord's callback: notes how many results it got."""
         note("callback", len(values))
