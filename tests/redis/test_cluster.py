@@ -191,3 +191,29 @@ async def test_a_parent_gone_at_write_time_leaves_nothing_in_the_cluster(
             assert client.hlen(b.keys.idx) == 0
         finally:
             client.close()
+
+
+async def test_link_in_queues_on_different_nodes(clean_cluster: str) -> None:
+    """`link` runs in the child's slot: held callbacks in queues on every master, each
+    linked to members of its own queue; a member of another queue is refused (a slot
+    apart), nothing changed."""
+    clock = FakeClock()
+    queues = [f"q{i}" for i in range(6)]
+    async with RedisBackend(clean_cluster, clock=clock) as b:
+        held = {q: make_job(clock, queue=q, waiting_for=1) for q in queues}
+        members = {q: [make_job(clock, queue=q) for _ in range(3)] for q in queues}
+        jobs = [*held.values(), *(m for ms in members.values() for m in ms)]
+        assert await b.enqueue(jobs) == [j.id for j in jobs]
+        with pytest.raises(DependencyError, match="share a queue"):
+            await b.link(held["q0"].id, [members["q1"][0].id], holds=-1)
+        for q in queues:
+            assert await b.link(held[q].id, [m.id for m in members[q]], holds=-1)
+        got = await b.get([j.id for j in held.values()])
+        assert [(j.state, j.waiting_for) for j in got if j is not None] == [
+            (JobState.WAITING, 3)
+        ] * len(queues)
+        leases = await b.claim(ClaimRequest(queues, 100, 10, "w"))
+        assert len(leases) == 3 * len(queues)
+        assert all(await b.settle([(lease, Completed(None)) for lease in leases]))
+        last = await b.claim(ClaimRequest(queues, 100, 10, "w"))
+        assert sorted(x.id for x in last) == sorted(j.id for j in held.values())

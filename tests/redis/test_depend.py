@@ -285,3 +285,174 @@ async def test_a_child_released_into_a_paused_queue_waits_for_the_resume(
     assert await backend.claim(ClaimRequest(["later"], 10, 30.0, W)) == []
     assert await backend.resume("later")
     assert await _run(backend, "later") == [child.id]
+
+
+# -- holds and link ---------------------------------------------------------------------------
+
+
+async def test_plain_jobs_carry_no_holds_field(
+    backend: RedisBackend, clock: FakeClock, raw: aioredis.Redis
+) -> None:
+    """`waiting_for` travels with every job (it is a producer field), but a job without
+    holds or parents has no hash field for it: plain jobs cost what they did."""
+    plain = make_job(clock)
+    held = make_job(clock, waiting_for=3)
+    assert all(await stored(backend, [plain, held]))
+    assert await raw.hget(f"{{conveyor}}:job:{plain.id}", "waiting_for") is None
+    assert await raw.hget(f"{{conveyor}}:job:{held.id}", "waiting_for") == b"3"
+    assert [k async for k in raw.scan_iter(match="*children*")] == []
+    assert await raw.zcard("{conveyor}:q:default:state:waiting") == 1
+    got = {j.id: j for j in await backend.get([plain.id, held.id]) if j is not None}
+    assert (got[plain.id].state, got[plain.id].waiting_for) == (JobState.QUEUED, 0)
+    assert (got[held.id].state, got[held.id].waiting_for) == (JobState.WAITING, 3)
+
+
+async def test_holds_beside_a_failed_parent_cancel_at_once(
+    backend: RedisBackend, clock: FakeClock, redis_url: str
+) -> None:
+    parent = make_job(clock)
+    assert all(await stored(backend, [parent]))
+    (lease,) = await backend.claim(ClaimRequest(["default"], 1, 30.0, W))
+    assert await backend.settle([(lease, Failed(err()))]) == [True]
+    child = make_job(clock, parents=(parent.id,), waiting_for=2, key="k")
+    assert all(await stored(backend, [child]))
+    (got,) = await backend.get([child.id])
+    assert got is not None and got.state is JobState.CANCELLED
+    assert got.meta["cancel_reason"] == f"parent {parent.id} failed"
+    assert not await backend.link(child.id, holds=-2)
+    assert await stored(backend, [make_job(clock, key="k")]) == [True]  # the key is free
+    assert _clean(redis_url) == []
+
+
+async def test_a_parent_purged_after_the_link_check_changes_nothing(
+    backend: RedisBackend, clock: FakeClock, raw: aioredis.Redis, redis_url: str
+) -> None:
+    """The base checks link's parents with a `get`; the script reads them again before
+    writing, so a purge in between changes nothing, not even the edges of the others."""
+    live = make_job(clock)
+    gone = make_job(clock, keep_for=0.0)
+    held = make_job(clock, waiting_for=1)
+    assert all(await stored(backend, [gone]))
+    assert await _run(backend) == [gone.id]
+    assert all(await stored(backend, [live, held]))
+    assert await backend.purge([JobState.COMPLETED]) == 1
+    # What `link` does after `_check_link` passed, with the parent gone since.
+    with pytest.raises(DependencyError, match=rf"{held.id} can't wait for {gone.id}.*nothing"):
+        await backend._link(held.id, [live.id, gone.id], -1, clock.now())
+    (got,) = await backend.get([held.id])
+    assert got is not None and (got.state, got.waiting_for, got.parents) == (
+        JobState.WAITING,
+        1,
+        (),
+    )
+    assert [k async for k in raw.scan_iter(match="*children*")] == []
+    assert await raw.hget(f"{{conveyor}}:job:{live.id}", "children") is None
+    assert await backend.link(held.id, holds=-1)
+    assert sorted(await _run(backend)) == sorted([live.id, held.id])
+    assert _clean(redis_url) == []
+
+
+async def test_link_to_parents_in_other_queues(
+    backend: RedisBackend, clock: FakeClock, raw: aioredis.Redis, redis_url: str
+) -> None:
+    """On a single Redis the edges live in each parent's queue keys, so the parents' own
+    settles release the child; the child's `parents` lists old then new, each once."""
+    first = make_job(clock, queue="etl:extract")
+    held = make_job(clock, queue="etl:load:v2", parents=(first.id,), waiting_for=1)
+    a = make_job(clock, queue="etl:extract")
+    b = make_job(clock, queue="x")
+    assert all(await stored(backend, [first, held, a, b]))
+    assert await backend.link(held.id, [first.id, a.id, b.id], holds=-1)
+    (got,) = await backend.get([held.id])
+    assert got is not None and got.parents == (first.id, a.id, b.id) and got.waiting_for == 3
+    assert await raw.smembers(f"{{conveyor}}:q:x:children:{b.id}") == {
+        f"etl:load:v2|{held.id}".encode()
+    }
+    assert sorted(await _run(backend, "etl:extract")) == sorted([first.id, a.id])
+    assert [j.state for j in await backend.get([held.id]) if j is not None] == [JobState.WAITING]
+    assert await _run(backend, "x") == [b.id]
+    assert await _run(backend, "etl:load:v2") == [held.id]
+    assert _clean(redis_url) == []
+
+
+async def test_link_releases_by_run_at_into_a_paused_queue_or_waking_a_worker(
+    redis_url: str, clock: FakeClock
+) -> None:
+    async with (
+        RedisBackend(redis_url, clock=clock) as producer,
+        RedisBackend(redis_url, clock=clock) as idle,
+    ):
+        later = make_job(clock, waiting_for=1, delay=60)
+        now = make_job(clock, waiting_for=2, queue="b")
+        paused = make_job(clock, waiting_for=1, queue="p")
+        assert all(await stored(producer, [later, now, paused]))
+        assert await producer.pause("p")
+        assert await producer.link(paused.id, holds=-1)
+        assert await producer.link(later.id, holds=-1)
+        assert await producer.link(now.id, holds=-1)  # one hold left
+        got = await producer.get([later.id, now.id, paused.id])
+        assert [j.state for j in got if j is not None] == [
+            JobState.SCHEDULED,
+            JobState.WAITING,
+            JobState.QUEUED,
+        ]
+        client = redis.Redis.from_url(redis_url)
+        try:
+            assert client.llen("{conveyor}:q:p:wake") == 0  # nobody woken for nothing
+            assert client.zcard("{conveyor}:q:default:scheduled") == 1
+        finally:
+            client.close()
+        waiting = asyncio.ensure_future(idle.wait(["b"], 5.0))
+        await asyncio.sleep(0.1)
+        assert not waiting.done()
+        start = time.monotonic()
+        assert await producer.link(now.id, holds=-5)  # floored at 0: released
+        await asyncio.wait_for(waiting, 2.0)
+        assert time.monotonic() - start < 1.0
+        (lease,) = await idle.claim(ClaimRequest(["b"], 1, 30.0, "w2"))
+        assert lease.id == now.id and lease.job.waiting_for == 0
+
+
+async def test_a_link_that_cancels_cascades_and_leaves_nothing_behind(
+    backend: RedisBackend, clock: FakeClock, redis_url: str
+) -> None:
+    live = make_job(clock)
+    bad = make_job(clock)
+    assert all(await stored(backend, [bad]))
+    (lease,) = await backend.claim(ClaimRequest(["default"], 1, 30.0, W))
+    assert await backend.settle([(lease, Cancelled("stop"))]) == [True]
+    held = make_job(clock, waiting_for=1, key="held")
+    below = make_job(clock, parents=(held.id,), key="below")
+    assert all(await stored(backend, [live, held, below]))
+    assert await backend.link(held.id, [live.id, bad.id])
+    got = await backend.get([held.id, below.id])
+    assert [(j.state, j.meta.get("cancel_reason")) for j in got if j is not None] == [
+        (JobState.CANCELLED, f"parent {bad.id} cancelled"),
+        (JobState.CANCELLED, f"parent {held.id} cancelled"),
+    ]
+    assert got[0] is not None and got[0].parents == (live.id, bad.id)
+    assert await stored(backend, [make_job(clock, key="held"), make_job(clock, key="below")]) == [
+        True,
+        True,
+    ]
+    assert not await backend.link(held.id, holds=-1)
+    assert _clean(redis_url) == []  # `live` got no edge: it ends with no children flag
+    assert live.id in await _run(backend)
+
+
+async def test_link_with_many_parents_in_one_step(
+    backend: RedisBackend, clock: FakeClock, redis_url: str
+) -> None:
+    """A batch's callback linked to its members at once: one script call, one settle of
+    them all releases it."""
+    members = [make_job(clock) for _ in range(2000)]
+    held = make_job(clock, waiting_for=1)
+    assert all(await stored(backend, [*members, held]))
+    assert await backend.link(held.id, [m.id for m in members], holds=-1)
+    (got,) = await backend.get([held.id])
+    assert got is not None and got.waiting_for == 2000 and len(got.parents) == 2000
+    leases = await backend.claim(ClaimRequest(["default"], 2000, 30.0, W))
+    assert len(leases) == 2000
+    assert all(await backend.settle([(lease, Completed(None)) for lease in leases]))
+    assert await _run(backend) == [held.id]
+    assert _clean(redis_url) == []

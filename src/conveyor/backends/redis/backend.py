@@ -221,6 +221,24 @@ class RedisBackend(Reads, Backend):
             f"(unknown, or already purged); {written}"
         )
 
+    async def _link(self, child: str, parents: Sequence[str], holds: int, now: float) -> bool:
+        """One ``link`` script call in the child's slot (cluster mode: the base refused
+        parents in other queues). The script reads every parent again before it writes."""
+        conn = await self._conn()
+        with self._errors("link"):
+            queue = await self._queue_of(conn, child)
+            if queue is None:
+                return False
+            res = await conn.scripts["link"](
+                [self.keys.route(queue)], [*self._args(), queue, child, int(holds), *parents]
+            )
+        if isinstance(res, list):
+            raise DependencyError(
+                f"job {child} can't wait for {text(res[0])}, which this store doesn't hold "
+                "(unknown, or already purged); nothing was changed"
+            )
+        return bool(res)
+
     # -- running ---------------------------------------------------------------------------
 
     async def _claim(self, request: ClaimRequest, now: float) -> list[Lease]:

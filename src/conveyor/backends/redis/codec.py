@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 
 import msgspec
 
-from conveyor.backends.redis.scripts import ENQUEUE_FIELDS, ENQUEUE_RAW, FIELDS
+from conveyor.backends.redis.scripts import BY_HAND, ENQUEUE_FIELDS, ENQUEUE_RAW, FIELDS
 from conveyor.fields import ENQUEUED, NAMES, Kind
 from conveyor.job import Job
 from conveyor.rows import decode_job
@@ -86,11 +86,18 @@ _ENCODE: dict[Kind, str] = {
 }
 
 
+# The fields the script writes by hand (`scripts.BY_HAND`): the holds, "" when there are none.
+_BY_HAND: dict[str, str] = {"waiting_for": '(str({v}) if {v} else "")'}
+assert set(_BY_HAND) == set(BY_HAND)
+
+
 def _compile_enqueue() -> Callable[[Sequence[Job]], list[bytes]]:
     """`enqueue_args`, generated from `fields.ENQUEUED` (as `conveyor.rows` generates its
     decoders): straight-line code per job, as fast as a hand-written tuple."""
     assert tuple(f.name for f in ENQUEUED) == ENQUEUE_FIELDS
-    array = ", ".join(_ENCODE[f.kind].format(v=f"j.{f.name}") for f in ENQUEUED)
+    array = ", ".join(
+        _BY_HAND.get(f.name, _ENCODE[f.kind]).format(v=f"j.{f.name}") for f in ENQUEUED
+    )
     raws = "".join(f"\n        out.append(j.{name} or b'')" for name in ENQUEUE_RAW)
     source = (
         "def enqueue_args(jobs):\n"

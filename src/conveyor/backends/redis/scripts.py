@@ -32,6 +32,7 @@ from conveyor.fields import ENQUEUED, NAMES, Field, Kind
 from conveyor.job import JobState
 
 __all__ = [
+    "BY_HAND",
     "CONSTANTS",
     "ENQUEUE_FIELDS",
     "ENQUEUE_RAW",
@@ -65,10 +66,20 @@ _CLAIM_FIELDS = (*FIELDS, "seq", "token")  # what a claim reads of each job, in 
 LuaValue = bool | int | str | tuple["LuaValue", ...] | Mapping[str, "LuaValue"]
 
 
+# Fields the enqueue script writes by hand rather than through E_SET / E_UNSET: the holds
+# (`Job.waiting_for`) make a job `waiting` and add to its live parents' count. Sent as ""
+# when 0, so a plain job carries one empty string and its hash no field for it.
+BY_HAND = ("waiting_for",)
+
+
 def _may_be_unset(field: Field) -> bool:
     """Whether an enqueue may send `field` as "" (unset): optional kinds, meta and ids
     (empty)."""
     return field.kind.optional or field.kind in (Kind.META, Kind.IDS)
+
+
+def _generic(field: Field) -> bool:
+    return field.name not in BY_HAND
 
 
 # What the Lua side takes from Python, rendered as ``local NAME = <value>`` into `HEADER`.
@@ -80,8 +91,8 @@ CONSTANTS: dict[str, LuaValue] = {
     "E": ENQUEUE_FIELDS,
     "E_RAW": tuple(ENQUEUE_FIELDS.index(name) + 1 for name in ENQUEUE_RAW),
     # Fields always set (written as they are) and those that may be unset ("": skipped).
-    "E_SET": tuple(i for i, f in enumerate(ENQUEUED, 1) if not _may_be_unset(f)),
-    "E_UNSET": tuple(i for i, f in enumerate(ENQUEUED, 1) if _may_be_unset(f)),
+    "E_SET": tuple(i for i, f in enumerate(ENQUEUED, 1) if _generic(f) and not _may_be_unset(f)),
+    "E_UNSET": tuple(i for i, f in enumerate(ENQUEUED, 1) if _generic(f) and _may_be_unset(f)),
     **{f"E_{name.upper()}": i for i, name in enumerate(ENQUEUE_FIELDS, 1)},
     "KNOWN": {state.value: True for state in JobState},
 }

@@ -1,9 +1,11 @@
 -- ARGV[4..]: per job, a msgpack array of its fields in the order of E (see
 -- `codec.enqueue_args`; numbers travel as strings so Lua never rounds them; those in
--- E_UNSET may be '', left unset), then its bytes fields (E_RAW: the payload), raw (Redis 7.0's cmsgpack cannot
--- unpack msgpack `bin`). Returns per job 1 (stored) or the id of the job holding its key
--- (a duplicate, skipped); or {{child, parent}} and nothing written when a parent is neither
--- earlier in the call nor stored. One INCRBY reserves the sequence numbers of the whole call.
+-- E_UNSET may be '', left unset; waiting_for, the holds, is '' for none), then its bytes
+-- fields (E_RAW: the payload), raw (Redis 7.0's cmsgpack cannot unpack msgpack `bin`). A job
+-- with holds is stored waiting, `waiting_for` its holds plus its live parents. Returns per
+-- job 1 (stored) or the id of the job holding its key (a duplicate, skipped); or
+-- {{child, parent}} and nothing written when a parent is neither earlier in the call nor
+-- stored. One INCRBY reserves the sequence numbers of the whole call.
 local out, woke = {}, {}
 local step = 1 + #E_RAW
 local jobs = {}
@@ -29,7 +31,8 @@ if graph then
   end
 end
 
--- A job with parents, as stored: its state (waiting, cancelled, or by its run_at), its
+-- A job with parents, as stored: its state (waiting, cancelled, or nil: by its run_at and
+-- holds), its
 -- parents (a duplicate's id replaced by its key's holder), and for a waiting job the
 -- parents it waits for as {queue, id}, each once; for a cancelled one the reason.
 local renamed = {}
@@ -77,10 +80,12 @@ for k, j in ipairs(jobs) do
     local seq = last - #jobs + k
     local run_at = j[E_RUN_AT]
     local state, parents, live, reason
+    local holds = j[E_WAITING_FOR]  -- '' for none (the producer's holds, see `link`)
     if j[E_PARENTS] ~= '' then
       state, parents, live, reason = blocked(j)
       if parents then j[E_PARENTS] = parents end
     end
+    if holds ~= '' and state ~= 'cancelled' then state = 'waiting' end
     state = state or (((tonumber(run_at) or 0) > NOW) and 'scheduled' or 'queued')
     if key ~= '' and state ~= 'cancelled' then redis.call('HSET', slot(q) .. ':uniq', key, id) end
     f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8] =
@@ -97,10 +102,10 @@ for k, j in ipairs(jobs) do
     elseif state == 'scheduled' then
       redis.call('ZADD', qkey(q, 'scheduled'), run_at, id)
     elseif state == 'waiting' then
-      f[n + 1], f[n + 2] = 'waiting_for', #live
+      f[n + 1], f[n + 2] = 'waiting_for', (live and #live or 0) + (tonumber(holds) or 0)
       n = n + 2
       local member = q .. '|' .. id
-      for _, p in ipairs(live) do
+      for _, p in ipairs(live or {}) do
         redis.call('SADD', children_key(p[1], p[2]), member)
         redis.call('HSET', jkey(p[1], p[2]), 'children', 1)
       end

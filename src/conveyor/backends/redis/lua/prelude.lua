@@ -282,6 +282,18 @@ local function holder_of(q, key)
   return hid
 end
 
+-- A waiting job with nothing left to wait for (no parent, no hold): scheduled or queued
+-- by its run_at. Returns true when it is queued (someone to wake).
+local function unblock(q, jk, id, run_at, seq)
+  redis.call('HDEL', jk, 'waiting_for')
+  if (tonumber(run_at) or 0) > NOW then
+    to_scheduled(q, jk, id, seq, 'waiting', run_at)
+    return false
+  end
+  to_ready(q, jk, id, 'waiting')
+  return true
+end
+
 -- Each waiting child of a parent in ENDED counts that end, once (the parent's set goes):
 -- completed, or with the child's policy "run", its `waiting_for` drops and at 0 it becomes
 -- scheduled or queued; failed or cancelled otherwise, it is cancelled, naming the parent,
@@ -306,14 +318,8 @@ local function count_ended()
           local left = (tonumber(h[2]) or 1) - 1
           if left > 0 then
             redis.call('HSET', cjk, 'waiting_for', left)
-          else
-            redis.call('HDEL', cjk, 'waiting_for')
-            if (tonumber(h[4]) or 0) > NOW then
-              to_scheduled(cq, cjk, cid, h[5], 'waiting', h[4])
-            else
-              to_ready(cq, cjk, cid, 'waiting')
-              woke[cq] = (woke[cq] or 0) + 1
-            end
+          elseif unblock(cq, cjk, cid, h[4], h[5]) then
+            woke[cq] = (woke[cq] or 0) + 1
           end
         else
           redis.call('HSET', cjk, 'cancel_reason', 'parent ' .. id .. ' ' .. st)
