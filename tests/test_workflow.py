@@ -280,8 +280,16 @@ async def test_a_chain_from_sync_code(app: conveyor.App) -> None:
         return a + b
 
     flow = await asyncio.to_thread(conveyor.chain(add.s(1, 2), add.s(10)).enqueue_sync)
+    g = await asyncio.to_thread(conveyor.group([add.s(1, 1), add.s(2, 2)]).enqueue_sync)
+    with pytest.raises(conveyor.ConveyorError, match="did not finish within"):
+        await g.results(timeout=0.01)
+    done = await asyncio.to_thread(conveyor.chord([add.s(1, 1)], add.s(5)).enqueue_sync)
     await drain(app)
     assert await flow.result(timeout=1) == 13
+    assert await g.results(timeout=1) == [2, 4]
+    with pytest.raises(conveyor.ConveyorError):
+        await done.result(timeout=1)  # add(a: int, b) can't take a list: a poison payload
+    assert (await done.get()).last_error.type == "PoisonPayload"  # type: ignore[union-attr]
 
 
 async def test_a_result_of_the_wrong_type_fails_the_next_step(app: conveyor.App) -> None:

@@ -22,7 +22,7 @@ from typing import Any, Generic, TypeVar
 import msgspec
 
 from conveyor.backends.base import MAX_PARENTS
-from conveyor.errors import ConfigError, StateError
+from conveyor.errors import ConfigError, ResultTimeout, StateError
 from conveyor.handle import JobHandle
 from conveyor.job import Job, JobState
 from conveyor.registry import Registry
@@ -107,9 +107,14 @@ class GroupHandle(Generic[R]):
 
     async def results(self, timeout: float | None = None) -> list[R]:
         """Every member's result, in member order (raises as `JobHandle.result` does for the
-        first member that failed or was cancelled)."""
-        async with asyncio.timeout(timeout):
-            return [await h.result() for h in self.handles]
+        first member that failed or was cancelled; `ResultTimeout` after `timeout`)."""
+        try:
+            async with asyncio.timeout(timeout):
+                return [await h.result() for h in self.handles]
+        except TimeoutError:
+            raise ResultTimeout(
+                f"the group of {len(self.handles)} jobs did not finish within {timeout} s"
+            ) from None
 
 
 class Group(Generic[R]):
@@ -137,6 +142,12 @@ class Group(Generic[R]):
             [m.handle(got, got == j.id) for m, j, got in zip(self.members, jobs, ids, strict=True)]
         )
 
+    def enqueue_sync(self) -> GroupHandle[R]:
+        """`enqueue` for synchronous code."""
+        if self._registry is None:
+            return GroupHandle([])
+        return self._registry.portal.call(self.enqueue())
+
 
 class Chord(Generic[R]):
     """A group and a callback that gets the list of the members' results, in member order,
@@ -160,6 +171,10 @@ class Chord(Generic[R]):
         jobs = self._jobs(_now(self._registry))
         ids = await write_jobs(self._registry, jobs)
         return self.callback.handle(ids[-1], ids[-1] == jobs[-1].id)
+
+    def enqueue_sync(self) -> JobHandle[R]:
+        """`enqueue` for synchronous code."""
+        return self._registry.portal.call(self.enqueue())
 
 
 def chain(*steps: Signature[Any]) -> Chain[Any]:
