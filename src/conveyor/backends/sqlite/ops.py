@@ -51,31 +51,39 @@ def _release_stale_key(conn: sqlite3.Connection, key: str, now: float) -> None:
     )
 
 
-_INSERT = (
-    f"INSERT {{verb}} INTO jobs ({', '.join(INSERTED)}) VALUES ({', '.join('?' * len(INSERTED))})"
-)
-_INSERT_PLAIN = _INSERT.format(verb="")
-_INSERT_KEYED = _INSERT.format(verb="OR IGNORE")
 _ENQUEUED = tuple(f.name for f in ENQUEUED)
-# Encoded below, the rest stored as they are: meta (last) and the parents' ids. A plain
-# job's row stores its own `waiting_for` (0); a job with parents or holds gets its count.
+# Encoded below, the rest stored as they are: meta (last) and the parents' ids.
 assert _ENQUEUED[-5:] == ("parents", "on_parent_failure", "feed", "waiting_for", "meta")
 _plain = operator.attrgetter(*_ENQUEUED[:-5])
-_flow = operator.attrgetter("on_parent_failure", "feed", "waiting_for")
+_flow = operator.attrgetter("on_parent_failure", "feed")
+# Plain and keyed jobs (no parents, no holds) leave `waiting_for` to its column default
+# (0): one parameter fewer on the hot path. Jobs with parents or holds use `_INSERT_CHILD`.
+_ROW = tuple(c for c in INSERTED if c != "waiting_for")
+_INSERT = f"INSERT {{verb}} INTO jobs ({', '.join(_ROW)}) VALUES ({', '.join('?' * len(_ROW))})"
+_INSERT_PLAIN = _INSERT.format(verb="")
+_INSERT_KEYED = _INSERT.format(verb="OR IGNORE")
 
 
 def _insert_row(job: Job, now: float) -> tuple[object, ...]:
+    """The `_INSERT` row of a job without parents or holds."""
     meta = _json.encode(job.meta).decode() if job.meta else "{}"
     state = "scheduled" if job.run_at > now else "queued"
     return (*_plain(job), ",".join(job.parents), *_flow(job), meta, state, job.key)
 
 
 def enqueue(conn: sqlite3.Connection, jobs: Sequence[Job], now: float) -> list[str]:
-    # Plain jobs (no key, no parents, no holds) go in with one executemany; the others
-    # one at a time, in call order (a parent before its children).
-    if all(job.key is None and not job.parents and not job.waiting_for for job in jobs):
-        conn.executemany(_INSERT_PLAIN, [_insert_row(job, now) for job in jobs])
-        return [job.id for job in jobs]
+    """Store `jobs` (see `Backend.enqueue`): plain ones (no key, parents or holds) with
+    one executemany, the others one at a time, in call order (parents before children)."""
+    for job in jobs:  # a loop, not all(...): no generator to resume per job on the hot path
+        if job.key is not None or job.parents or job.waiting_for:
+            return _enqueue_mixed(conn, jobs, now)
+    conn.executemany(_INSERT_PLAIN, [_insert_row(job, now) for job in jobs])
+    return [job.id for job in jobs]
+
+
+def _enqueue_mixed(conn: sqlite3.Connection, jobs: Sequence[Job], now: float) -> list[str]:
+    """`enqueue` of a call with some keyed, dependent or held jobs: each run of plain jobs
+    between them still goes in with one executemany."""
     out: list[str] = []
     renamed: dict[str, str] = {}  # a duplicate's id -> its key's holder
     plain: list[Job] = []  # a run of plain jobs, inserted together
