@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import msgspec
 import pytest
 import redis
 import redis.asyncio as aioredis
@@ -16,6 +17,8 @@ import redis.asyncio as aioredis
 from conveyor.backends.base import ClaimRequest
 from conveyor.backends.redis import RedisBackend
 from conveyor.backends.redis.backend import _CHUNK
+from conveyor.backends.redis.codec import enqueue_args
+from conveyor.backends.redis.scripts import ENQUEUE_FIELDS
 from conveyor.clock import FakeClock
 from conveyor.errors import DependencyError
 from conveyor.job import Cancelled, Completed, Failed, JobState
@@ -297,6 +300,10 @@ async def test_plain_jobs_carry_no_holds_field(
     holds or parents has no hash field for it: plain jobs cost what they did."""
     plain = make_job(clock)
     held = make_job(clock, waiting_for=3)
+    # The holds go last in a job's argument array, and only when set.
+    sent = [msgspec.msgpack.decode(arg) for arg in enqueue_args([plain, held])[::2]]
+    assert [len(a) for a in sent] == [len(ENQUEUE_FIELDS) - 1, len(ENQUEUE_FIELDS)]
+    assert ENQUEUE_FIELDS[-1] == "waiting_for" and sent[1][-1] == "3"
     assert all(await stored(backend, [plain, held]))
     assert await raw.hget(f"{{conveyor}}:job:{plain.id}", "waiting_for") is None
     assert await raw.hget(f"{{conveyor}}:job:{held.id}", "waiting_for") == b"3"

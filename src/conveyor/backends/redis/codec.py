@@ -86,24 +86,22 @@ _ENCODE: dict[Kind, str] = {
 }
 
 
-# The fields the script writes by hand (`scripts.BY_HAND`): the holds, "" when there are none.
-_BY_HAND: dict[str, str] = {"waiting_for": '(str({v}) if {v} else "")'}
-assert set(_BY_HAND) == set(BY_HAND)
-
-
 def _compile_enqueue() -> Callable[[Sequence[Job]], list[bytes]]:
     """`enqueue_args`, generated from `fields.ENQUEUED` (as `conveyor.rows` generates its
-    decoders): straight-line code per job, as fast as a hand-written tuple."""
-    assert tuple(f.name for f in ENQUEUED) == ENQUEUE_FIELDS
-    array = ", ".join(
-        _BY_HAND.get(f.name, _ENCODE[f.kind]).format(v=f"j.{f.name}") for f in ENQUEUED
-    )
+    decoders): straight-line code per job, as fast as a hand-written tuple. The fields the
+    script writes by hand (`scripts.BY_HAND`, ints) are appended only when set."""
+    generic = [f for f in ENQUEUED if f.name not in BY_HAND]
+    assert all(f.kind is Kind.INT for f in ENQUEUED if f.name in BY_HAND)
+    assert (*(f.name for f in generic), *BY_HAND) == ENQUEUE_FIELDS
+    array = ", ".join(_ENCODE[f.kind].format(v=f"j.{f.name}") for f in generic)
+    tail = "".join(f"\n        if j.{n}:\n            a.append(str(j.{n}))" for n in BY_HAND)
     raws = "".join(f"\n        out.append(j.{name} or b'')" for name in ENQUEUE_RAW)
     source = (
         "def enqueue_args(jobs):\n"
         "    out = []\n"
         "    for j in jobs:\n"
-        f"        out.append(pack([{array}])){raws}\n"
+        f"        a = [{array}]{tail}\n"
+        f"        out.append(pack(a)){raws}\n"
         "    return out\n"
     )
     scope: dict[str, object] = {"pack": _msgpack.encode, "_json": _json.encode}

@@ -51,10 +51,18 @@ __all__ = [
 # record's fields (`conveyor.fields`), then the cancel reason, kept beside `meta` here.
 FIELDS = (*NAMES, "cancel_reason")
 
+# Fields the enqueue script writes by hand rather than through E_SET / E_UNSET, sent last
+# and only when set (not 0): the holds (`Job.waiting_for`) make a job `waiting` and add to
+# its live parents' count. A plain job's array stops before them, and its hash has no
+# field for them.
+BY_HAND = ("waiting_for",)
+
 # The fields an enqueue carries, in order (`codec.enqueue_args`): each job is one msgpack
-# array of them, bytes fields (the payload) left empty there and sent as raw arguments
-# after it (Redis 7.0's cmsgpack can't unpack msgpack `bin`).
-ENQUEUE_FIELDS = tuple(f.name for f in ENQUEUED)
+# array of them (`fields.ENQUEUED`'s order, `BY_HAND` last), bytes fields (the payload)
+# left empty there and sent as raw arguments after it (Redis 7.0's cmsgpack can't unpack
+# msgpack `bin`).
+_GENERIC = tuple(f for f in ENQUEUED if f.name not in BY_HAND)
+ENQUEUE_FIELDS = (*(f.name for f in _GENERIC), *BY_HAND)
 ENQUEUE_RAW = tuple(f.name for f in ENQUEUED if f.kind in (Kind.BYTES, Kind.OPT_BYTES))
 ENQUEUE_WIDTH = len(ENQUEUE_FIELDS)
 
@@ -66,20 +74,10 @@ _CLAIM_FIELDS = (*FIELDS, "seq", "token")  # what a claim reads of each job, in 
 LuaValue = bool | int | str | tuple["LuaValue", ...] | Mapping[str, "LuaValue"]
 
 
-# Fields the enqueue script writes by hand rather than through E_SET / E_UNSET: the holds
-# (`Job.waiting_for`) make a job `waiting` and add to its live parents' count. Sent as ""
-# when 0, so a plain job carries one empty string and its hash no field for it.
-BY_HAND = ("waiting_for",)
-
-
 def _may_be_unset(field: Field) -> bool:
     """Whether an enqueue may send `field` as "" (unset): optional kinds, meta and ids
     (empty)."""
     return field.kind.optional or field.kind in (Kind.META, Kind.IDS)
-
-
-def _generic(field: Field) -> bool:
-    return field.name not in BY_HAND
 
 
 # What the Lua side takes from Python, rendered as ``local NAME = <value>`` into `HEADER`.
@@ -91,8 +89,8 @@ CONSTANTS: dict[str, LuaValue] = {
     "E": ENQUEUE_FIELDS,
     "E_RAW": tuple(ENQUEUE_FIELDS.index(name) + 1 for name in ENQUEUE_RAW),
     # Fields always set (written as they are) and those that may be unset ("": skipped).
-    "E_SET": tuple(i for i, f in enumerate(ENQUEUED, 1) if _generic(f) and not _may_be_unset(f)),
-    "E_UNSET": tuple(i for i, f in enumerate(ENQUEUED, 1) if _generic(f) and _may_be_unset(f)),
+    "E_SET": tuple(i for i, f in enumerate(_GENERIC, 1) if not _may_be_unset(f)),
+    "E_UNSET": tuple(i for i, f in enumerate(_GENERIC, 1) if _may_be_unset(f)),
     **{f"E_{name.upper()}": i for i, name in enumerate(ENQUEUE_FIELDS, 1)},
     "KNOWN": {state.value: True for state in JobState},
 }

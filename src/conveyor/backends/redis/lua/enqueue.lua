@@ -1,11 +1,11 @@
 -- ARGV[4..]: per job, a msgpack array of its fields in the order of E (see
 -- `codec.enqueue_args`; numbers travel as strings so Lua never rounds them; those in
--- E_UNSET may be '', left unset; waiting_for, the holds, is '' for none), then its bytes
--- fields (E_RAW: the payload), raw (Redis 7.0's cmsgpack cannot unpack msgpack `bin`). A job
--- with holds is stored waiting, `waiting_for` its holds plus its live parents. Returns per
--- job 1 (stored) or the id of the job holding its key (a duplicate, skipped); or
--- {{child, parent}} and nothing written when a parent is neither earlier in the call nor
--- stored. One INCRBY reserves the sequence numbers of the whole call.
+-- E_UNSET may be '', left unset; the last, waiting_for (the holds), is there only when set),
+-- then its bytes fields (E_RAW: the payload), raw (Redis 7.0's cmsgpack cannot unpack
+-- msgpack `bin`). A job with holds is stored waiting, `waiting_for` its holds plus its live
+-- parents. Returns per job 1 (stored) or the id of the job holding its key (a duplicate,
+-- skipped); or {{child, parent}} and nothing written when a parent is neither earlier in the
+-- call nor stored. One INCRBY reserves the sequence numbers of the whole call.
 local out, woke = {}, {}
 local step = 1 + #E_RAW
 local jobs = {}
@@ -80,12 +80,12 @@ for k, j in ipairs(jobs) do
     local seq = last - #jobs + k
     local run_at = j[E_RUN_AT]
     local state, parents, live, reason
-    local holds = j[E_WAITING_FOR]  -- '' for none (the producer's holds, see `link`)
+    local holds = j[E_WAITING_FOR]  -- nil for none (the producer's holds, see `link`)
     if j[E_PARENTS] ~= '' then
       state, parents, live, reason = blocked(j)
       if parents then j[E_PARENTS] = parents end
     end
-    if holds ~= '' and state ~= 'cancelled' then state = 'waiting' end
+    if holds and state ~= 'cancelled' then state = 'waiting' end
     state = state or (((tonumber(run_at) or 0) > NOW) and 'scheduled' or 'queued')
     if key ~= '' and state ~= 'cancelled' then redis.call('HSET', slot(q) .. ':uniq', key, id) end
     f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8] =
