@@ -463,3 +463,21 @@ async def test_link_with_many_parents_in_one_step(
     assert all(await backend.settle([(lease, Completed(None)) for lease in leases]))
     assert await _run(backend) == [held.id]
     assert _clean(redis_url) == []
+
+
+async def test_holds_given_back_past_zero_release_a_child_with_live_parents(
+    backend: RedisBackend, clock: FakeClock, redis_url: str
+) -> None:
+    """`waiting_for` floors at 0: the child runs though a parent still runs; that parent's
+    end then finds it no longer waiting and leaves it alone (its edge goes with the set)."""
+    parent = make_job(clock)
+    child = make_job(clock, parents=(parent.id,), waiting_for=1)
+    assert all(await stored(backend, [parent, child]))
+    (lease,) = await backend.claim(ClaimRequest(["default"], 1, 30.0, W))
+    assert lease.id == parent.id
+    assert await backend.link(child.id, holds=-5)
+    assert await _run(backend) == [child.id]
+    assert await backend.settle([(lease, Completed(None))]) == [True]
+    got = await backend.get([child.id])
+    assert [(j.state, j.attempts) for j in got if j is not None] == [(JobState.COMPLETED, 1)]
+    assert _clean(redis_url) == []
