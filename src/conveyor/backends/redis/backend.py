@@ -223,12 +223,16 @@ class RedisBackend(Reads, Backend):
 
     async def _link(self, child: str, parents: Sequence[str], holds: int, now: float) -> bool:
         """One ``link`` script call in the child's slot (cluster mode: the base refused
-        parents in other queues). The script reads every parent again before it writes."""
+        parents in other queues; a single Redis lets the script read the child's queue,
+        saving a round trip). The script reads every parent again before it writes."""
         conn = await self._conn()
         with self._errors("link"):
-            queue = await self._queue_of(conn, child)
-            if queue is None:
-                return False
+            queue = ""
+            if self.keys.cluster:
+                found = await self._queue_of(conn, child)
+                if found is None:
+                    return False
+                queue = found
             res = await conn.scripts["link"](
                 [self.keys.route(queue)], [*self._args(), queue, child, int(holds), *parents]
             )

@@ -1,5 +1,6 @@
--- ARGV[4] queue, [5] child id, [6] holds to add (negative: given back), [7..] parents (each
--- once, none the child; in the child's slot). Returns 1 (applied), 0 (the child is not
+-- ARGV[4] queue ('' on a single Redis: read from the child's hash, whose key doesn't
+-- depend on it there), [5] child id, [6] holds to add (negative: given back), [7..] parents
+-- (each once, none the child; in the child's slot). Returns 1 (applied), 0 (the child is not
 -- waiting: nothing changed), or {parent} and nothing changed when a parent is not stored
 -- (purged since the caller's check). See `Backend.link`: new parents are appended to the
 -- child's; live ones get an edge and count in `waiting_for`; ended ones count at once (a
@@ -8,8 +9,9 @@
 local q, id, holds = ARGV[4], ARGV[5], tonumber(ARGV[6]) or 0
 local jk = jkey(q, id)
 local h = redis.call('HMGET', jk, 'state', 'waiting_for', 'parents', 'on_parent_failure',
-                     'run_at', 'seq', 'children')
+                     'run_at', 'seq', 'children', 'queue')
 if h[1] ~= 'waiting' then return 0 end
+if q == '' then q = h[8] or q end
 local parents, have = {}, {}
 if ARGV[7] then  -- (holds alone don't read the child's parents)
   for p in string.gmatch(h[3] or '', '[^,]+') do
