@@ -21,7 +21,6 @@ from typing import Any, Generic, TypeVar
 
 import msgspec
 
-from conveyor.backends.base import MAX_PARENTS
 from conveyor.errors import ConfigError, ResultTimeout, StateError
 from conveyor.handle import JobHandle
 from conveyor.job import Job, JobState
@@ -44,6 +43,9 @@ R = TypeVar("R")
 
 #: The meta key a batch's callbacks carry: the ids of its callbacks, by name.
 BATCH_META = "conveyor_batch"
+#: Members linked to a callback per store call (on Redis ~6 µs of server time each: one
+#: call holds the server ~30 ms, not the ~1 s of a 100,000-member call).
+_LINK_CHUNK = 5_000
 
 
 def _registry(signatures: Sequence[Signature[Any]], what: str) -> Registry:
@@ -361,7 +363,8 @@ class JobBatch:
         self._token = None
         backend = self._registry.producer.backend
         members = list(dict.fromkeys(self.members))  # a duplicate's holder may repeat
-        chunks = [members[i : i + MAX_PARENTS] for i in range(0, len(members), MAX_PARENTS)]
+        step = _LINK_CHUNK
+        chunks = [members[i : i + step] for i in range(0, len(members), step)]
         chunks = chunks or [[]]
         give_back = -1 if self._held else 0
         self._held = False
