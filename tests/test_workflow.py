@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 import conveyor
+from conveyor import workflow
 from conveyor.backends.base import JobFilter
 from conveyor.cli import cli
 from conveyor.errors import ConfigError, DependencyError, InvalidArguments, InvalidOption
@@ -408,3 +409,25 @@ async def test_each_chain_step_starts_as_soon_as_the_last_one_settled(tmp_path: 
     gaps = [b[0] - a[1] for a, b in itertools.pairwise(times)]
     assert max(gaps) < 0.5, sorted(gaps)[-5:]  # a lost wake-up costs a whole second
     await app.aclose()
+
+
+async def test_a_large_batch_is_linked_in_chunks(
+    app: conveyor.App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(workflow, "_LINK_CHUNK", 3)
+    fired: list[str] = []
+
+    @app.task
+    async def row(n: int) -> int:
+        return n
+
+    @app.task
+    async def notify(text: str) -> None:
+        fired.append(text)
+
+    async with app.batch(on_complete=notify.s("done")) as batch:
+        for n in range(10):
+            await row.enqueue(n)
+    assert (await batch.callbacks["on_complete"].get()).waiting_for == 10  # the hold went back
+    await drain(app)
+    assert fired == ["done"]
