@@ -101,7 +101,10 @@ class Reads(abc.ABC):
         limit: int,
     ) -> Page:
         """Merge the (queue, state) indexes in (seq, queue) order, filtering as we go."""
-        batch = min(max(limit + 1, 200), 2000)
+        if len(sources) == 1 and filter.task is None and filter.key is None:
+            batch = limit + 1  # one index, nothing to filter out: exactly what the page needs
+        else:  # several indexes to merge, or a filter that may pass over many: read ahead
+            batch = min(max(limit + 1, 200), 2000)
         matches: list[tuple[tuple[int, str], Job]] = []
         while sources and len(matches) <= limit:
             fetched = [
