@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conveyor.backends.base import ClaimRequest
-from conveyor.backends.sqlite import SQLiteBackend, ops
+from conveyor.backends.sqlite import SQLiteBackend, depend
 from conveyor.backends.sqlite.schema import SCHEMA_VERSION
 from conveyor.clock import FakeClock
 from conveyor.errors import BackendError, DependencyError, StoreUnavailable
@@ -387,7 +387,7 @@ async def test_the_edge_read_uses_the_primary_key(tmp_path: Path) -> None:
     plan = " ".join(
         str(r)
         for r in conn.execute(
-            "EXPLAIN QUERY PLAN " + ops._CHILDREN.format(marks="?, ?"), ("a" * 32, "b" * 32)
+            "EXPLAIN QUERY PLAN " + depend._CHILDREN.format(marks="?, ?"), ("a" * 32, "b" * 32)
         )
     )
     conn.close()

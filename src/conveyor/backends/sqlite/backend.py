@@ -29,7 +29,7 @@ from typing import TypeVar
 
 from conveyor.backends._wake import Wakeup
 from conveyor.backends.base import Backend, ClaimRequest, JobFilter, Page
-from conveyor.backends.sqlite import ops, shared
+from conveyor.backends.sqlite import depend, ops, shared
 from conveyor.backends.sqlite.schema import migrate
 from conveyor.capabilities import LockInfo, WorkerInfo
 from conveyor.clock import Clock, SystemClock
@@ -269,7 +269,7 @@ class SQLiteBackend(Backend):
         return await self._tx(lambda c: ops.enqueue(c, jobs, now))
 
     async def _link(self, child: str, parents: Sequence[str], holds: int, now: float) -> bool:
-        return await self._tx(lambda c: ops.link(c, child, parents, holds, now))
+        return await self._tx(lambda c: depend.link(c, child, parents, holds, now))
 
     async def _claim(self, request: ClaimRequest, now: float) -> list[Lease]:
         return await self._tx(lambda c: ops.claim(c, request, now))

@@ -15,7 +15,8 @@ from msgspec.structs import replace
 
 from conveyor.backends import rules
 from conveyor.backends.base import ClaimRequest, JobFilter, Page
-from conveyor.backends.sqlite.schema import COLUMNS, INSERTED
+from conveyor.backends.sqlite import depend
+from conveyor.backends.sqlite.schema import COLUMNS, DONE, INSERTED
 from conveyor.errors import DependencyError
 from conveyor.fields import ENQUEUED, NAMES
 from conveyor.job import (
@@ -120,8 +121,6 @@ _INSERT_CHILD = (
     f"INSERT OR IGNORE INTO jobs ({', '.join(INSERTED)}, finished_at, expires_at) "
     f"VALUES ({', '.join('?' * (len(INSERTED) + 2))})"
 )
-_ENDED = frozenset(s.value for s in TERMINAL)
-_IN_CHUNK = 500  # ids per `IN (...)`: well under SQLite's parameter limit
 
 
 def _child_row(
@@ -144,7 +143,7 @@ def _enqueue_child(
     that holds its place."""
     if renamed and any(p in renamed for p in job.parents):
         job = replace(job, parents=tuple(renamed.get(p, p) for p in job.parents))
-    states = _states(conn, job.parents)
+    states = depend.states(conn, job.parents)
     if len(states) < len(job.parents):
         missing = next(p for p in job.parents if p not in states)
         raise DependencyError(
@@ -156,8 +155,8 @@ def _enqueue_child(
         holder = conn.execute("SELECT id FROM jobs WHERE key_lock = ?", (job.key,)).fetchone()
         if holder is not None:
             return str(holder[0])
-    waiting = [p for p in job.parents if states[p] not in _ENDED]
-    reason = _doomed(job.parents, states, job.on_parent_failure)
+    waiting = [p for p in job.parents if states[p] not in depend.ENDED]
+    reason = depend.doomed(job.parents, states, job.on_parent_failure)
     if reason is not None:  # stored ended: it holds no key and waits for nothing
         job = replace(job, meta={**job.meta, "cancel_reason": reason})
         row = _child_row(job, "cancelled", job.waiting_for, None, now)
@@ -168,204 +167,8 @@ def _enqueue_child(
     if conn.execute(_INSERT_CHILD, row).rowcount != 1:
         return job.id  # stored already (a retried call): its edges were written then
     if reason is None:
-        _add_edges(conn, waiting, job.id)
+        depend.add_edges(conn, waiting, job.id)
     return job.id
-
-
-def _doomed(parents: Iterable[str], states: Mapping[str, str], policy: str) -> str | None:
-    """The `cancel_reason` a child gets from the first of `parents` that ended failed or
-    cancelled (`None` if none did, or the child's policy is "run")."""
-    if policy == "run":
-        return None
-    for parent in parents:
-        state = states[parent]
-        if state in _ENDED and state != "completed":
-            return f"parent {parent} {state}"
-    return None
-
-
-def _add_edges(conn: sqlite3.Connection, parents: Sequence[str], child: str) -> None:
-    """`child` waits for `parents` (live ones): an edge each, and their ends look them up."""
-    if not parents:
-        return
-    conn.executemany(
-        "INSERT OR IGNORE INTO edges (parent, child) VALUES (?, ?)",
-        [(parent, child) for parent in parents],
-    )
-    for start in range(0, len(parents), _IN_CHUNK):
-        chunk = parents[start : start + _IN_CHUNK]
-        conn.execute(
-            "UPDATE jobs SET has_children = 1 WHERE has_children = 0 "
-            f"AND id IN ({','.join('?' * len(chunk))})",
-            chunk,
-        )
-
-
-def _states(conn: sqlite3.Connection, ids: Sequence[str]) -> dict[str, str]:
-    """The stored state of each of `ids` the file holds (an unknown state reads as failed);
-    the caller names what is missing."""
-    states: dict[str, str] = {}
-    for start in range(0, len(ids), _IN_CHUNK):
-        chunk = ids[start : start + _IN_CHUNK]
-        marks = ",".join("?" * len(chunk))
-        for job_id, state in conn.execute(
-            f"SELECT id, state FROM jobs WHERE id IN ({marks})", chunk
-        ):
-            states[job_id] = state if state in _STATES else "failed"
-    return states
-
-
-def link(
-    conn: sqlite3.Connection, child: str, parents: Sequence[str], holds: int, now: float
-) -> bool:
-    """`Backend.link` in the caller's transaction: `False`, nothing written, if `child` is
-    not waiting; a `DependencyError` (the caller rolls back) for a parent the file doesn't
-    hold. New live parents get edges and count in `waiting_for`, ended ones count at once
-    (a failed one may cancel the child, cascading); then the holds; at 0 it is released."""
-    row = conn.execute(
-        "SELECT state, waiting_for, parents, on_parent_failure, run_at, has_children "
-        "FROM jobs WHERE id = ?",
-        (child,),
-    ).fetchone()
-    if row is None or row[0] != "waiting":
-        return False
-    _, waiting_for, stored, policy, run_at, has_children = row
-    states = _states(conn, parents)
-    if len(states) < len(parents):
-        missing = next(p for p in parents if p not in states)
-        raise DependencyError(
-            f"job {child} can't wait for {missing}, which this store doesn't hold "
-            "(unknown, or already purged); nothing was changed"
-        )
-    have = set(stored.split(",")) if stored else set()
-    new = [p for p in parents if p not in have]
-    ids = ",".join(filter(None, (stored, *new)))
-    reason = _doomed(new, states, policy)
-    if reason is not None:
-        conn.execute(
-            f"UPDATE jobs SET state = 'cancelled', parents = ?, key_lock = NULL, {_DONE}, "
-            "meta = json_set(meta, '$.cancel_reason', ?) WHERE id = ?",
-            (ids, now, now, reason, child),
-        )
-        conn.execute("DELETE FROM edges WHERE child = ?", (child,))
-        if has_children:
-            _count_ended(conn, [(child, "cancelled")], now)
-        return True
-    live = [p for p in new if states[p] not in _ENDED]
-    left = max(0, waiting_for + len(live) + holds)
-    if left:
-        _add_edges(conn, live, child)
-        conn.execute(
-            "UPDATE jobs SET waiting_for = ?, parents = ? WHERE id = ?", (left, ids, child)
-        )
-        return True
-    # Released with parents still live (more holds given back than were taken): their
-    # edges would count nothing, and the table keeps only waiting jobs' edges.
-    conn.execute("DELETE FROM edges WHERE child = ?", (child,))
-    conn.execute(
-        "UPDATE jobs SET state = ?, waiting_for = 0, parents = ? WHERE id = ?",
-        (rules.state_for_run_at(run_at, now).value, ids, child),
-    )
-    return True
-
-
-class _Child:
-    """A waiting child as `_count_ended` sees it while it counts its parents' ends."""
-
-    __slots__ = ("has_children", "policy", "run_at", "state", "waiting_for")
-
-    def __init__(
-        self, state: str, waiting_for: int, policy: str, run_at: float, has_children: int
-    ) -> None:
-        self.state, self.waiting_for, self.policy = state, waiting_for, policy
-        self.run_at, self.has_children = run_at, has_children
-
-
-def _count_ended(conn: sqlite3.Connection, ended: Sequence[tuple[str, str]], now: float) -> None:
-    """Each waiting child of the jobs that just ended (id, state) counts that end, in this
-    transaction: runnable once every parent has ended, or cancelled (and so, in turn, its
-    own waiting children) by a parent that failed or was cancelled. Counted edges are
-    deleted, so a parent that ends again changes nothing.
-
-    Callers pass only jobs marked `has_children` (the statement that ended them returns
-    it), so jobs without children cost nothing here; one indexed read of `edges` for the
-    batch, one more per job cancelled here. Parents are taken last-ended first and
-    children in enqueue order, as the memory store does (it decides which parent a
-    `cancel_reason` names when several end together).
-    """
-    found = _children_of(conn, [parent for parent, _ in ended])
-    if not found:
-        return
-    stack = [(parent, state, False) for parent, state in ended]
-    children: dict[str, _Child] = {}
-    changed: dict[str, _Child] = {}
-    reasons: dict[str, str] = {}
-    while stack:
-        parent, state, cascaded = stack.pop()
-        rows = _children_of(conn, [parent]).get(parent, []) if cascaded else found.pop(parent, [])
-        for child_id, child_state, waiting_for, policy, run_at, grandchildren in rows:
-            child = children.get(child_id)
-            if child is None:
-                child = _Child(child_state, waiting_for, policy, run_at, grandchildren)
-                children[child_id] = child
-            if child.state != "waiting":
-                continue
-            changed[child_id] = child
-            if state == "completed" or child.policy == "run":
-                if child.waiting_for > 1:
-                    child.waiting_for -= 1
-                    continue
-                child.state = rules.state_for_run_at(child.run_at, now).value
-                child.waiting_for = 0
-            else:
-                child.state = "cancelled"
-                reasons[child_id] = f"parent {parent} {state}"
-                if child.has_children:
-                    stack.append((child_id, "cancelled", True))
-    conn.executemany(
-        "UPDATE jobs SET state = ?, waiting_for = ? WHERE id = ?",
-        [(c.state, c.waiting_for, i) for i, c in changed.items() if i not in reasons],
-    )
-    if reasons:
-        conn.executemany(
-            f"UPDATE jobs SET state = 'cancelled', waiting_for = ?, key_lock = NULL, {_DONE}, "
-            "meta = json_set(meta, '$.cancel_reason', ?) WHERE id = ?",
-            [(changed[i].waiting_for, now, now, reason, i) for i, reason in reasons.items()],
-        )
-        # Their edges from parents still live would count nothing: the table keeps only
-        # the edges of waiting jobs.
-        conn.executemany("DELETE FROM edges WHERE child = ?", [(i,) for i in reasons])
-
-
-_Row = tuple[str, str, int, str, float, int]
-# The waiting children of some parents, by the edges' primary key (`EXPLAIN` in the tests).
-# The casts read a poison count or run_at as 0 (their defaults, as `rows.decode_job` does):
-# a corrupt child is released, and never fails its parent's settle or the rescue.
-_CHILDREN = (
-    "SELECT e.parent, j.id, j.state, CAST(j.waiting_for AS INTEGER), j.on_parent_failure, "
-    "CAST(j.run_at AS REAL), j.has_children FROM edges AS e JOIN jobs AS j ON j.id = e.child "
-    "WHERE e.parent IN ({marks}) ORDER BY j.seq"
-)
-
-
-def _children_of(conn: sqlite3.Connection, parents: Sequence[str]) -> dict[str, list[_Row]]:
-    """Take the `edges` of `parents`: for each one that has some, its children as (id,
-    state, waiting_for, on_parent_failure, run_at, has_children), in enqueue order. The
-    edges are deleted (each is counted once)."""
-    out: dict[str, list[_Row]] = {}
-    for start in range(0, len(parents), _IN_CHUNK):
-        chunk = parents[start : start + _IN_CHUNK]
-        marks = ",".join("?" * len(chunk))
-        rows = conn.execute(
-            _CHILDREN.format(marks=marks),
-            chunk,
-        ).fetchall()
-        if not rows:
-            continue
-        conn.execute(f"DELETE FROM edges WHERE parent IN ({marks})", chunk)
-        for parent, *child in rows:
-            out.setdefault(parent, []).append(tuple(child))
-    return out
 
 
 def promote(conn: sqlite3.Connection, now: float) -> int:
@@ -429,7 +232,7 @@ def extend(
             ended.append((lease.id, "cancelled"))
         out.append(None)
     if ended:
-        _count_ended(conn, ended, now)
+        depend.count_ended(conn, ended, now)
     return out
 
 
@@ -438,7 +241,6 @@ def _error_json(error: AttemptError) -> str:
 
 
 _FENCE = "WHERE id = ? AND state = 'running' AND token = ?"
-_DONE = "finished_at = ?, expires_at = ? + keep_for, worker = NULL, lease_expires = NULL"
 
 
 def release(conn: sqlite3.Connection, leases: Sequence[Lease], now: float) -> list[bool]:
@@ -454,7 +256,7 @@ def release(conn: sqlite3.Connection, leases: Sequence[Lease], now: float) -> li
         ).rowcount
         if not took:
             row = conn.execute(
-                f"UPDATE jobs SET state = 'cancelled', {_DONE}, key_lock = NULL "
+                f"UPDATE jobs SET state = 'cancelled', {DONE}, key_lock = NULL "
                 f"{_FENCE} AND cancel_requested = 1 RETURNING has_children",
                 (now, now, *fence),
             ).fetchone()
@@ -463,7 +265,7 @@ def release(conn: sqlite3.Connection, leases: Sequence[Lease], now: float) -> li
                 ended.append((lease.id, "cancelled"))
         out.append(bool(took))
     if ended:
-        _count_ended(conn, ended, now)
+        depend.count_ended(conn, ended, now)
     return out
 
 
@@ -545,14 +347,14 @@ def settle(
         if isinstance(outcome, Failed):
             state = "failed"
             cur = conn.execute(
-                f"UPDATE jobs SET state = 'failed', {_DONE}, "
+                f"UPDATE jobs SET state = 'failed', {DONE}, "
                 f"errors = json_insert(errors, '$[#]', json(?)) {_FENCE} RETURNING has_children",
                 (now, now, _error_json(outcome.error), *fence),
             )
         else:
             state = "cancelled"
             cur = conn.execute(
-                f"UPDATE jobs SET state = 'cancelled', key_lock = NULL, {_DONE}, "
+                f"UPDATE jobs SET state = 'cancelled', key_lock = NULL, {DONE}, "
                 f"meta = json_set(meta, '$.cancel_reason', ?) {_FENCE} RETURNING has_children",
                 (now, now, outcome.reason, *fence),
             )
@@ -561,7 +363,7 @@ def settle(
         if row is not None and row[0]:
             ended.append((lease.id, state))
     if ended:
-        _count_ended(conn, ended, now)
+        depend.count_ended(conn, ended, now)
     return out
 
 
@@ -584,7 +386,7 @@ def rescue(conn: sqlite3.Connection, now: float) -> int:
     ).fetchall()
     ended = sorted((seq, i, s) for seq, i, s, children in rows if children and s != "queued")
     if ended:  # in enqueue order (RETURNING gives none)
-        _count_ended(conn, [(i, state) for _, i, state in ended], now)
+        depend.count_ended(conn, [(i, state) for _, i, state in ended], now)
     return len(rows)
 
 
@@ -607,14 +409,14 @@ def cancel(conn: sqlite3.Connection, job_id: str, reason: str, now: float) -> Jo
     state = _STATES.get(row[0], JobState.FAILED)  # an unknown state reads as failed
     if state in (JobState.WAITING, JobState.SCHEDULED, JobState.QUEUED):
         conn.execute(
-            f"UPDATE jobs SET state = 'cancelled', key_lock = NULL, {_DONE}, "
+            f"UPDATE jobs SET state = 'cancelled', key_lock = NULL, {DONE}, "
             "meta = json_set(meta, '$.cancel_reason', ?) WHERE id = ?",
             (now, now, reason, job_id),
         )
         if state is JobState.WAITING:  # the edges of its parents would count nothing
             conn.execute("DELETE FROM edges WHERE child = ?", (job_id,))
         if row[1]:
-            _count_ended(conn, [(job_id, "cancelled")], now)
+            depend.count_ended(conn, [(job_id, "cancelled")], now)
         return JobState.CANCELLED
     if state is JobState.RUNNING:
         conn.execute(

@@ -15,13 +15,23 @@ import sqlite3
 from conveyor.errors import StoreUnavailable
 from conveyor.fields import ENQUEUED, FIELDS, NAMES, Field, Kind
 
-__all__ = ["COLUMNS", "INSERTED", "SCHEMA_VERSION", "column_decl", "migrate", "sync_columns"]
+__all__ = [
+    "COLUMNS",
+    "DONE",
+    "INSERTED",
+    "SCHEMA_VERSION",
+    "column_decl",
+    "migrate",
+    "sync_columns",
+]
 
 SCHEMA_VERSION = 4
 
 #: Every SELECT/RETURNING reads `seq`, the record's fields in `fields.FIELDS` order, then
 #: `token`; `ops.row_to_job` depends on it.
 COLUMNS = ", ".join(("seq", *NAMES, "token"))
+#: What every statement that ends a job sets (its parameters: now, now).
+DONE = "finished_at = ?, expires_at = ? + keep_for, worker = NULL, lease_expires = NULL"
 #: The columns an enqueue writes: the producer's fields (`fields.ENQUEUED`), then `state`
 #: and `key_lock`.
 INSERTED = (*(f.name for f in ENQUEUED), "state", "key_lock")
