@@ -119,7 +119,7 @@ def test_inspect_pause_resume_and_stats(tmp_path: Path) -> None:
     assert out.returncode == 0 and "paused emails" in out.stdout and "note" not in out.stdout
     assert "was paused already" in run(tmp_path, "inspect", "pause", "emails").stdout
     stats = run(tmp_path, "inspect", "stats").stdout
-    (row,) = [line for line in stats.splitlines() if "emails" in line]
+    (row,) = [line for line in stats.splitlines() if line.split()[:1] == ["emails"]]
     assert "paused" in row
     typo = run(tmp_path, "inspect", "pause", "emials")
     assert typo.returncode == 0 and "no job uses queue 'emials' yet" in typo.stdout
@@ -129,7 +129,7 @@ def test_inspect_pause_resume_and_stats(tmp_path: Path) -> None:
     assert "resumed emails" in run(tmp_path, "inspect", "resume", "emails").stdout
     assert "was not paused" in run(tmp_path, "inspect", "resume", "emails").stdout
     stats = run(tmp_path, "inspect", "stats").stdout
-    (row,) = [line for line in stats.splitlines() if " emails " in line]
+    (row,) = [line for line in stats.splitlines() if line.split()[:1] == ["emails"]]
     assert "paused" not in row
 
 

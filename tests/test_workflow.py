@@ -386,8 +386,7 @@ async def test_inspect_shows_a_waiting_jobs_parents(tmp_path: Path) -> None:
     assert out.exit_code == 0, out.output
     assert a.id in out.output and "1 parent(s)" in out.output and "cancel" in out.output
     stats = await asyncio.to_thread(run, cli, ["--url", f"sqlite:///{db}", "inspect", "stats"])
-    # (The console's width is fixed when the CLI module is first imported: 80 columns here,
-    # which cuts the header to "wait…".)
+    # ("wait" on a console under 100 columns, "waiting" on a wider one.)
     assert stats.exit_code == 0 and "wait" in stats.output, stats.output
 
 

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import click
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Column, Table
@@ -74,13 +75,32 @@ def inspect_group() -> None:
     """Look at and administer jobs."""
 
 
+_SHORT = {
+    JobState.WAITING: "wait",
+    JobState.SCHEDULED: "sched",
+    JobState.RUNNING: "run",
+    JobState.COMPLETED: "done",
+    JobState.CANCELLED: "cancel",
+}
+
+
 @inspect_group.command("stats")
 @click.option("--queue", help="Only this queue.")
 @click.pass_obj
 def stats(get_app: Callable[[], App], queue: str | None) -> None:
-    """Job counts per queue and state; paused queues are marked "paused"."""
+    """Job counts per queue and state; paused queues are marked "paused" (on a narrow
+    terminal the states are shortened: wait, sched, queued, run, done, failed, cancel)."""
     rows = _run(get_app(), lambda i: i.stats(queue))
-    table = Table("queue", *(s.value for s in JobState), "total", "paused")
+    # Short headers where full ones don't fit (80 columns: seven states, total, paused).
+    short = console.width < 100
+    table = Table(
+        box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, padding=(0, 1), collapse_padding=True
+    )
+    table.add_column("queue", no_wrap=True)
+    for s in JobState:
+        table.add_column(_SHORT.get(s, s.value) if short else s.value, justify="right")
+    table.add_column("total", justify="right")
+    table.add_column("paused")
     for q in rows:
         counts = (str(getattr(q, s.value)) for s in JobState)
         table.add_row(_text(q.queue), *counts, str(q.total), "paused" if q.paused else "")
