@@ -8,7 +8,6 @@ import asyncio
 import re
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -30,7 +29,7 @@ from conveyor.cli.autoscale import (
 )
 from conveyor.errors import ConfigError
 from tests.faults.conftest import Cluster, app_on, until
-from tests.redis.conftest import flush
+from tests.faults.conftest import cluster as cluster  # the fixture, shared with the fault tests
 
 # -- the decision ----------------------------------------------------------------------------
 
@@ -233,18 +232,6 @@ def test_autoscale_refuses_a_store_that_lives_in_one_process(
 
 
 # -- real processes --------------------------------------------------------------------------
-
-
-@pytest.fixture
-def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]:
-    """Processes on a SQLite file, or on Redis when parametrized with "redis"."""
-    redis_url = None
-    if getattr(request, "param", "sqlite") == "redis":
-        # Skips locally without redis-server, fails under CI=true (tests/conftest.py).
-        redis_url = request.getfixturevalue("redis_server").url
-        flush(redis_url)
-    with Cluster(tmp_path, redis_url) as c:
-        yield c
 
 
 def _workers(sup_pid: int) -> set[int]:

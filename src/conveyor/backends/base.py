@@ -333,10 +333,10 @@ class Backend(abc.ABC):
                 if own is not None and known[parent].queue != own.queue:
                     raise DependencyError(_cross_queue(self, own, parent, known[parent].queue))
 
+    @abc.abstractmethod
     async def _link(self, child: str, parents: Sequence[str], holds: int, now: float) -> bool:
         """Apply `link` in one atomic step; parents are checked to exist and to make no
         cycle (the store checks existence again)."""
-        raise NotImplementedError(f"{type(self).__name__} does not implement link()")
 
     async def _enqueue_graph(self, jobs: Sequence[Job]) -> list[str]:
         """A call larger than `op_batch` with dependencies, chunk by chunk: a later chunk's

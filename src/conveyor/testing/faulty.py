@@ -43,6 +43,7 @@ class FaultyBackend(Backend):
         self.clock = inner.clock
         self.enqueue_batch = inner.enqueue_batch
         self.enqueue_concurrency = inner.enqueue_concurrency
+        self.cross_queue_dependencies = inner.cross_queue_dependencies
         self.failing: set[str] = set()
         self.calls: dict[str, int] = {}
         self.failures = 0
@@ -110,6 +111,10 @@ class FaultyBackend(Backend):
     ) -> list[bool]:
         self._enter("annotate")
         return await self.inner._annotate(items, now)
+
+    async def _link(self, child: str, parents: Sequence[str], holds: int, now: float) -> bool:
+        self._enter("link")
+        return await self.inner._link(child, parents, holds, now)
 
     async def _promote(self, now: float) -> int:
         self._enter("promote")

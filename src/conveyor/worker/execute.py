@@ -202,14 +202,8 @@ async def execute(
             if middleware:
                 info = context or JobInfo(job)
                 value = await _wrapped(middleware, info, task, arguments, threads)
-            elif task.is_async:
-                value = await task.codec.call(task.fn, arguments)
             else:
-                ctx = contextvars.copy_context()
-                call: Callable[[], object] = functools.partial(
-                    ctx.run, task.codec.call, task.fn, arguments
-                )
-                value = await asyncio.get_running_loop().run_in_executor(threads, call)
+                value = await _call(task, arguments, threads)
     except TimeoutError as exc4:
         if not deadline.expired():  # the handler's own TimeoutError, not our limit
             return retry_or_fail(task, lease, exc4, clock)
@@ -240,12 +234,17 @@ async def _wrapped(
     value: object = None  # stays None if a middleware suppresses the handler's error
     async with contextlib.AsyncExitStack() as stack:
         await enter_middleware(stack, middleware, job)
-        if task.is_async:
-            value = await task.codec.call(task.fn, arguments)
-        else:
-            ctx = contextvars.copy_context()
-            call: Callable[[], object] = functools.partial(
-                ctx.run, task.codec.call, task.fn, arguments
-            )
-            value = await asyncio.get_running_loop().run_in_executor(threads, call)
+        value = await _call(task, arguments, threads)
     return value
+
+
+async def _call(
+    task: Task[..., object], arguments: Mapping[str, object], threads: Executor
+) -> object:
+    """The handler's value: awaited on the loop, or (a sync handler) run on `threads` under
+    a copy of this context, so it sees the job's `current_job()`."""
+    if task.is_async:
+        return await task.codec.call(task.fn, arguments)
+    ctx = contextvars.copy_context()
+    call: Callable[[], object] = functools.partial(ctx.run, task.codec.call, task.fn, arguments)
+    return await asyncio.get_running_loop().run_in_executor(threads, call)
