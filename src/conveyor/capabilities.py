@@ -12,6 +12,8 @@ capability      for
 `Locks`         distributed locks with fencing tokens (`app.lock`), singletons
 `Presence`      worker heartbeats: who runs where, with what (inspect, dashboard)
 `QueueControl`  pausing queues (`app.inspector.pause`): enforced inside the store's claim
+`FlowControl`   the lanes of flow control (limits, circuits, fair groups): their use, and
+                circuits opened or closed by hand (`inspect limits`, `inspect circuit`)
 ==============  =====================================================================
 
 Every time these use is the store's clock (the server's `TIME` on Redis), so hosts whose
@@ -28,6 +30,8 @@ from conveyor.errors import ConfigError
 
 __all__ = [
     "Counters",
+    "FlowControl",
+    "LaneInfo",
     "LockInfo",
     "Locks",
     "Presence",
@@ -157,6 +161,73 @@ class QueueControl(Protocol):
 
     async def paused(self) -> list[str]:
         """The paused queues, by name."""
+        ...
+
+
+class LaneInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """One lane of a queue, as `FlowControl.lanes` lists it (see `Backend.claim`).
+
+    Attributes:
+        queue: the queue the lane is part of.
+        lane: its name (`Job.lane`).
+        ready: its queued jobs (waiting for their turn, a slot, a token or the circuit).
+        running: its jobs running now (each holds one of `concurrency`'s slots).
+        weight: jobs it is served per turn.
+        concurrency: the most running at once (0: no limit).
+        rate: starts per second (0: no limit), with `burst` the bucket's size.
+        burst: the token bucket's size (0 without a rate).
+        tokens: the tokens in the bucket now (after refill; 0 without a rate).
+        circuit: the circuit's spec (`Job.circuit`; ``""``: none).
+        circuit_state: ``"closed"``, ``"open"`` or ``"half_open"``.
+        open_until: while open, when it turns half-open (None: until closed by hand).
+        calls: calls counted in the circuit's current window.
+        failures: failed calls among them.
+    """
+
+    queue: str
+    lane: str
+    ready: int = 0
+    running: int = 0
+    weight: int = 1
+    concurrency: int = 0
+    rate: float = 0.0
+    burst: int = 0
+    tokens: float = 0.0
+    circuit: str = ""
+    circuit_state: str = "closed"
+    open_until: float | None = None
+    calls: int = 0
+    failures: int = 0
+
+
+@runtime_checkable
+class FlowControl(Protocol):
+    """The lanes of flow control, for operators: what each uses, and circuits by hand.
+
+    The limits themselves are not set here: each job carries its lane's (`Job.lane` and
+    the fields after it) and the store enforces them inside its claim (`Backend.claim`).
+    """
+
+    async def lanes(self, queue: str | None = None) -> list[LaneInfo]:
+        """The lanes the store keeps (of `queue`, or of every queue), by queue then name.
+        A lane with no jobs, a full bucket and a closed circuit with nothing counted may be
+        forgotten (and then is not listed)."""
+        ...
+
+    async def set_circuit(
+        self, queue: str, lane: str, state: str, duration: float | None = None
+    ) -> str:
+        """Open (``state="open"``) or close (``"closed"``) a lane's circuit by hand.
+
+        Open holds the lane's jobs (none is claimed) for `duration` seconds, then lets a
+        probe through as an opened circuit does; with no `duration`, until closed by hand.
+        Closed lets its jobs run again at once (and wakes idle workers), with the failure
+        window reset. A lane the store doesn't know yet is created. Returns the state the
+        circuit was in.
+
+        Raises:
+            InvalidOption: `state` is neither, `duration` is not > 0, or a bad name.
+        """
         ...
 
 

@@ -78,6 +78,27 @@ class Circuit:
         if isinstance(calls, bool) or not isinstance(calls, int) or calls < 1:
             raise ConfigError(f"Circuit min_calls must be a whole number >= 1, got {calls!r}")
 
+    def spec(self) -> str:
+        """The form a job carries (`Job.circuit`): ``"<failure_rate>:<window>:<cooldown>:
+        <min_calls>"``, e.g. ``"0.5:30:60:5"``; `Circuit.from_spec` reads it back."""
+        return f"{self.failure_rate:g}:{self.window:g}:{self.cooldown:g}:{self.min_calls}"
+
+    @classmethod
+    def from_spec(cls, spec: str) -> Circuit:
+        """The `Circuit` of a `spec()` string.
+
+        Raises:
+            ConfigError: not four ``:``-separated numbers, or values `Circuit` refuses.
+        """
+        parts = spec.split(":")
+        try:
+            rate, window, cooldown, calls = parts
+            return cls(float(rate), float(window), float(cooldown), int(calls))
+        except ValueError:
+            raise ConfigError(
+                f"circuit spec {spec!r} is not '<failure_rate>:<window>:<cooldown>:<min_calls>'"
+            ) from None
+
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _RATE = re.compile(r"([0-9]+)/([a-z]+)")

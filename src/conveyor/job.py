@@ -93,6 +93,15 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     argument (a chord callback). A producer may enqueue a job with `waiting_for` > 0:
     holds it waits for besides its parents, given back with `Backend.link` (a batch's
     callbacks wait so for the batch's block to end).
+
+    Flow control: a job with a `lane` (a task's ``group=`` or ``limit_key=``, or its name
+    when it has limits) is served through that lane of its queue (see `Backend.claim`):
+    ready lanes take turns, `weight` jobs per turn, and the lane's limits hold across every
+    worker. `concurrency` (0: none) caps the lane's jobs running at once; `rate` (starts
+    per second, 0: none) with `burst` (the token bucket's size) caps how fast they start;
+    `circuit` (``""``: none, else ``"<failure_rate>:<window>:<cooldown>:<min_calls>"``)
+    stops the lane while its failures cross the rate. The latest of a lane's jobs to
+    become ready sets its limits and weight.
     """
 
     id: str
@@ -110,6 +119,12 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     key: str | None = None
     unique_until: float | None = None
     keep_for: float = 86_400.0
+    lane: str = ""
+    weight: int = 1
+    concurrency: int = 0
+    rate: float = 0.0
+    burst: int = 0
+    circuit: str = ""
     parents: tuple[str, ...] = ()
     on_parent_failure: str = "cancel"
     feed: str = ""

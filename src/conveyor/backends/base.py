@@ -363,6 +363,40 @@ class Backend(abc.ABC):
         """Atomically move up to `request.limit` ready jobs to running and lease them.
 
         Scheduled jobs that are due count as ready. Each claim increments `attempts`.
+        Paused queues give nothing. Inside a queue, jobs without a lane go by priority
+        (highest first), then `run_at`, then enqueue order.
+
+        Flow control, in the same atomic step. A job with a `lane` is served through that
+        lane of its queue (a lane is named by queue and `Job.lane`; its state lives in the
+        store, so its limits hold across every worker):
+
+        - *Turns.* The plain jobs (no lane) and each lane with ready jobs and capacity take
+          turns: each has a pass; the one with the smallest is served its best job (by
+          priority, `run_at`, enqueue order) and its pass grows by 1 / weight (the lane's
+          `weight`, 1 for plain jobs). A lane (or the plain jobs) that becomes eligible
+          again starts at no less than the pass of the last job served in the queue, so
+          idleness earns no credit. With no lane eligible a claim is exactly the plain one.
+        - *Concurrency.* A lane with `concurrency` n holds at most n running jobs: a claim
+          takes one of its slots (a token naming the job), and every step that moves the
+          job out of running (settle, release, rescue of an expired lease, a heartbeat that
+          ends it cancelled) gives it back, in that same step. A lane with no free slot is
+          passed over without a scan (parked) until one returns; the return wakes waiters.
+        - *Rate.* A lane with `rate` r > 0 has a token bucket of `burst` tokens (full when
+          the lane is new), refilled at r per second of the store's clock; each claim of
+          one of its jobs takes a token. Without a token the lane is parked until the
+          next one is due, and `wait` returns by then.
+        - *Circuit.* A lane with a `circuit` counts its jobs' outcomes in fixed windows of
+          `window` seconds from the first call: a failure is a `Retrying` or `Failed`
+          settle or a rescue; `Completed` is a success; cancels and releases don't count.
+          When, closed, at least `min_calls` calls were counted and the failed share
+          reached `failure_rate`, the circuit opens: the lane is parked for `cooldown`
+          seconds (its jobs wait, use no attempt), then is half-open: one job at a time
+          is claimed (the probe). The probe's success closes the circuit (window reset),
+          its failure opens it again; a probe that is cancelled or released lets the next
+          job probe. Outcomes of other jobs count only while closed.
+        - The latest job of a lane to become ready sets the lane's weight and limits; a
+          held-back job is `queued`, and its order inside its lane is kept (so
+          `concurrency=1` runs a lane's jobs one at a time, in order).
         """
         self._open()
         if request.limit <= 0 or not request.queues:
@@ -549,7 +583,9 @@ class Backend(abc.ABC):
 
     async def wait(self, queues: Sequence[str], timeout: float) -> None:
         """Return when work may be ready in `queues`, or after `timeout` seconds. A hint only:
-        callers must claim to find out."""
+        callers must claim to find out. Returns by the time a parked lane of `queues` (see
+        `claim`) is due a token or the end of its cooldown, and soon after a slot of one
+        is given back."""
         self._open()
         if timeout <= 0 or not queues:
             return
