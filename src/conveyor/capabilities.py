@@ -220,7 +220,8 @@ class FlowControl(Protocol):
         """Open (``state="open"``) or close (``"closed"``) a lane's circuit by hand.
 
         Open holds the lane's jobs (none is claimed) for `duration` seconds, then lets a
-        probe through as an opened circuit does; with no `duration`, until closed by hand.
+        probe through as an opened circuit does (a lane with no circuit of its own is then
+        closed); with no `duration`, until closed by hand.
         Closed lets its jobs run again at once (and wakes idle workers), with the failure
         window reset. A lane the store doesn't know yet is created. Returns the state the
         circuit was in.

@@ -17,7 +17,8 @@ from msgspec.structs import replace
 from conveyor.backends import rules
 from conveyor.backends._wake import Wakeup
 from conveyor.backends.base import Backend, ClaimRequest, JobFilter, Page
-from conveyor.capabilities import LockInfo, WorkerInfo
+from conveyor.backends.lanes import Lane, check_circuit_change, outcome_of
+from conveyor.capabilities import LaneInfo, LockInfo, WorkerInfo
 from conveyor.clock import Clock, SystemClock
 from conveyor.errors import DependencyError
 from conveyor.job import (
@@ -66,23 +67,103 @@ class MemoryBackend(Backend):
         self._paused: set[str] = set()
         self._children: dict[str, list[str]] = {}  # parent id -> ids of waiting children
         self._ended: list[Job] = []  # parents that ended in this step, children to count
+        self._lanes: dict[str, dict[str, Lane]] = {}  # queue -> lane name -> its state
+        self._lane_ready: dict[tuple[str, str], list[_Entry]] = {}  # (queue, lane) -> heap
+        self._turns: dict[str, tuple[float, float, bool]] = {}  # queue -> (vtime, plain pass,
+        # plain active): the pass of the last job served, and the plain jobs' turn state
 
     # -- helpers (call with the lock held) -------------------------------------------------
 
     def _put(self, job: Job) -> None:
         """Store `job` and index it by state (a parent that ended is noted: `_count_ended`
         tells its children, before the lock is let go)."""
+        old = self._jobs.get(job.id)
         self._jobs[job.id] = job
         if job.id in self._children and job.state in TERMINAL:
             self._ended.append(job)
         version = self._version.get(job.id, 0) + 1
         self._version[job.id] = version
         seq = self._seq[job.id]
+        if old is not None and old.lane and old.state is JobState.RUNNING is not job.state:
+            self._left_running(old, job)
         if job.state is JobState.QUEUED:
-            heap = self._ready.setdefault(job.queue, [])
+            if job.lane:
+                heap = self._lane_ready.setdefault((job.queue, job.lane), [])
+                lanes = self._lanes.setdefault(job.queue, {})
+                lane = lanes.get(job.lane)
+                if lane is None:
+                    lanes[job.lane] = Lane.new(job, self.clock.now())
+                else:
+                    lane.configure(job)
+            else:
+                heap = self._ready.setdefault(job.queue, [])
             heapq.heappush(heap, (-job.priority, job.run_at, seq, version, job.id))
         elif job.state is JobState.SCHEDULED:
             heapq.heappush(self._scheduled, (job.run_at, seq, version, job.id))
+
+    def _left_running(self, running: Job, after: Job) -> None:
+        """A lane job left running: its slot comes back, its circuit counts the outcome,
+        and idle workers are woken if that lets a ready job of the lane start."""
+        lane = self._lanes.get(running.queue, {}).get(running.lane)
+        if lane is None:
+            return
+        freed = lane.left(running.id, outcome_of(running, after), self.clock.now())
+        if freed and self._lane_ready.get((running.queue, running.lane)):
+            self.local_wakeup.notify()
+
+    def _top(self, heap: list[_Entry] | None) -> Job | None:
+        """The best job still queued in `heap` (stale entries are dropped), not popped."""
+        while heap:
+            _, _, _, version, job_id = heap[0]
+            job = self._jobs.get(job_id)
+            if job and job.state is JobState.QUEUED and self._version[job_id] == version:
+                return job
+            heapq.heappop(heap)
+        return None
+
+    def _take_turns(self, queue: str, lanes: dict[str, Lane], want: int, now: float) -> list[Job]:
+        """Up to `want` ready jobs of `queue`, served in turns (see `Backend.claim`); each
+        is popped from its heap and holds its lane's slot, token or probe."""
+        vtime, plain_pass, plain_active = self._turns.get(queue, (0.0, 0.0, False))
+        plain = self._ready.get(queue)
+        out: list[Job] = []
+        while len(out) < want:
+            best: tuple[float, int, str] | None = None
+            if self._top(plain) is not None:
+                if not plain_active:
+                    plain_pass, plain_active = max(plain_pass, vtime), True
+                best = (plain_pass, 0, "")
+            else:
+                plain_active = False
+            for name, lane in lanes.items():
+                if self._top(self._lane_ready.get((queue, name))) is None or not lane.can_take(now):
+                    lane.active = False
+                    continue
+                if not lane.active:
+                    lane.pass_, lane.active = max(lane.pass_, vtime), True
+                if best is None or (lane.pass_, 1, name) < best:
+                    best = (lane.pass_, 1, name)
+            if best is None:
+                break
+            vtime = best[0]
+            if best[1] == 0:
+                assert plain is not None
+                plain_pass += 1.0
+                job_id = heapq.heappop(plain)[4]
+            else:
+                lane = lanes[best[2]]
+                job_id = heapq.heappop(self._lane_ready[(queue, best[2])])[4]
+                lane.take(job_id, now)
+                lane.pass_ += 1.0 / lane.weight
+            out.append(self._jobs[job_id])
+        self._turns[queue] = (vtime, plain_pass, plain_active)
+        for name in [n for n, lane in lanes.items() if self._idle(queue, n, lane, now)]:
+            del lanes[name]
+            self._lane_ready.pop((queue, name), None)
+        return out
+
+    def _idle(self, queue: str, name: str, lane: Lane, now: float) -> bool:
+        return self._top(self._lane_ready.get((queue, name))) is None and lane.idle(now)
 
     def _promote_due(self, now: float) -> int:
         moved = 0
@@ -228,29 +309,33 @@ class MemoryBackend(Backend):
             for queue in request.queues:
                 if queue in self._paused:
                     continue
+                lanes = self._lanes.get(queue)
+                if lanes:
+                    for job in self._take_turns(queue, lanes, limit - len(leases), now):
+                        leases.append(self._lease(job, lease_for, worker, now))
+                    continue
                 heap = self._ready.get(queue)
                 while heap and len(leases) < limit:
                     _, _, _, version, job_id = heapq.heappop(heap)
-                    job = self._jobs.get(job_id)
-                    if job is None or job.state is not JobState.QUEUED:
+                    found = self._jobs.get(job_id)
+                    if found is None or found.state is not JobState.QUEUED:
                         continue
                     if self._version[job_id] != version:
                         continue
-                    token = self._tokens.get(job_id, 0) + 1
-                    self._tokens[job_id] = token
-                    self._expiry[job_id] = now + lease_for
-                    running = replace(
-                        job,
-                        state=JobState.RUNNING,
-                        attempts=job.attempts + 1,
-                        started_at=now,
-                        worker=worker,
-                    )
-                    self._put(running)
-                    leases.append(Lease(running, token, now + lease_for))
+                    leases.append(self._lease(found, lease_for, worker, now))
                 if len(leases) >= limit:
                     break
         return leases
+
+    def _lease(self, job: Job, lease_for: float, worker: str, now: float) -> Lease:
+        token = self._tokens.get(job.id, 0) + 1
+        self._tokens[job.id] = token
+        self._expiry[job.id] = now + lease_for
+        running = replace(
+            job, state=JobState.RUNNING, attempts=job.attempts + 1, started_at=now, worker=worker
+        )
+        self._put(running)
+        return Lease(running, token, now + lease_for)
 
     async def _extend(
         self, leases: Sequence[Lease], lease_for: float, now: float
@@ -485,10 +570,20 @@ class MemoryBackend(Backend):
     async def _wait(self, queues: Sequence[str], timeout: float) -> None:
         with self._lock:
             now = self.clock.now()
-            if any(self._ready.get(q) for q in queues if q not in self._paused):
+            live = [q for q in queues if q not in self._paused]
+            if any(self._ready.get(q) for q in live):
                 return
             if self._scheduled:
                 timeout = min(timeout, max(0.0, self._scheduled[0][0] - now))
+            for q in live:
+                for name, lane in self._lanes.get(q, {}).items():
+                    if self._top(self._lane_ready.get((q, name))) is None:
+                        continue
+                    if lane.can_take(now):
+                        return
+                    due = lane.wake_at(now)
+                    if due is not None:
+                        timeout = min(timeout, max(0.0, due - now))
         await self.local_wakeup.wait(timeout)
 
     async def _aclose(self) -> None:
@@ -593,6 +688,44 @@ class MemoryBackend(Backend):
         self._open()
         with self._lock:
             return sorted(self._paused)
+
+    async def lanes(self, queue: str | None = None) -> list[LaneInfo]:
+        """`FlowControl`: the lanes kept, by queue then name (idle ones are forgotten)."""
+        self._open()
+        now = self.clock.now()
+        with self._lock:
+            ready: dict[tuple[str, str], int] = {}
+            for job in self._jobs.values():
+                if job.lane and job.state is JobState.QUEUED:
+                    ready[(job.queue, job.lane)] = ready.get((job.queue, job.lane), 0) + 1
+            out: list[LaneInfo] = []
+            for q in sorted(self._lanes):
+                if queue is not None and q != queue:
+                    continue
+                lanes = self._lanes[q]
+                for name in sorted(lanes):
+                    n = ready.get((q, name), 0)
+                    if n == 0 and lanes[name].idle(now):
+                        del lanes[name]
+                        continue
+                    out.append(lanes[name].info(q, name, n, now))
+            return out
+
+    async def set_circuit(
+        self, queue: str, lane: str, state: str, duration: float | None = None
+    ) -> str:
+        """`FlowControl`: open or close a lane's circuit by hand; the state it was in."""
+        self._open()
+        check_circuit_change(queue, lane, state, duration)
+        now = self.clock.now()
+        with self._lock:
+            lanes = self._lanes.setdefault(queue, {})
+            found = lanes.get(lane)
+            if found is None:
+                found = lanes[lane] = Lane(tokens_at=now)
+            old = found.set_circuit(state, duration, now)
+        self._woke(True)
+        return old
 
     async def beat(self, worker: WorkerInfo, ttl: float) -> None:
         """`Presence`: record `worker` as alive for `ttl` seconds."""

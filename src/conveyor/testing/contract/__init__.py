@@ -4,7 +4,8 @@
 `PresenceContract` and `QueueControlContract` test the optional capabilities
 (`conveyor.capabilities`);
 `AnnotateContract` is a running job's checkpoint and progress; `DependContract` jobs that
-wait for parent jobs (workflows);
+wait for parent jobs (workflows); `FlowContract` flow control (lanes: turns, concurrency
+slots, rate buckets, circuits, and the `FlowControl` capability);
 `RecordContract` checks that every field of the job record round-trips. `BackendContract`
 is all of these: the stores we ship pass it. `PoisonContract` checks that rows corrupted in
 storage read the same way on every store; a store with storage to corrupt adds it, with a
@@ -31,6 +32,7 @@ from conveyor.testing.contract.capabilities import (
 )
 from conveyor.testing.contract.core import CoreContract, err, make_job, stored
 from conveyor.testing.contract.depend import DependContract
+from conveyor.testing.contract.flow import FlowContract
 from conveyor.testing.contract.record import Corrupt, PoisonContract, RecordContract
 
 __all__ = [
@@ -40,6 +42,7 @@ __all__ = [
     "Corrupt",
     "CountersContract",
     "DependContract",
+    "FlowContract",
     "LocksContract",
     "PoisonContract",
     "PresenceContract",
@@ -52,8 +55,9 @@ __all__ = [
 
 
 class BackendContract(
-    AnnotateContract,  # these two build on CoreContract's helpers, so they come first
+    AnnotateContract,  # these three build on CoreContract's helpers, so they come first
     DependContract,
+    FlowContract,
     CoreContract,
     RecordContract,
     CountersContract,
@@ -61,4 +65,5 @@ class BackendContract(
     PresenceContract,
     QueueControlContract,
 ):
-    """Every contract test: the lifecycle, dependencies, the record, and every capability."""
+    """Every contract test: the lifecycle, dependencies, flow control, the record, and every
+    capability."""
