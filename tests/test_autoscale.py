@@ -15,7 +15,8 @@ import pytest
 from click.testing import CliRunner
 
 import conveyor
-from conveyor.backends.base import JobFilter
+from conveyor.backends.base import ClaimRequest, JobFilter
+from conveyor.backends.memory import MemoryBackend
 from conveyor.cli import cli
 from conveyor.cli.autoscale import (
     Change,
@@ -28,6 +29,7 @@ from conveyor.cli.autoscale import (
     serving,
 )
 from conveyor.errors import ConfigError
+from conveyor.testing.contract import make_job
 from tests.faults.conftest import Cluster, app_on, until
 from tests.faults.conftest import cluster as cluster  # the fixture, shared with the fault tests
 
@@ -186,6 +188,21 @@ async def test_oldest_ready_age_on_the_store_clock(tmp_path: Path) -> None:
         assert len(page.jobs) == 2
     finally:
         await app.aclose()
+
+
+async def test_oldest_ready_age_leaves_out_lanes_that_cannot_start_a_job() -> None:
+    clock = conveyor.FakeClock(start=1000.0)
+    backend = MemoryBackend(clock=clock)
+    held = [make_job(clock, lane="one", concurrency=1) for _ in range(150)]
+    await backend.enqueue(held)
+    assert await oldest_ready_age(backend, ["default"]) == pytest.approx(0.0)
+    await backend.claim(ClaimRequest(["default"], 1, 30.0, "w"))  # the lane's only slot
+    clock.advance(5.0)
+    assert await oldest_ready_age(backend, ["default"]) is None  # more processes: no help
+    await backend.enqueue([make_job(clock)])
+    clock.advance(2.0)
+    assert await oldest_ready_age(backend, ["default"]) == pytest.approx(2.0)
+    await backend.aclose()
 
 
 # -- the command line ------------------------------------------------------------------------

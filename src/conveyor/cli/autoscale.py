@@ -29,7 +29,7 @@ from pathlib import Path
 
 from conveyor.app import App
 from conveyor.backends.base import Backend, JobFilter
-from conveyor.capabilities import QueueControl
+from conveyor.capabilities import FlowControl, QueueControl
 from conveyor.errors import ConfigError, ConveyorError
 from conveyor.job import JobState
 from conveyor.worker.config import parse_queues
@@ -233,21 +233,44 @@ async def oldest_ready_age(backend: Backend, queues: Sequence[str]) -> float | N
     """Seconds the oldest ready job of `queues` has waited (store clock); `None` if none.
 
     One ``query`` of one job per queue, oldest by enqueue order (a retried job that is
-    ready again counts from its new `run_at`). Paused queues are left out: more processes
-    would not drain them.
+    ready again counts from its new `run_at`). Paused queues are left out, and so are jobs
+    of lanes with no capacity now (all slots taken, no token, circuit open): more processes
+    would not run them sooner. A queue with such lanes reads up to `_SCAN` jobs to find
+    one that could start.
     """
     paused = set(await backend.paused()) if isinstance(backend, QueueControl) else set()
+    held = await _held_lanes(backend)
     oldest: float | None = None
     for queue in queues:
         if queue in paused:
             continue
-        page = await backend.query(JobFilter(queue=queue, state=JobState.QUEUED), limit=1)
+        limit = _SCAN if any(q == queue for q, _ in held) else 1
+        page = await backend.query(JobFilter(queue=queue, state=JobState.QUEUED), limit=limit)
         for job in page.jobs:
+            if (job.queue, job.lane) in held:
+                continue
             since = max(job.run_at, job.enqueued_at)
             oldest = since if oldest is None else min(oldest, since)
+            break
     if oldest is None:
         return None
     return max(0.0, backend.clock.now() - oldest)
+
+
+_SCAN = 200
+
+
+async def _held_lanes(backend: Backend) -> set[tuple[str, str]]:
+    """(queue, lane) of the lanes that can't start a job now."""
+    if not isinstance(backend, FlowControl):
+        return set()
+    return {
+        (info.queue, info.lane)
+        for info in await backend.lanes()
+        if info.circuit_state == "open"
+        or (info.concurrency > 0 and info.running >= info.concurrency)
+        or (info.rate > 0 and info.tokens < 1)
+    }
 
 
 def autoscale(
