@@ -28,6 +28,7 @@ from conveyor.errors import (
     NonRetryable,
     Retry,
 )
+from conveyor.flow import Circuit, RateLimit
 from conveyor.handle import JobHandle
 from conveyor.job import Job, JobState
 from conveyor.producer import JobOptions
@@ -43,6 +44,7 @@ __all__ = [
     "BatchStatus",
     "BatchTask",
     "Cancel",
+    "Circuit",
     "Clock",
     "ConveyorError",
     "Fail",
@@ -60,6 +62,7 @@ __all__ = [
     "LockLost",
     "LockNotAcquired",
     "NonRetryable",
+    "RateLimit",
     "Retry",
     "RetryPolicy",
     "Signature",

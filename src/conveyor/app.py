@@ -11,6 +11,7 @@ from conveyor.backends import Backend, from_url
 from conveyor.capabilities import Locks, require
 from conveyor.clock import Clock, SystemClock
 from conveyor.errors import StateError
+from conveyor.flow import Circuit, RateLimit
 from conveyor.inspector import Inspector
 from conveyor.lock import Lock, OnLost
 from conveyor.producer import JobOptions, Producer
@@ -20,6 +21,7 @@ from conveyor.scheduler import Schedule, Schedules
 from conveyor.scheduler.schedules import CatchUp
 from conveyor.serve import Server
 from conveyor.task import AsyncTask, Batch, BatchTask, Signature, SyncTask, Task, make_task
+from conveyor.taskflow import FlowOptionsDict
 from conveyor.urls import mask
 from conveyor.worker import WorkerConfig, parse_queues
 from conveyor.worker.hooks import FailureHook, Hooks, Middleware
@@ -126,6 +128,12 @@ class App:
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
         keep_for: float | None = None,
+        concurrency: int | None = None,
+        rate_limit: str | RateLimit | None = None,
+        limit_key: str | None = None,
+        circuit: Circuit | None = None,
+        group: str | None = None,
+        group_weight: int | None = None,
     ) -> _TaskDecorator: ...
 
     def task(
@@ -140,6 +148,12 @@ class App:
         retry: RetryPolicy | None = None,
         timeout: float | None = None,
         keep_for: float | None = None,
+        concurrency: int | None = None,
+        rate_limit: str | RateLimit | None = None,
+        limit_key: str | None = None,
+        circuit: Circuit | None = None,
+        group: str | None = None,
+        group_weight: int | None = None,
     ) -> Any:
         """Register a function as a task: ``@app.task`` or ``@app.task(queue=..., ...)``.
 
@@ -152,13 +166,40 @@ class App:
             keep_for: seconds to keep finished jobs and results (default 1 day).
             batch: make it a durable batch task (see `conveyor.Batch`): the function takes a
                 list of items and returns one result per item; each item is its own job.
+
+        Flow control, held by the store across every worker (see `conveyor.taskflow`; not
+        for batch tasks):
+
+        Args:
+            concurrency: most of its jobs running at once (per key or group, with those).
+            rate_limit: most starts per time: ``"100/s"``, ``"10/m"``, ``"5000/h"``, or a
+                `conveyor.RateLimit` (rate and burst).
+            limit_key: apply the limits per key, a template of its parameters:
+                ``"{account_id}"`` (with ``concurrency=1``: one at a time per key, in order).
+            circuit: a `conveyor.Circuit`: stop starting its jobs while they fail.
+            group: its fair-share group, a template (``"{tenant}"``): a queue's groups take
+                turns; the limits above then apply per group.
+            group_weight: jobs its group is served per turn (1-1000, default 1).
+
+        Raises:
+            ConfigError: a bad option (named with its value), a template naming no parameter
+                of the function, `limit_key` without a limit or with `group`.
+
+        Example:
+            @app.task(concurrency=1, limit_key="{account_id}")
+            async def sync_account(account_id: int, full: bool = False) -> None: ...
         """
         defaults = JobOptions(queue=queue, priority=priority, timeout=timeout, keep_for=keep_for)
+        flow: FlowOptionsDict = {
+            "concurrency": concurrency, "rate_limit": rate_limit, "limit_key": limit_key,
+            "circuit": circuit, "group": group, "group_weight": group_weight,
+        }  # fmt: skip
 
         def register(f: Callable[..., Any]) -> Task[..., object]:
             return make_task(
-                self.registry, f, name=name, retry=retry, defaults=defaults, batch=batch
-            )
+                self.registry, f, name=name, retry=retry, defaults=defaults, batch=batch,
+                flow=flow,
+            )  # fmt: skip
 
         return register(fn) if fn is not None else register
 

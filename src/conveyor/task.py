@@ -12,7 +12,13 @@ from typing import Any, Generic, ParamSpec, TypeVar, Unpack
 
 import msgspec
 
-from conveyor.errors import ConfigError, DependencyError, InvalidArguments, UnknownTask
+from conveyor.errors import (
+    ConfigError,
+    DependencyError,
+    InvalidArguments,
+    InvalidOption,
+    UnknownTask,
+)
 from conveyor.handle import JobHandle
 from conveyor.job import Job
 from conveyor.names import check_task_name
@@ -20,6 +26,7 @@ from conveyor.portal import Portal
 from conveyor.producer import JobOptions, OptionsDict, Producer, build_jobs
 from conveyor.retry import RetryPolicy
 from conveyor.serde import ArgsCodec
+from conveyor.taskflow import FlowOptionsDict, TaskFlow
 
 __all__ = [
     "AsyncTask",
@@ -96,6 +103,8 @@ class Task(Generic[P, R]):
 
     is_async: bool = False
     batch: Batch | None = None
+    #: Its flow options (lane, limits, circuit, group), `None` without any.
+    flow: TaskFlow | None = None
 
     def __init__(
         self,
@@ -120,13 +129,23 @@ class Task(Generic[P, R]):
     def __repr__(self) -> str:
         return f"<Task {self.name}>"
 
-    def options(self, **opts: Unpack[OptionsDict]) -> BoundTask[P, R]:
-        """This task with job options for the next enqueue.
+    def options(
+        self,
+        *,
+        group: str | None = None,
+        group_weight: int | None = None,
+        **opts: Unpack[OptionsDict],
+    ) -> BoundTask[P, R]:
+        """This task with job options for the next enqueue. `group` puts the job in
+        that group (its value, replacing the task's ``group=`` template), `group_weight`
+        sets the group's weight (1-1000).
 
         Example:
             await send_email.options(delay=60, key="welcome:42").enqueue("a@b.c", "hi")
+            await import_rows.options(group="acme", group_weight=2).enqueue("acme", 1)
         """
-        return BoundTask(self, self.defaults.merged(JobOptions.from_dict(opts)))
+        merged = self.defaults.merged(JobOptions.from_dict(opts))
+        return BoundTask(self, merged, with_group(self.name, self.flow, group, group_weight))
 
     def s(self, *args: Any, **kwargs: Any) -> Signature[R]:
         """A call of this task to make later, as a step of `conveyor.chain`, a member of a
@@ -137,13 +156,22 @@ class Task(Generic[P, R]):
         Example:
             await conveyor.chain(fetch.s(url), parse.s(), store.s(bucket="b")).enqueue()
         """
-        return Signature(self, args, kwargs, self.defaults)
+        return Signature(self, args, kwargs, self.defaults, self.flow)
 
-    def _job(self, args: tuple[object, ...], kwargs: Mapping[str, object], opts: JobOptions) -> Job:
+    def _job(
+        self,
+        args: tuple[object, ...],
+        kwargs: Mapping[str, object],
+        opts: JobOptions,
+        flow: TaskFlow | None = None,
+    ) -> Job:
         check_after(self.registry, opts)
         payload = self.codec.encode(args, kwargs)
         (job,) = build_jobs(self.name, [payload], opts, self.registry.producer.clock.now())
-        return job
+        flow = flow or self.flow
+        if flow is None:
+            return job
+        return msgspec.structs.replace(job, **flow_fields(self.codec, flow, args, kwargs))
 
     async def _store(self, jobs: list[Job]) -> list[JobHandle[R]]:
         # For a duplicate key the store answers with the id of the job holding it: the
@@ -157,9 +185,13 @@ class Task(Generic[P, R]):
         ]
 
     async def _enqueue(
-        self, args: tuple[object, ...], kwargs: Mapping[str, object], opts: JobOptions
+        self,
+        args: tuple[object, ...],
+        kwargs: Mapping[str, object],
+        opts: JobOptions,
+        flow: TaskFlow | None = None,
     ) -> JobHandle[R]:
-        (handle,) = await self._store([self._job(args, kwargs, opts)])
+        (handle,) = await self._store([self._job(args, kwargs, opts, flow)])
         return handle
 
     async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle[R]:
@@ -186,24 +218,37 @@ class Task(Generic[P, R]):
         """
         return await self._store(self._jobs(calls, self.defaults))
 
-    def _jobs(self, calls: Iterable[Call], opts: JobOptions) -> list[Job]:
+    def _jobs(
+        self, calls: Iterable[Call], opts: JobOptions, flow: TaskFlow | None = None
+    ) -> list[Job]:
         check_after(self.registry, opts)
         payloads: list[bytes] = []
         encode = self.codec.encode
+        flow = flow or self.flow
+        lanes: list[dict[str, object]] = []
         for i, call in enumerate(calls):
             try:
+                args: tuple[object, ...] = ()
+                kwargs: Mapping[str, object] = {}
                 if isinstance(call, tuple):
-                    payloads.append(encode(call, {}))
+                    args = call
                 elif isinstance(call, Mapping):
-                    payloads.append(encode((), call))
+                    kwargs = call
                 else:
                     raise InvalidArguments(
                         f"task {self.name!r}: each call must be a tuple of positional "
                         f"arguments or a mapping of keyword arguments, got {type(call).__name__}"
                     )
-            except InvalidArguments as exc:
+                payloads.append(encode(args, kwargs))
+                if flow is not None:
+                    lanes.append(flow_fields(self.codec, flow, args, kwargs))
+            except (InvalidArguments, InvalidOption) as exc:
                 raise type(exc)(f"call #{i}: {exc}") from None
-        return build_jobs(self.name, payloads, opts, self.registry.producer.clock.now())
+        jobs = build_jobs(self.name, payloads, opts, self.registry.producer.clock.now())
+        if flow is None:
+            return jobs
+        replace = msgspec.structs.replace
+        return [replace(job, **fields) for job, fields in zip(jobs, lanes, strict=True)]
 
 
 class SyncTask(Task[P, R]):
@@ -310,27 +355,28 @@ def _item_type(fn: Callable[..., object]) -> object:
 class BoundTask(Generic[P, R]):
     """A task with job options fixed for the next enqueue (from `Task.options`)."""
 
-    def __init__(self, task: Task[P, R], opts: JobOptions) -> None:
+    def __init__(self, task: Task[P, R], opts: JobOptions, flow: TaskFlow | None = None) -> None:
         self.task = task
         self.opts = opts
+        self.flow = flow
 
     async def enqueue(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle[R]:
         """Enqueue with these options. See `Task.enqueue`."""
-        return await self.task._enqueue(args, kwargs, self.opts)
+        return await self.task._enqueue(args, kwargs, self.opts, self.flow)
 
     def enqueue_sync(self, *args: P.args, **kwargs: P.kwargs) -> JobHandle[R]:
         """Enqueue from synchronous code with these options."""
-        job = self.task._job(args, kwargs, self.opts)
+        job = self.task._job(args, kwargs, self.opts, self.flow)
         (handle,) = self.task.registry.portal.call(self.task._store([job]))
         return handle
 
     async def enqueue_many(self, calls: Iterable[Call]) -> list[JobHandle[R]]:
         """Enqueue many with these options. See `Task.enqueue_many`."""
-        return await self.task._store(self.task._jobs(calls, self.opts))
+        return await self.task._store(self.task._jobs(calls, self.opts, self.flow))
 
     def s(self, *args: Any, **kwargs: Any) -> Signature[R]:
         """A later call with these options. See `Task.s`."""
-        return Signature(self.task, args, kwargs, self.opts)
+        return Signature(self.task, args, kwargs, self.opts, self.flow)
 
 
 class Signature(Generic[R]):
@@ -341,9 +387,10 @@ class Signature(Generic[R]):
         args: its positional arguments (without the fed first one, for a fed step).
         kwargs: its keyword arguments.
         opts: its job options.
+        flow: its flow options (the task's, or with the group of `options`), if any.
     """
 
-    __slots__ = ("args", "kwargs", "opts", "task")
+    __slots__ = ("args", "flow", "kwargs", "opts", "task")
 
     def __init__(
         self,
@@ -351,6 +398,7 @@ class Signature(Generic[R]):
         args: tuple[object, ...],
         kwargs: Mapping[str, object],
         opts: JobOptions,
+        flow: TaskFlow | None = None,
     ) -> None:
         if task.batch is not None:
             raise ConfigError(
@@ -362,16 +410,24 @@ class Signature(Generic[R]):
         except TypeError as exc:
             raise InvalidArguments(f"task {task.name!r}: {exc}") from None
         self.task, self.args, self.kwargs, self.opts = task, args, dict(kwargs), opts
+        self.flow = flow
 
     def __repr__(self) -> str:
         shown = [*map(repr, self.args), *(f"{k}={v!r}" for k, v in self.kwargs.items())]
         return f"{self.task.name}.s({', '.join(shown)})"
 
-    def options(self, **opts: Unpack[OptionsDict]) -> Signature[R]:
-        """This call with job options (merged over its own)."""
-        return Signature(
-            self.task, self.args, self.kwargs, self.opts.merged(JobOptions.from_dict(opts))
-        )
+    def options(
+        self,
+        *,
+        group: str | None = None,
+        group_weight: int | None = None,
+        **opts: Unpack[OptionsDict],
+    ) -> Signature[R]:
+        """This call with job options (merged over its own); `group` and `group_weight`
+        as in `Task.options`."""
+        flow = with_group(self.task.name, self.flow, group, group_weight)
+        merged = self.opts.merged(JobOptions.from_dict(opts))
+        return Signature(self.task, self.args, self.kwargs, merged, flow)
 
     def job(
         self, now: float, parents: tuple[str, ...] = (), feed: str = "", policy: str | None = None
@@ -386,6 +442,9 @@ class Signature(Generic[R]):
             else codec.encode(self.args, self.kwargs)
         )
         (job,) = build_jobs(self.task.name, [payload], self.opts, now)
+        if self.flow is not None:
+            lane = flow_fields(codec, self.flow, self.args, self.kwargs, fed=bool(feed))
+            job = msgspec.structs.replace(job, **lane)
         if not (parents or feed or policy):
             return job
         own = tuple(p for p in job.parents if p not in parents)
@@ -405,6 +464,45 @@ class Signature(Generic[R]):
         )  # fmt: skip
 
 
+def with_group(
+    task: str, flow: TaskFlow | None, group: str | None, group_weight: int | None
+) -> TaskFlow | None:
+    """`flow` with the group and weight of ``options(group=, group_weight=)``, if given
+    (a task without flow options gets a flow of that group alone). Raises `InvalidOption`."""
+    if group is None and group_weight is None:
+        return flow
+    if flow is None:
+        flow = TaskFlow(task) if group is None else TaskFlow(task, group=group)
+    return flow.with_group(group, group_weight)
+
+
+def flow_fields(
+    codec: ArgsCodec,
+    flow: TaskFlow,
+    args: tuple[object, ...],
+    kwargs: Mapping[str, object],
+    *,
+    fed: bool = False,
+) -> dict[str, object]:
+    """The `Job` fields `flow` gives one call (its arguments already checked; `fed`:
+    its first parameter comes from the parents' results at run time). Raises
+    `InvalidOption` for a key that can't be resolved."""
+    if not flow.templates:
+        return flow.fields(None)
+    if fed:
+        first = codec.fed_parameter
+        for option, template in flow.templates:
+            if first in template.fields:
+                raise InvalidOption(
+                    f"task {codec.name!r}: {option} {template.template!r} names {first!r}, "
+                    "which receives the previous result at run time; a lane is chosen at "
+                    "enqueue, so name another parameter"
+                )
+        args = (None, *args)
+    bound = inspect.BoundArguments(codec.signature, codec.bind(args, kwargs))
+    return flow.fields(bound)
+
+
 def make_task(
     registry: Registry,
     fn: Callable[P, object],
@@ -413,9 +511,18 @@ def make_task(
     retry: RetryPolicy | None,
     defaults: JobOptions,
     batch: Batch | None = None,
+    flow: FlowOptionsDict | None = None,
 ) -> Task[P, object]:
-    """Wrap `fn` in the right kind of task and register it."""
+    """Wrap `fn` in the right kind of task (with its flow options, see
+    `conveyor.taskflow`) and register it."""
+    given = [k for k, v in (flow or {}).items() if v is not None]
     if batch is not None:
+        if given:
+            raise ConfigError(
+                f"batch task {name or fn.__name__!r} can't take {'=, '.join(given)}=: a worker "
+                "gathers its claimed jobs into batches, so a limit would count items held "
+                "for a batch, not handler calls; limit the task its handler calls instead"
+            )
         btask: BatchTask[object, object] = BatchTask(
             registry,
             fn,  # type: ignore[arg-type]
@@ -428,6 +535,8 @@ def make_task(
         return btask  # type: ignore[return-value]
     kind: type[Task[P, object]] = AsyncTask if inspect.iscoroutinefunction(fn) else SyncTask
     task = kind(registry, fn, name=name, retry=retry, defaults=defaults)
+    if flow and given:
+        task.flow = TaskFlow.of(task.name, task.codec.signature, **flow)
     registry.add(task)
     return task
 
