@@ -1,5 +1,5 @@
 """The inspector: read and administer jobs — counts, listings, one job, requeue, cancel, purge,
-pausing queues."""
+pausing queues, the lanes of flow control and their circuits."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from conveyor.backends.base import Backend, JobFilter, Page
-from conveyor.capabilities import QueueControl, require
-from conveyor.errors import JobNotFound
+from conveyor.capabilities import FlowControl, LaneInfo, QueueControl, require
+from conveyor.errors import InvalidOption, JobNotFound
 from conveyor.fields import STATES
 from conveyor.job import TERMINAL, Job, JobState
-from conveyor.names import check_queue
+from conveyor.names import check_key, check_queue
 
-__all__ = ["Inspector", "PauseChange", "QueueCounts"]
+__all__ = ["CircuitChange", "Inspector", "LaneCounts", "PauseChange", "QueueCounts", "held_back"]
 
 log = logging.getLogger("conveyor.inspector")
 
@@ -66,6 +66,58 @@ class PauseChange:
     queue: str
     changed: bool
     known: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitChange:
+    """What `Inspector.open_circuit` / `Inspector.close_circuit` did.
+
+    Attributes:
+        queue, lane: the lane.
+        previous: its circuit's state before: ``"closed"``, ``"open"`` or ``"half_open"``.
+        state: its state now (``"open"`` or ``"closed"``).
+        until: when an opened circuit lets a probe through (None: closed, or open until
+            closed by hand).
+        known: `False` if the store kept no such lane before (it is created; but the name
+            may be a typo).
+    """
+
+    queue: str
+    lane: str
+    previous: str
+    state: str
+    until: float | None
+    known: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LaneCounts:
+    """The lanes of one queue, summed (`inspect stats`).
+
+    Attributes:
+        queue: the queue's name.
+        lanes: lanes the store keeps for it.
+        held: lanes with ready jobs that can start none now (`held_back`).
+        open: lanes whose circuit is open or half-open.
+    """
+
+    queue: str
+    lanes: int = 0
+    held: int = 0
+    open: int = 0
+
+
+def held_back(lane: LaneInfo) -> bool:
+    """Whether `lane` has ready jobs it can start none of now: every concurrency slot
+    taken, no rate token, its circuit open (or half-open with its probe running)."""
+    if not lane.ready:
+        return False
+    return (
+        (lane.concurrency > 0 and lane.running >= lane.concurrency)
+        or (lane.rate > 0 and lane.tokens < 1)
+        or lane.circuit_state == "open"
+        or (lane.circuit_state == "half_open" and lane.running > 0)
+    )
 
 
 class Inspector:
@@ -126,6 +178,93 @@ class Inspector:
     async def _known(self, queue: str) -> bool:
         counts = await self.backend.counts(queue)
         return any(n for per in counts.values() for n in per.values())
+
+    # -- flow control ----------------------------------------------------------------------
+
+    async def lanes(self, queue: str | None = None) -> list[LaneInfo]:
+        """The lanes of flow control (of `queue`, or of every queue), by queue then lane:
+        ready and running jobs, limits, tokens, circuit state. Idle lanes may be left out.
+
+        Example:
+            for lane in await app.inspector.lanes("default"):
+                print(lane.lane, lane.running, lane.concurrency, lane.circuit_state)
+        """
+        control = require(self.backend, FlowControl, "inspector.lanes()")
+        if queue is not None:
+            check_queue(queue)
+        return await control.lanes(queue)
+
+    async def lane_counts(self, queue: str | None = None) -> list[LaneCounts]:
+        """`lanes` summed per queue (queues with no lane are left out); empty for a store
+        without flow control."""
+        if not isinstance(self.backend, FlowControl):
+            return []
+        out: dict[str, LaneCounts] = {}
+        for lane in await self.backend.lanes(queue):
+            c = out.get(lane.queue) or LaneCounts(lane.queue)
+            out[lane.queue] = LaneCounts(
+                lane.queue,
+                c.lanes + 1,
+                c.held + held_back(lane),
+                c.open + (lane.circuit_state != "closed"),
+            )
+        return [out[q] for q in sorted(out)]
+
+    async def open_circuit(
+        self, lane: str, *, queue: str = "default", duration: float | None = None
+    ) -> CircuitChange:
+        """Open `lane`'s circuit by hand, for every worker: none of its jobs starts (running
+        ones finish) for `duration` seconds, then one probe is let through as for an opened
+        circuit; with no `duration`, until `close_circuit`. A task with limits has the lane
+        of its name (``limit_key``: ``"<task>:<key>"``; ``group``: the group).
+
+        Raises:
+            InvalidOption: a bad lane or queue name, or `duration` not > 0.
+
+        Example:
+            await app.inspector.open_circuit("push_crm", duration=600)
+        """
+        return await self._set_circuit(queue, lane, "open", duration)
+
+    async def close_circuit(self, lane: str, *, queue: str = "default") -> CircuitChange:
+        """Close `lane`'s circuit: its jobs start again at once (idle workers wake), with
+        the failure window reset."""
+        return await self._set_circuit(queue, lane, "closed", None)
+
+    async def _set_circuit(
+        self, queue: str, lane: str, state: str, duration: float | None
+    ) -> CircuitChange:
+        feature = f"inspector.{'open' if state == 'open' else 'close'}_circuit()"
+        control = require(self.backend, FlowControl, feature)
+        check_queue(queue)
+        if not isinstance(lane, str) or not lane:
+            raise InvalidOption(f"lane must be a non-empty string, got {lane!r}")
+        try:
+            check_key(lane)
+        except InvalidOption:
+            raise InvalidOption(
+                f"invalid lane {lane[:300]!r}: use 1-255 characters from A-Z a-z 0-9 _ . : @ / "
+                "+ = # - (a task's name, '<task>:<key>', or a group)"
+            ) from None
+        if duration is not None and (
+            isinstance(duration, bool)
+            or not isinstance(duration, int | float)
+            or not 0 < duration < float("inf")
+        ):
+            raise InvalidOption(
+                f"circuit duration must be a number of seconds > 0, got {duration!r}"
+            )
+        known = any(info.lane == lane for info in await control.lanes(queue))
+        previous = await control.set_circuit(queue, lane, state, duration)
+        until = None
+        if state == "open" and duration is not None:
+            now = next((i for i in await control.lanes(queue) if i.lane == lane), None)
+            until = now.open_until if now is not None else None
+        if not known:
+            log.warning(
+                "set the circuit of lane %r of queue %r, which the store did not keep", lane, queue
+            )
+        return CircuitChange(queue, lane, previous, state, until, known)
 
     async def job(self, job_id: str) -> Job:
         """One job with its attempts. Raises `JobNotFound`."""

@@ -21,10 +21,10 @@ from rich.table import Column, Table
 from rich.text import Text
 
 from conveyor.app import App
-from conveyor.capabilities import Locks, require
+from conveyor.capabilities import LaneInfo, Locks, require
 from conveyor.errors import InvalidOption
 from conveyor.handle import Progress as JobProgress
-from conveyor.inspector import Inspector
+from conveyor.inspector import Inspector, LaneCounts, QueueCounts
 from conveyor.job import Job, JobState
 from conveyor.scheduler.schedules import describe
 
@@ -90,7 +90,7 @@ _SHORT = {
 def stats(get_app: Callable[[], App], queue: str | None) -> None:
     """Job counts per queue and state; paused queues are marked "paused" (on a narrow
     terminal the states are shortened: wait, sched, queued, run, done, failed, cancel)."""
-    rows = _run(get_app(), lambda i: i.stats(queue))
+    rows, lanes = _run(get_app(), lambda i: _stats(i, queue))
     # Short headers where full ones don't fit (80 columns: seven states, total, paused).
     short = console.width < 100
     table = Table(
@@ -105,6 +105,16 @@ def stats(get_app: Callable[[], App], queue: str | None) -> None:
         counts = (str(getattr(q, s.value)) for s in JobState)
         table.add_row(_text(q.queue), *counts, str(q.total), "paused" if q.paused else "")
     console.print(table if rows else "no jobs")
+    for c in lanes:  # one line per queue with lanes of flow control (see `inspect limits`)
+        circuits = f", {c.open} circuit{'s' if c.open != 1 else ''} open" if c.open else ""
+        line = f"{c.queue}: {c.lanes} lane{'s' if c.lanes != 1 else ''}, {c.held} held back"
+        console.print(_text(line + circuits))
+
+
+async def _stats(
+    inspector: Inspector, queue: str | None
+) -> tuple[list[QueueCounts], list[LaneCounts]]:
+    return await inspector.stats(queue), await inspector.lane_counts(queue)
 
 
 @inspect_group.command("pause")
@@ -332,3 +342,113 @@ def schedules(get_app: Callable[[], App]) -> None:
             _text(job.state.value if job else "-"),
         )
     console.print(table if rows else "no schedules (is the app given with -A?)")
+
+
+def _per_time(rate: float) -> str:
+    """Starts per second in the unit that reads best: ``100/s``, ``10/m``, ``20/h``."""
+    for unit, seconds in (("s", 1), ("m", 60), ("h", 3600)):
+        if rate * seconds >= 1:
+            return f"{rate * seconds:.4g}/{unit}"
+    return f"{rate * 86_400:.4g}/d"
+
+
+def _circuit(lane: LaneInfo, now: float) -> str:
+    if lane.circuit_state == "open":
+        if lane.open_until is None:
+            return "open (by hand)"
+        return f"open {max(0.0, lane.open_until - now):.0f}s"
+    if lane.circuit_state == "half_open":
+        return "half-open"
+    return "closed" if lane.circuit else "-"
+
+
+@inspect_group.command("limits")
+@click.option("--queue", help="Only this queue.")
+@click.pass_obj
+def limits(get_app: Callable[[], App], queue: str | None) -> None:
+    """The lanes of flow control: per queue and lane, jobs ready, running (of the
+    concurrency limit), the rate with the tokens left (of the burst), the circuit (with
+    seconds until a probe while open) and its window's failed/all calls."""
+    app = get_app()
+    lanes = _run(app, lambda i: i.lanes(queue))
+    now = app.clock.now()
+    table = Table(
+        box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, padding=(0, 1), collapse_padding=True
+    )
+    table.add_column("queue", no_wrap=True)
+    table.add_column("lane", overflow="fold")
+    for header in ("ready", "run", "rate", "tokens"):
+        table.add_column(header, justify="right", no_wrap=True)
+    table.add_column("circuit", no_wrap=True)
+    table.add_column("fail", justify="right", no_wrap=True)
+    for lane in lanes:
+        limited = lane.concurrency > 0
+        counted = lane.circuit or lane.calls
+        table.add_row(
+            _text(lane.queue),
+            _text(lane.lane),
+            str(lane.ready),
+            f"{lane.running}/{lane.concurrency}" if limited else str(lane.running),
+            _per_time(lane.rate) if lane.rate > 0 else "-",
+            f"{int(lane.tokens)}/{lane.burst}" if lane.rate > 0 else "-",
+            _circuit(lane, now),
+            f"{lane.failures}/{lane.calls}" if counted else "-",
+        )
+    console.print(table if lanes else "no lanes (no task with limits, groups or circuits has jobs)")
+
+
+@inspect_group.command("circuit")
+@click.argument("action", type=click.Choice(["open", "close"]))
+@click.argument("target", metavar="TASK_OR_LANE")
+@click.option("--queue", help="The lane's queue [default: the task's queue, or default].")
+@click.option(
+    "--for",
+    "duration",
+    type=click.FloatRange(min=0, min_open=True),
+    help="With open: seconds until a probe is let through [default: until closed].",
+)
+@click.pass_obj
+def circuit(
+    get_app: Callable[[], App],
+    action: str,
+    target: str,
+    queue: str | None,
+    duration: float | None,
+) -> None:
+    """Open or close the circuit of a lane for every worker: a task of the app (its lane
+    is its name) or a lane as `inspect limits` shows it. Open, none of its jobs starts."""
+    if duration is not None and action == "close":
+        raise click.UsageError("--for goes with open only")
+    app = get_app()
+    lane, queue = _lane_of(app, target, queue)
+    if action == "open":
+        change = _run(app, lambda i: i.open_circuit(lane, queue=queue, duration=duration))
+    else:
+        change = _run(app, lambda i: i.close_circuit(lane, queue=queue))
+    now = change.state
+    if change.state == "open":
+        now += " until closed" if change.until is None else f" until {_ts(change.until)}"
+    console.print(_text(f"circuit of {lane} in {queue}: {change.previous} -> {now}"))
+    if not change.known:
+        console.print(_text(f"note: the store kept no lane {lane!r} in {queue!r} (set anyway)"))
+
+
+def _lane_of(app: App, target: str, queue: str | None) -> tuple[str, str]:
+    """The lane and queue `target` names: a task of the app maps to its lane (its name)."""
+    task = app.registry.find(target)
+    if task is None:
+        return target, queue or "default"
+    flow = task.flow
+    if flow is None:
+        raise click.ClickException(
+            f"task {target!r} has no limits, group or circuit, so its jobs take no lane; "
+            "give it concurrency=, rate_limit= or circuit= first"
+        )
+    if flow.templates:
+        option, template = flow.templates[0]
+        form = f"{target}:<key>" if option == "limit_key" else "<group>"
+        raise click.ClickException(
+            f"task {target!r} has a lane per value of {option}={template.template!r} "
+            f"({form!r}): name one as 'inspect limits' lists it"
+        )
+    return target, queue or task.defaults.queue or "default"
