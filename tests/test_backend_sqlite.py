@@ -86,15 +86,25 @@ async def test_claim_uses_the_ready_index(tmp_path: Path) -> None:
     async with SQLiteBackend(tmp_path / "j.db") as b:
         await b.counts()
     conn = sqlite3.connect(tmp_path / "j.db")
-    plan = " ".join(
-        str(r)
-        for r in conn.execute(
-            "EXPLAIN QUERY PLAN SELECT seq FROM jobs WHERE state = 'queued' AND queue = 'q' "
-            "ORDER BY priority DESC, run_at, seq LIMIT 10"
-        )
+
+    def plan(sql: str) -> str:
+        return " ".join(str(r) for r in conn.execute("EXPLAIN QUERY PLAN " + sql))
+
+    plain = plan(
+        "SELECT seq FROM jobs WHERE state = 'queued' AND lane = '' AND queue = 'q' "
+        "ORDER BY priority DESC, run_at, seq LIMIT 10"
     )
+    # A lane's jobs: its own index, no scan of other lanes' jobs or sort.
+    lane = plan(
+        "SELECT seq FROM jobs WHERE state = 'queued' AND lane != '' AND queue = 'q' "
+        "AND lane = 'a' ORDER BY priority DESC, run_at, seq LIMIT 10"
+    )
+    # A claim reads the lanes not parked (wake <= now) of a queue, by index.
+    lanes = plan("SELECT lane FROM lanes WHERE queue = 'q' AND wake <= 5.0 AND ready > 0")
     conn.close()
-    assert "jobs_ready" in plan and "TEMP B-TREE" not in plan
+    assert "jobs_ready" in plain and "TEMP B-TREE" not in plain
+    assert "jobs_lane_ready" in lane and "TEMP B-TREE" not in lane
+    assert "lanes_wake" in lanes and "wake<?" in lanes.replace(" ", "")
 
 
 async def test_a_dangling_symlink_leads_to_a_private_file(tmp_path: Path) -> None:
@@ -169,13 +179,59 @@ async def test_a_version_2_file_gains_the_paused_table(tmp_path: Path) -> None:
     conn.close()
 
 
+def _as_version_4(path: Path, lane_columns: bool = True) -> None:
+    """Take a version 5 file back to version 4 (no lanes). With `lane_columns` the jobs
+    keep the lane fields' columns, as a file that `sync_columns` opened with the fields
+    but not the migration has them."""
+    conn = sqlite3.connect(path)
+    for trigger in ("jobs_lane_new", "jobs_lane_ready", "jobs_lane_left"):
+        conn.execute(f"DROP TRIGGER {trigger}")
+    conn.execute("DROP TABLE lanes")
+    conn.execute("DROP TABLE turns")
+    conn.execute("DROP INDEX jobs_lane_ready")
+    conn.execute("DROP INDEX jobs_ready")
+    conn.execute(
+        "CREATE INDEX jobs_ready ON jobs (queue, priority DESC, run_at) WHERE state = 'queued'"
+    )
+    if not lane_columns:
+        for column in ("lane", "weight", "concurrency", "rate", "burst", "circuit"):
+            conn.execute(f"ALTER TABLE jobs DROP COLUMN {column}")
+    conn.execute("PRAGMA user_version = 4")
+    conn.commit()
+    conn.close()
+
+
 def _as_version_3(path: Path) -> None:
-    """Take a version 4 file back to version 3 (no dependency edges)."""
+    """Take a version 5 file back to version 3 (no dependency edges, no lanes)."""
+    _as_version_4(path, lane_columns=False)
     conn = sqlite3.connect(path)
     conn.execute("DROP TABLE edges")
     conn.execute("ALTER TABLE jobs DROP COLUMN has_children")
     conn.execute("PRAGMA user_version = 3")
     conn.commit()
+    conn.close()
+
+
+@pytest.mark.parametrize("lane_columns", [False, True])
+async def test_a_version_4_file_gains_the_lanes_and_its_jobs_are_claimed(
+    tmp_path: Path, lane_columns: bool
+) -> None:
+    clock = FakeClock()
+    path = tmp_path / "j.db"
+    old = [make_job(clock, priority=i) for i in range(3)]
+    async with SQLiteBackend(path, clock=clock) as b:
+        await b.enqueue(old)
+    _as_version_4(path, lane_columns)
+    async with SQLiteBackend(path, clock=clock) as b:
+        lane = [make_job(clock, lane="a", concurrency=1) for _ in range(2)]
+        await b.enqueue(lane)
+        got = await b.claim(ClaimRequest(["default"], 10, 30.0, "w"))
+        assert sorted(lease.id for lease in got) == sorted([j.id for j in old] + [lane[0].id])
+        assert [lease.id for lease in got if not lease.job.lane] == [j.id for j in old[::-1]]
+        (info,) = await b.lanes("default")
+        assert (info.lane, info.ready, info.running) == ("a", 1, 1)
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     conn.close()
 
 
@@ -195,7 +251,7 @@ async def test_a_version_3_file_gains_the_edges_and_its_jobs_wait(tmp_path: Path
         (got,) = await b.get([child.id])
         assert got is not None and got.state is JobState.QUEUED
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
     conn.close()
 
 

@@ -29,9 +29,10 @@ from typing import TypeVar
 
 from conveyor.backends._wake import Wakeup
 from conveyor.backends.base import Backend, ClaimRequest, JobFilter, Page
-from conveyor.backends.sqlite import depend, ops, shared
+from conveyor.backends.lanes import check_circuit_change
+from conveyor.backends.sqlite import depend, flow, ops, shared
 from conveyor.backends.sqlite.schema import migrate
-from conveyor.capabilities import LockInfo, WorkerInfo
+from conveyor.capabilities import LaneInfo, LockInfo, WorkerInfo
 from conveyor.clock import Clock, SystemClock
 from conveyor.errors import BackendError, ClosedError, ConfigError, StoreUnavailable
 from conveyor.job import Job, JobState, Lease, Outcome
@@ -426,6 +427,26 @@ class SQLiteBackend(Backend):
         """`QueueControl`: the paused queues, by name."""
         self._open()
         return await self._ro(shared.paused)
+
+    async def lanes(self, queue: str | None = None) -> list[LaneInfo]:
+        """`FlowControl`: the lanes kept (of `queue`, or of every queue), idle ones left out."""
+        self._open()
+        if queue is not None:
+            check_queue(queue)
+        now = self.clock.now()
+        return await self._ro(lambda c: flow.lanes(c, queue, now))
+
+    async def set_circuit(
+        self, queue: str, lane: str, state: str, duration: float | None = None
+    ) -> str:
+        """`FlowControl`: open or close a lane's circuit by hand; the state it was in. A
+        close wakes idle workers (this process's at once, others' by `data_version`)."""
+        self._open()
+        check_circuit_change(queue, lane, state, duration)
+        now = self.clock.now()
+        old = await self._tx(lambda c: flow.set_circuit(c, queue, lane, state, duration, now))
+        self._woke(state == "closed")
+        return old
 
     def _lock_look(self, name: str, seen: int, expires: float | None) -> tuple[int, float | None]:
         """`data_version` and, if it moved since `seen`, the expiry of `name`'s holding

@@ -15,7 +15,7 @@ from msgspec.structs import replace
 
 from conveyor.backends import rules
 from conveyor.backends.base import ClaimRequest, JobFilter, Page
-from conveyor.backends.sqlite import depend
+from conveyor.backends.sqlite import depend, flow
 from conveyor.backends.sqlite.schema import COLUMNS, DONE, INSERTED
 from conveyor.errors import DependencyError
 from conveyor.fields import ENQUEUED, NAMES
@@ -177,11 +177,14 @@ def promote(conn: sqlite3.Connection, now: float) -> int:
     ).rowcount
 
 
-_CLAIM = (
+_CLAIM_SET = (
     "UPDATE jobs SET state = 'running', attempts = attempts + 1, token = token + 1, "
-    "lease_expires = ?, worker = ?, started_at = ? WHERE seq IN (SELECT seq FROM jobs "
-    "WHERE state = 'queued' AND queue = ? ORDER BY priority DESC, run_at, seq LIMIT ?) "
-    f"RETURNING {COLUMNS}"
+    "lease_expires = ?, worker = ?, started_at = ? "
+)
+# The plain claim (jobs without a lane, on their own partial index `jobs_ready`).
+_CLAIM = (
+    f"{_CLAIM_SET}WHERE seq IN (SELECT seq FROM jobs WHERE state = 'queued' AND lane = '' "
+    f"AND queue = ? ORDER BY priority DESC, run_at, seq LIMIT ?) RETURNING {COLUMNS}"
 )
 
 
@@ -198,9 +201,13 @@ def claim(conn: sqlite3.Connection, request: ClaimRequest, now: float) -> list[L
             break
         if queue in paused:
             continue
-        rows = conn.execute(_CLAIM, (expires, request.worker, now, queue, want)).fetchall()
-        # RETURNING gives no order guarantee; restore the claim order.
-        rows.sort(key=lambda r: (-r[_PRIORITY], r[_RUN_AT], r[0]))
+        params = (expires, request.worker, now)
+        # Lanes: the turns, or None when no lane of the queue is eligible (one indexed look).
+        rows = flow.claim(conn, queue, want, _CLAIM, _CLAIM_SET, params, now)
+        if rows is None:
+            rows = conn.execute(_CLAIM, (*params, queue, want)).fetchall()
+            # RETURNING gives no order guarantee; restore the claim order.
+            rows.sort(key=lambda r: (-r[_PRIORITY], r[_RUN_AT], r[0]))
         leases.extend(Lease(row_to_job(r), r[-1], expires) for r in rows)
     return leases
 
@@ -210,6 +217,7 @@ def extend(
 ) -> list[Lease | None]:
     out: list[Lease | None] = []
     ended: list[tuple[str, str]] = []
+    left: list[flow.Exit] = []  # lane jobs with a circuit that left running
     expires = now + lease_for
     for lease in leases:
         updated = conn.execute(
@@ -230,7 +238,11 @@ def extend(
         ).fetchone()
         if row is not None and row[0]:
             ended.append((lease.id, "cancelled"))
+        if row is not None and lease.job.circuit:
+            left.append((lease.job.queue, lease.job.lane, lease.id, None))
         out.append(None)
+    if left:
+        flow.exits(conn, left, now)
     if ended:
         depend.count_ended(conn, ended, now)
     return out
@@ -247,6 +259,7 @@ def release(conn: sqlite3.Connection, leases: Sequence[Lease], now: float) -> li
     """Unstarted leases back to queued, the attempt not counted (cancelled if requested)."""
     out: list[bool] = []
     ended: list[tuple[str, str]] = []
+    left: list[flow.Exit] = []  # lane jobs with a circuit: a probe lets the next one probe
     for lease in leases:
         fence = (lease.id, lease.token)
         took = conn.execute(
@@ -263,7 +276,11 @@ def release(conn: sqlite3.Connection, leases: Sequence[Lease], now: float) -> li
             took = row is not None
             if took and row[0]:
                 ended.append((lease.id, "cancelled"))
+        if took and lease.job.circuit:
+            left.append((lease.job.queue, lease.job.lane, lease.id, None))
         out.append(bool(took))
+    if left:
+        flow.exits(conn, left, now)
     if ended:
         depend.count_ended(conn, ended, now)
     return out
@@ -327,6 +344,7 @@ def settle(
     completed = _complete_many(conn, done, now) if done else {}
     out: list[bool] = []
     ended: list[tuple[str, str]] = []  # parents that ended, in outcome order
+    left: list[flow.Exit] = []  # lane jobs with a circuit: it counts their outcomes
     for lease, outcome in outcomes:
         fence = (lease.id, lease.token)
         if isinstance(outcome, Completed):
@@ -334,6 +352,8 @@ def settle(
             out.append(children is not None)
             if children:
                 ended.append((lease.id, "completed"))
+            if children is not None and lease.job.circuit:
+                left.append((lease.job.queue, lease.job.lane, lease.id, "success"))
             continue
         if isinstance(outcome, Retrying):
             state = rules.state_for_run_at(outcome.run_at, now).value
@@ -343,6 +363,8 @@ def settle(
                 (state, outcome.run_at, _error_json(outcome.error), *fence),
             )
             out.append(cur.rowcount == 1)
+            if cur.rowcount == 1 and lease.job.circuit:
+                left.append((lease.job.queue, lease.job.lane, lease.id, "failure"))
             continue
         if isinstance(outcome, Failed):
             state = "failed"
@@ -362,6 +384,11 @@ def settle(
         out.append(row is not None)
         if row is not None and row[0]:
             ended.append((lease.id, state))
+        if row is not None and lease.job.circuit:
+            result = "failure" if state == "failed" else None
+            left.append((lease.job.queue, lease.job.lane, lease.id, result))
+    if left:
+        flow.exits(conn, left, now)
     if ended:
         depend.count_ended(conn, ended, now)
     return out
@@ -381,10 +408,18 @@ def rescue(conn: sqlite3.Connection, now: float) -> int:
         "  THEN ? + keep_for END, "
         "key_lock = CASE WHEN cancel_requested THEN NULL ELSE key_lock END, "
         "worker = NULL, lease_expires = NULL "
-        "WHERE state = 'running' AND lease_expires <= ? RETURNING seq, id, state, has_children",
+        "WHERE state = 'running' AND lease_expires <= ? "
+        "RETURNING seq, id, state, has_children, queue, lane, circuit",
         (error.type, error.message, now, now, now, now),
     ).fetchall()
-    ended = sorted((seq, i, s) for seq, i, s, children in rows if children and s != "queued")
+    left: list[flow.Exit] = [
+        (q, lane, i, None if s == "cancelled" else "failure")
+        for _, i, s, _, q, lane, circuit in sorted(rows)
+        if circuit
+    ]
+    if left:  # a rescue counts as a failure for its lane's circuit
+        flow.exits(conn, left, now)
+    ended = sorted((seq, i, s) for seq, i, s, children, *_ in rows if children and s != "queued")
     if ended:  # in enqueue order (RETURNING gives none)
         depend.count_ended(conn, [(i, state) for _, i, state in ended], now)
     return len(rows)
@@ -393,6 +428,7 @@ def rescue(conn: sqlite3.Connection, now: float) -> int:
 def purge(
     conn: sqlite3.Connection, states: Iterable[JobState], before: float | None, now: float
 ) -> int:
+    flow.forget_idle(conn, now)  # lanes with nothing left to keep
     wanted = sorted(s.value for s in set(states) & TERMINAL)
     marks = ",".join("?" * len(wanted))
     if before is None:
@@ -495,11 +531,15 @@ def next_due(conn: sqlite3.Connection, queues: Sequence[str], now: float) -> flo
     """Seconds until work may be ready in `queues`: 0 if some is queued, None if nothing waits."""
     marks = ",".join("?" * len(queues))
     ready = conn.execute(
-        f"SELECT 1 FROM jobs WHERE state = 'queued' AND queue IN ({marks}) "
+        f"SELECT 1 FROM jobs WHERE state = 'queued' AND lane = '' AND queue IN ({marks}) "
         "AND queue NOT IN (SELECT queue FROM paused) LIMIT 1",
         queues,
     ).fetchone()
     if ready:
         return 0.0
+    lane = flow.next_wake(conn, queues, now)  # a lane with ready jobs: 0, or when it is due
+    if lane == 0.0:
+        return 0.0
     (due,) = conn.execute("SELECT min(run_at) FROM jobs WHERE state = 'scheduled'").fetchone()
-    return None if due is None else max(0.0, due - now)
+    due = None if due is None else max(0.0, due - now)
+    return lane if due is None else due if lane is None else min(due, lane)

@@ -25,7 +25,7 @@ __all__ = [
     "sync_columns",
 ]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 #: Every SELECT/RETURNING reads `seq`, the record's fields in `fields.FIELDS` order, then
 #: `token`; `ops.row_to_job` depends on it.
@@ -177,8 +177,115 @@ CREATE TABLE edges (
 CREATE INDEX edges_child ON edges (child);         -- a cancelled child's uncounted edges go
 """
 
+# Version 5: flow control (`Backend.claim`'s lanes). The lane fields of `Job` are added
+# here, not by `sync_columns`, because the index and triggers name them (a file opened by
+# a build with the fields but not this migration may have some: `_V5_COLUMNS` adds the
+# missing ones first). `lanes` holds one row per (queue, lane) with ready or running jobs,
+# or with state to keep (a bucket refilling, a circuit counting or not closed): the
+# triggers below keep `ready` and `running` exact on every path that moves a lane job
+# (enqueue, promote, retry, rescue, release, requeue, dependency release, cancel), and a
+# claim's side of the turns (pass += 1 / weight, a token, the probe). `wake` parks a lane
+# without capacity: claims read only lanes with `wake <= now` (0: not parked; a time: the
+# next token or the end of a cooldown; SLOT (1e300): until a slot comes back, which the
+# trigger does; HAND (2e300): opened by hand with no end). `turns` keeps each queue's
+# virtual time (the pass of the last job served) and the plain jobs' pass.
+_LANE_FIELDS = ("lane", "weight", "concurrency", "rate", "burst", "circuit")
+_SLOT = "1e300"
+_V5 = f"""
+DROP INDEX jobs_ready;
+CREATE INDEX jobs_ready ON jobs (queue, priority DESC, run_at) WHERE state = 'queued' AND lane = '';
+CREATE INDEX jobs_lane_ready ON jobs (queue, lane, priority DESC, run_at, seq)
+    WHERE state = 'queued' AND lane != '';
+CREATE TABLE lanes (
+    queue        TEXT NOT NULL,
+    lane         TEXT NOT NULL,
+    ready        INTEGER NOT NULL DEFAULT 0,      -- its queued jobs
+    running      INTEGER NOT NULL DEFAULT 0,      -- its running jobs: the slots taken
+    weight       INTEGER NOT NULL DEFAULT 1,
+    concurrency  INTEGER NOT NULL DEFAULT 0,
+    rate         REAL NOT NULL DEFAULT 0,
+    burst        INTEGER NOT NULL DEFAULT 0,
+    circuit      TEXT NOT NULL DEFAULT '',
+    pass         REAL NOT NULL DEFAULT 0,
+    active       INTEGER NOT NULL DEFAULT 0,      -- eligible at the last claim that looked
+    tokens       REAL,                            -- NULL: full (a new lane)
+    tokens_at    REAL,
+    state        TEXT NOT NULL DEFAULT 'closed',  -- closed, open, half_open
+    until        REAL,                            -- open: when it turns half-open
+    window_start REAL,
+    calls        INTEGER NOT NULL DEFAULT 0,
+    failures     INTEGER NOT NULL DEFAULT 0,
+    probe        TEXT,                            -- half-open: the job probing
+    wake         REAL NOT NULL DEFAULT 0,         -- parked until (see above)
+    PRIMARY KEY (queue, lane)
+) WITHOUT ROWID;
+CREATE INDEX lanes_wake ON lanes (queue, wake) WHERE ready > 0;
+CREATE TABLE turns (
+    queue        TEXT PRIMARY KEY,
+    vtime        REAL NOT NULL,
+    plain_pass   REAL NOT NULL,
+    plain_active INTEGER NOT NULL
+) WITHOUT ROWID;
+-- A lane job becoming ready: counted, and it sets the lane's weight and limits (a lane
+-- parked for a slot is looked at again when its limits change).
+CREATE TRIGGER jobs_lane_new AFTER INSERT ON jobs WHEN new.lane != '' AND new.state = 'queued'
+BEGIN
+    INSERT INTO lanes (queue, lane, ready, weight, concurrency, rate, burst, circuit)
+    VALUES (new.queue, new.lane, 1, max(1, new.weight), new.concurrency, new.rate, new.burst,
+            new.circuit)
+    ON CONFLICT (queue, lane) DO UPDATE SET ready = ready + 1,
+        wake = CASE WHEN wake = {_SLOT} AND concurrency != excluded.concurrency THEN 0
+            ELSE wake END,
+        weight = excluded.weight, concurrency = excluded.concurrency, rate = excluded.rate,
+        burst = excluded.burst, circuit = excluded.circuit,
+        tokens = min(tokens, excluded.burst);
+END;
+CREATE TRIGGER jobs_lane_ready AFTER UPDATE OF state ON jobs
+WHEN new.lane != '' AND new.state = 'queued' AND old.state != 'queued'
+BEGIN
+    INSERT INTO lanes (queue, lane, ready, weight, concurrency, rate, burst, circuit)
+    VALUES (new.queue, new.lane, 1, max(1, new.weight), new.concurrency, new.rate, new.burst,
+            new.circuit)
+    ON CONFLICT (queue, lane) DO UPDATE SET ready = ready + 1,
+        running = max(0, running - (old.state = 'running')),
+        wake = CASE WHEN wake = {_SLOT} AND (old.state = 'running'
+            OR concurrency != excluded.concurrency) THEN 0 ELSE wake END,
+        weight = excluded.weight, concurrency = excluded.concurrency, rate = excluded.rate,
+        burst = excluded.burst, circuit = excluded.circuit,
+        tokens = min(tokens, excluded.burst);
+END;
+-- A lane job leaving queued or running any other way: a claim takes its turn, its token and
+-- (half-open) the probe; an exit from running gives the slot back and unparks the lane.
+CREATE TRIGGER jobs_lane_left AFTER UPDATE OF state ON jobs
+WHEN new.lane != '' AND new.state != 'queued' AND old.state != new.state
+    AND old.state IN ('queued', 'running')
+BEGIN
+    UPDATE lanes SET
+        ready = max(0, ready - (old.state = 'queued')),
+        running = max(0, running + (new.state = 'running') - (old.state = 'running')),
+        pass = pass + CASE WHEN new.state = 'running' THEN 1.0 / weight ELSE 0 END,
+        tokens = CASE WHEN new.state = 'running' AND rate > 0 THEN tokens - 1 ELSE tokens END,
+        probe = CASE WHEN new.state = 'running' AND state = 'half_open' THEN new.id
+            ELSE probe END,
+        wake = CASE WHEN wake = {_SLOT} AND old.state = 'running' THEN 0 ELSE wake END,
+        active = CASE WHEN ready - (old.state = 'queued') <= 0 THEN 0 ELSE active END
+    WHERE queue = new.queue AND lane = new.lane;
+    DELETE FROM lanes WHERE queue = new.queue AND lane = new.lane AND ready = 0
+        AND running = 0 AND state = 'closed' AND rate = 0 AND circuit = '' AND calls = 0;
+END;
+"""
+
 # MIGRATIONS[n] moves a file at version n to version n + 1.
-MIGRATIONS: dict[int, str] = {0: _V1, 1: _V2, 2: _V3, 3: _V4}
+MIGRATIONS: dict[int, str] = {0: _V1, 1: _V2, 2: _V3, 3: _V4, 4: _V5}
+
+
+def _add_lane_columns(conn: sqlite3.Connection) -> None:
+    """Before `_V5`: the lane fields' columns the file lacks."""
+    have = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+    by_name = {f.name: f for f in FIELDS}
+    for name in _LANE_FIELDS:
+        if name not in have:
+            conn.execute(f"ALTER TABLE jobs ADD COLUMN {column_decl(by_name[name])}")
 
 
 def migrate(conn: sqlite3.Connection) -> None:
@@ -195,6 +302,8 @@ def migrate(conn: sqlite3.Connection) -> None:
                         f"Conveyor understands ({SCHEMA_VERSION}); upgrade Conveyor"
                     )
                 break
+            if version == 4:
+                _add_lane_columns(conn)
             for statement in _statements(MIGRATIONS[version]):
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {version + 1}")
