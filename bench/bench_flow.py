@@ -305,6 +305,8 @@ class PeerRun:
     free_span_s: float
     worker_cpu_s: float
     server_cpu_s: float
+    t0: float  # the first start of any job: the window's beginning
+    retries: int  # Dramatiq: limited attempts refused and re-enqueued ("Retrying message")
 
     @property
     def rate(self) -> float:
@@ -320,6 +322,13 @@ class PeerRun:
         return max(
             (bisect.bisect_left(s, t + 1.0) - i for i, t in enumerate(s) if t >= lo), default=0
         )
+
+    def per_second(self) -> list[int]:
+        """Limited starts in each second of the window, from the first start of any job."""
+        out = [0] * max(1, int(self.window_s + 0.999))
+        for t in self.starts:
+            out[min(len(out) - 1, int(t - self.t0))] += 1
+        return out
 
     @property
     def free_rate(self) -> float:
@@ -338,6 +347,10 @@ def read_probe(probe: redis.Redis) -> tuple[list[float], int, float, float]:
         c, f, e = value.split()
         count, first, last = count + int(c), min(first, float(f)), max(last, float(e))
     return starts, count, first, last
+
+
+def count_in(log: Path, text: str) -> int:
+    return log.read_text(errors="replace").count(text) if log.exists() else 0
 
 
 def enqueue_peer(peer: Peer, sizes: tuple[int, int], env: dict[str, str], log: Path) -> float:
@@ -392,6 +405,8 @@ async def peer_run(
         free_span_s=max(0.0, free_last - free_first),
         worker_cpu_s=cpu,
         server_cpu_s=srv,
+        t0=first,
+        retries=count_in(log, "Retrying message"),
     )
 
 
@@ -441,10 +456,10 @@ def report_drains(results: dict[tuple[str, str], list[Drain]], n: int) -> None:
             )  # fmt: skip
         hol = results.get((store, "hol"), [])
         if hol:
-            got = [r.limited_started / r.span_s for r in hol]
-            print(f"| {store} | (limited jobs started during that drain) | "
-                  f"{spread([float(r.limited_started) for r in hol])} | {spread(got, 1)}/s "
-                  f"| | ≤ {HOL_RATE}/s + burst {HOL_RATE} | | | |")  # fmt: skip
+            got = "; ".join(
+                f"{r.limited_started} (≤ {HOL_RATE} + {HOL_RATE}/s × {r.span_s:.2f} s)" for r in hol
+            )
+            print(f"| {store} | limited jobs started during that drain | | {got} | | | | | |")
 
 
 def report_peers(results: dict[str, list[PeerRun]], window: float) -> None:
@@ -516,8 +531,13 @@ async def run(args: argparse.Namespace) -> None:
                     extra = f", {got.limited_started} limited started" if variant == "hol" else ""
                     print(
                         f"run {i + 1} {store:6} {variant:6} {got.jobs:,} in {got.span_s:.2f} s: "
-                        f"{got.rate:,.0f}/s; worker {us(got.worker_cpu_s, got.jobs)} µs/job, "
-                        f"redis-server {us(got.server_cpu_s, got.jobs)} µs/job{extra}",
+                        f"{got.rate:,.0f}/s; worker {us(got.worker_cpu_s, got.jobs)} µs/job"
+                        + (
+                            f", redis-server {us(got.server_cpu_s, got.jobs)} µs/job"
+                            if store == "redis"
+                            else ""
+                        )
+                        + extra,
                         flush=True,
                     )
         if "peers" in only:
@@ -525,7 +545,8 @@ async def run(args: argparse.Namespace) -> None:
                 if args.peers and not any(p in peer.name for p in args.peers.split(",")):
                     continue
                 sizes = peer_sizes(peer, args)
-                plog = Path(tmp) / f"{peer.module}.log"
+                slug = "".join(c if c.isalnum() else "-" for c in peer.name)
+                plog = Path(tmp) / f"peer-{slug}.log"
                 try:
                     got_p = await peer_run(peer, base, sizes, args.window, plog)
                 except Exception as exc:
@@ -544,6 +565,9 @@ async def run(args: argparse.Namespace) -> None:
                     f"{us(got_p.server_cpu_s, got_p.jobs_run)}",
                     flush=True,
                 )
+                print(f"  limited starts per second: {got_p.per_second()}")
+                if got_p.retries:
+                    print(f"  limited attempts refused and retried: {got_p.retries:,}")
                 if args.keep:
                     print(f"  log: {plog}")
     print(f"load at the end {os.getloadavg()[0]:.2f}; {time.monotonic() - t_all:.0f} s")
