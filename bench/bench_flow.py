@@ -61,7 +61,8 @@ import redis  # noqa: E402
 import conveyor  # noqa: E402
 from bench.bench_redis import server_cost  # noqa: E402
 from bench.peers_redis import flow_probe  # noqa: E402
-from conveyor.backends.base import JobFilter  # noqa: E402
+from conveyor.backends.base import ClaimRequest, JobFilter  # noqa: E402
+from conveyor.job import Completed  # noqa: E402
 from conveyor.testing.redis_server import RedisServer  # noqa: E402
 
 PEERS = ROOT / ".venv-peers" / "bin"
@@ -245,6 +246,49 @@ async def drain(variant: str, url: str, n: int, server: str | None, log: Path) -
         if variant == "hol":
             limited = sum(first <= s <= last for s, _ in await times_of(app, "limited"))
         return Drain(len(times), last - first, worker_cpu, server_cpu_s, limited)
+    finally:
+        await app.aclose()
+
+
+@dataclass
+class Loop:
+    jobs: int
+    claims: int
+    claim_s: float
+    settle_s: float
+    cpu_s: float
+
+    @property
+    def rate(self) -> float:
+        return self.jobs / (self.claim_s + self.settle_s)
+
+
+async def store_loop(variant: str, url: str, n: int) -> Loop:
+    """The store alone, in this process: `claim` 64 → `settle` them completed, until the
+    measured jobs are done (no worker, no handler): what the variant costs the store."""
+    app = make_app(url)
+    try:
+        for task, args in calls(variant, n):
+            t = app.registry.get(task)
+            for i in range(0, len(args), 5_000):
+                await t.enqueue_many(args[i : i + 5_000])
+        backend = app.backend
+        request = ClaimRequest(queues=("default",), limit=CONCURRENCY, lease_for=60, worker="b")
+        done = claims = 0
+        claim_s = settle_s = 0.0
+        cpu0 = time.process_time()
+        while done < n:
+            t0 = time.perf_counter()
+            leases = await backend.claim(request)
+            t1 = time.perf_counter()
+            claims += 1
+            claim_s += t1 - t0
+            if not leases:
+                raise RuntimeError(f"{variant}: claim gave nothing with {n - done:,} to go")
+            await backend.settle([(lease, Completed(result=None)) for lease in leases])
+            settle_s += time.perf_counter() - t1
+            done += sum(lease.job.task != "limited" for lease in leases)
+        return Loop(done, claims, claim_s, settle_s, time.process_time() - cpu0)
     finally:
         await app.aclose()
 
@@ -462,6 +506,24 @@ def report_drains(results: dict[tuple[str, str], list[Drain]], n: int) -> None:
             print(f"| {store} | limited jobs started during that drain | | {got} | | | | | |")
 
 
+def report_loops(results: dict[tuple[str, str], list[Loop]]) -> None:
+    print("\n## The store alone: claim 64 → settle, in-process, no worker (medians)\n")
+    print("| store | variant | jobs/s | claim µs/job | settle µs/job | jobs per claim "
+          "| time ÷ plain |")  # fmt: skip
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for (store, variant), runs in results.items():
+        plain = results.get((store, "plain"), [])
+        per = statistics.median((r.claim_s + r.settle_s) / r.jobs for r in runs)
+        base = statistics.median((r.claim_s + r.settle_s) / r.jobs for r in plain) if plain else 0
+        print(
+            f"| {store} | {variant} | {spread([r.rate for r in runs])} "
+            f"| {statistics.median(r.claim_s / r.jobs for r in runs) * 1e6:,.1f} "
+            f"| {statistics.median(r.settle_s / r.jobs for r in runs) * 1e6:,.1f} "
+            f"| {statistics.median(r.jobs / r.claims for r in runs):.1f} "
+            f"| {per / base if base else 0:.2f}× |"
+        )
+
+
 def report_peers(results: dict[str, list[PeerRun]], window: float) -> None:
     print(
         f"\n## Section 3: a global limit of {PEER_RATE} starts/s, {PEER_PROCESSES} worker "
@@ -489,7 +551,7 @@ def report_peers(results: dict[str, list[PeerRun]], window: float) -> None:
 
 
 async def run(args: argparse.Namespace) -> None:
-    only = set(args.only.split(",")) if args.only else {"hol", "cost", "peers"}
+    only = set(args.only.split(",")) if args.only else {"hol", "cost", "store", "peers"}
     stores = [s for s in ("sqlite", "redis") if s in args.stores.split(",")]
     if "peers" in only and not (PEERS / "celery").exists():
         print(f"peers: skipped ({PEERS / 'celery'} is missing; see bench/README.md)")
@@ -505,6 +567,7 @@ async def run(args: argparse.Namespace) -> None:
     t_all = time.monotonic()
     drains: dict[tuple[str, str], list[Drain]] = {}
     peers: dict[str, list[PeerRun]] = {}
+    loops: dict[tuple[str, str], list[Loop]] = {}
     keep = tempfile.mkdtemp(prefix="conveyor-flow-") if args.keep else None
     tmpdir = contextlib.nullcontext(keep) if keep else tempfile.TemporaryDirectory(prefix="flow-")
     with tmpdir as tmp, RedisServer() as server:
@@ -540,6 +603,26 @@ async def run(args: argparse.Namespace) -> None:
                         + extra,
                         flush=True,
                     )
+        for i in range(args.runs if "store" in only else 0):
+            for store in stores:
+                for variant in VARIANTS:
+                    if store == "sqlite":
+                        url = f"sqlite:///{tmp}/loop-{variant}-{i}.db"
+                    else:
+                        redis.Redis.from_url(f"{base}/1").flushdb()
+                        url = f"{base}/1?prefix=loop"
+                    try:
+                        lp = await store_loop(variant, url, n)
+                    except Exception as exc:
+                        print(f"store loop {store} {variant}: FAILED {type(exc).__name__}: {exc}")
+                        continue
+                    loops.setdefault((store, variant), []).append(lp)
+                    print(
+                        f"store loop {i + 1} {store:6} {variant:6} {lp.rate:,.0f}/s, claim "
+                        f"{us(lp.claim_s, lp.jobs)} + settle {us(lp.settle_s, lp.jobs)} µs/job, "
+                        f"{lp.jobs / lp.claims:.1f} jobs/claim",
+                        flush=True,
+                    )
         if "peers" in only:
             for peer in PEER_SET:
                 if args.peers and not any(p in peer.name for p in args.peers.split(",")):
@@ -573,6 +656,8 @@ async def run(args: argparse.Namespace) -> None:
     print(f"load at the end {os.getloadavg()[0]:.2f}; {time.monotonic() - t_all:.0f} s")
     if drains:
         report_drains(drains, n)
+    if loops:
+        report_loops(loops)
     if peers:
         report_peers(peers, args.window)
 
@@ -589,7 +674,7 @@ def peer_sizes(peer: Peer, args: argparse.Namespace) -> tuple[int, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="N = 4,000, 1 run, peers 6 s")
-    parser.add_argument("--only", default="", help="comma-separated: hol, cost, peers")
+    parser.add_argument("--only", default="", help="comma-separated: hol, cost, store, peers")
     parser.add_argument("--stores", default="sqlite,redis", help="for hol and cost")
     parser.add_argument("--peers", default="", help="peer names containing these, e.g. celery")
     parser.add_argument("--runs", type=int, default=0, help="runs of hol/cost (default 3)")
