@@ -225,30 +225,33 @@ class Task(Generic[P, R]):
         payloads: list[bytes] = []
         encode = self.codec.encode
         flow = flow or self.flow
-        lanes: list[dict[str, object]] = []
+        if flow is not None:
+            calls = list(calls)  # read twice: the payloads, then the lanes
         for i, call in enumerate(calls):
             try:
-                args: tuple[object, ...] = ()
-                kwargs: Mapping[str, object] = {}
                 if isinstance(call, tuple):
-                    args = call
+                    payloads.append(encode(call, {}))
                 elif isinstance(call, Mapping):
-                    kwargs = call
+                    payloads.append(encode((), call))
                 else:
                     raise InvalidArguments(
                         f"task {self.name!r}: each call must be a tuple of positional "
                         f"arguments or a mapping of keyword arguments, got {type(call).__name__}"
                     )
-                payloads.append(encode(args, kwargs))
-                if flow is not None:
-                    lanes.append(flow_fields(self.codec, flow, args, kwargs))
-            except (InvalidArguments, InvalidOption) as exc:
+            except InvalidArguments as exc:
                 raise type(exc)(f"call #{i}: {exc}") from None
         jobs = build_jobs(self.name, payloads, opts, self.registry.producer.clock.now())
         if flow is None:
             return jobs
-        replace = msgspec.structs.replace
-        return [replace(job, **fields) for job, fields in zip(jobs, lanes, strict=True)]
+        replace, codec = msgspec.structs.replace, self.codec
+        out: list[Job] = []
+        for i, (job, call) in enumerate(zip(jobs, calls, strict=True)):
+            args, kwargs = (call, {}) if isinstance(call, tuple) else ((), call)
+            try:
+                out.append(replace(job, **flow_fields(codec, flow, args, kwargs)))
+            except InvalidOption as exc:
+                raise InvalidOption(f"call #{i}: {exc}") from None
+        return out
 
 
 class SyncTask(Task[P, R]):
