@@ -397,10 +397,13 @@ def count_in(log: Path, text: str) -> int:
     return log.read_text(errors="replace").count(text) if log.exists() else 0
 
 
-def enqueue_peer(peer: Peer, sizes: tuple[int, int], env: dict[str, str], log: Path) -> float:
-    """The peer's enqueue CLI (the limited backlog first, the unlimited jobs behind it) in
-    the peers' venv; returns the seconds it reports."""
+def enqueue_peer(
+    peer: Peer, sizes: tuple[int, int], mix: str, env: dict[str, str], log: Path
+) -> float:
+    """The peer's enqueue CLI in the peers' venv (`mix`: the limited backlog at the head,
+    or spread among the unlimited jobs; see `flow_probe.plan`); the seconds it reports."""
     argv = [str(PEERS / "python"), "-m", f"bench.peers_redis.{peer.module}", *map(str, sizes)]
+    argv.append(mix)
     with open(log, "ab") as err:
         client = subprocess.run(
             argv, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **env},
@@ -412,7 +415,7 @@ def enqueue_peer(peer: Peer, sizes: tuple[int, int], env: dict[str, str], log: P
 
 
 async def peer_run(
-    peer: Peer, base: str, sizes: tuple[int, int], window: float, log: Path
+    peer: Peer, base: str, sizes: tuple[int, int], mix: str, window: float, log: Path
 ) -> PeerRun:
     url, probe_url = f"{base}/{peer.db}", f"{base}/15"
     main, probe = redis.Redis.from_url(url), redis.Redis.from_url(probe_url)
@@ -420,7 +423,7 @@ async def peer_run(
     probe.flushdb()
     env = {"BENCH_REDIS_URL": url, "BENCH_PROBE_URL": probe_url, **dict(peer.env)}
     env["BENCH_FLOW_RATE"] = str(PEER_RATE)
-    enqueue_s = enqueue_peer(peer, sizes, env, log)
+    enqueue_s = enqueue_peer(peer, sizes, mix, env, log)
     procs = [start(argv, env, log) for argv in peer.workers(url)]
     with running(procs):
         deadline = time.monotonic() + 120
@@ -524,25 +527,24 @@ def report_loops(results: dict[tuple[str, str], list[Loop]]) -> None:
         )
 
 
-def report_peers(results: dict[str, list[PeerRun]], window: float) -> None:
+def report_peers(results: dict[tuple[str, str], list[PeerRun]], window: float) -> None:
     print(
         f"\n## Section 3: a global limit of {PEER_RATE} starts/s, {PEER_PROCESSES} worker "
         f"processes, {window:.0f} s from the first start\n"
     )
-    print("| system | limiter | enqueued limited + unlimited | achieved rate /s "
+    print("| system | limiter | limited jobs | enqueued limited + unlimited | achieved rate /s "
           "| worst 1-s window | worst after the 1st s | unlimited jobs/s (done) "
-          "| worker CPU µs/job | redis-server CPU µs/job |")  # fmt: skip
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
-    for peer in PEER_SET:
-        runs = results.get(peer.name, [])
-        if not runs:
-            continue
+          "| refused attempts | worker CPU µs/job | redis-server CPU µs/job |")  # fmt: skip
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for (name, mix), runs in results.items():
+        peer = next(p for p in PEER_SET if p.name == name)
         r = runs[0]
+        where = "at the head" if mix == "head" else "mixed in"
         print(
-            f"| {peer.name} | {peer.note} | {r.enqueued[0]:,} + {r.enqueued[1]:,} "
+            f"| {peer.name} | {peer.note} | {where} | {r.enqueued[0]:,} + {r.enqueued[1]:,} "
             f"| {spread([x.rate for x in runs], 1)} | {spread([float(x.worst()) for x in runs])} "
             f"| {spread([float(x.worst(1.0)) for x in runs])} "
-            f"| {spread([x.free_rate for x in runs])} ({r.free_done:,}) "
+            f"| {spread([x.free_rate for x in runs])} ({r.free_done:,}) | {r.retries:,} "
             f"| {us(r.worker_cpu_s, r.jobs_run)} | {us(r.server_cpu_s, r.jobs_run)} |"
         )
 
@@ -566,7 +568,7 @@ async def run(args: argparse.Namespace) -> None:
     )
     t_all = time.monotonic()
     drains: dict[tuple[str, str], list[Drain]] = {}
-    peers: dict[str, list[PeerRun]] = {}
+    peers: dict[tuple[str, str], list[PeerRun]] = {}
     loops: dict[tuple[str, str], list[Loop]] = {}
     keep = tempfile.mkdtemp(prefix="conveyor-flow-") if args.keep else None
     tmpdir = contextlib.nullcontext(keep) if keep else tempfile.TemporaryDirectory(prefix="flow-")
@@ -623,23 +625,23 @@ async def run(args: argparse.Namespace) -> None:
                         f"{lp.jobs / lp.claims:.1f} jobs/claim",
                         flush=True,
                     )
-        if "peers" in only:
+        for mix in args.mix.split(",") if "peers" in only else []:
             for peer in PEER_SET:
                 if args.peers and not any(p in peer.name for p in args.peers.split(",")):
                     continue
                 sizes = peer_sizes(peer, args)
                 slug = "".join(c if c.isalnum() else "-" for c in peer.name)
-                plog = Path(tmp) / f"peer-{slug}.log"
+                plog = Path(tmp) / f"peer-{slug}-{mix}.log"
                 try:
-                    got_p = await peer_run(peer, base, sizes, args.window, plog)
+                    got_p = await peer_run(peer, base, sizes, mix, args.window, plog)
                 except Exception as exc:
-                    print(f"peers {peer.name}: FAILED {type(exc).__name__}: {exc}")
+                    print(f"peers {peer.name} ({mix}): FAILED {type(exc).__name__}: {exc}")
                     tail = plog.read_text(errors="replace")[-1500:] if plog.exists() else ""
                     print("  log tail: " + tail.replace("\n", "\n    "))
                     continue
-                peers.setdefault(peer.name, []).append(got_p)
+                peers.setdefault((peer.name, mix), []).append(got_p)
                 print(
-                    f"peers {peer.name}: enqueue {got_p.enqueue_s:.1f} s; "
+                    f"peers {peer.name} ({mix}): enqueue {got_p.enqueue_s:.1f} s; "
                     f"{len(got_p.starts):,} limited starts in {got_p.window_s:.1f} s = "
                     f"{got_p.rate:,.1f}/s, worst 1-s window {got_p.worst()}, after the 1st s "
                     f"{got_p.worst(1.0)}; unlimited {got_p.free_done:,} at "
@@ -680,6 +682,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=0, help="runs of hol/cost (default 3)")
     parser.add_argument("--n", type=int, default=0, help="unlimited jobs per drain")
     parser.add_argument("--window", type=float, default=0, help="seconds per peer run")
+    parser.add_argument("--mix", default="head,mixed", help="peers: head and/or mixed")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs)")
     args = parser.parse_args()
     args.runs = args.runs or (1 if args.quick else 3)

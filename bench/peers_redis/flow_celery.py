@@ -5,7 +5,7 @@ Celery's rate limit is a token bucket in each worker node's consumer (not shared
 nodes): 4 nodes of ``-c 1`` let through about 4 × 100/s; one node of ``-c 4`` holds 100/s.
 
 Worker: ``celery -A bench.peers_redis.flow_celery worker -c N -n NAME@%h``.
-Enqueue (the bench's client): ``python -m bench.peers_redis.flow_celery LIMITED FREE``.
+Enqueue (the bench's client): ``python -m bench.peers_redis.flow_celery LIMITED FREE MIX``.
 """
 
 from __future__ import annotations
@@ -34,17 +34,18 @@ def free() -> None:
     flow_probe.free_hit(time.time())
 
 
-def enqueue(n_limited: int, n_free: int) -> None:
-    """The limited backlog first, then the unlimited jobs behind it (Celery has no bulk
-    API: a loop of apply_async on one producer)."""
+def enqueue(n_limited: int, n_free: int, mix: str) -> None:
+    """In the order of `flow_probe.plan` (Celery has no bulk API: a loop of apply_async on
+    one producer)."""
+    tasks = {"limited": limited, "free": free}
     with app.producer_or_acquire() as producer:
-        for _ in range(n_limited):
-            limited.apply_async(producer=producer)
-        for _ in range(n_free):
-            free.apply_async(producer=producer)
+        for kind, n in flow_probe.plan(n_limited, n_free, mix):
+            task = tasks[kind]
+            for _ in range(n):
+                task.apply_async(producer=producer)
 
 
 if __name__ == "__main__":
     t0 = time.perf_counter()
-    enqueue(int(sys.argv[1]), int(sys.argv[2]))
+    enqueue(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])
     print(f"{time.perf_counter() - t0:.3f}")

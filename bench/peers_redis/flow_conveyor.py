@@ -3,7 +3,7 @@
 `free` has none; both go to the default queue.
 
 Worker: ``python -m conveyor worker bench.peers_redis.flow_conveyor:app -c 64 -p N``.
-Enqueue: ``python -m bench.peers_redis.flow_conveyor LIMITED FREE``.
+Enqueue: ``python -m bench.peers_redis.flow_conveyor LIMITED FREE MIX``.
 """
 
 from __future__ import annotations
@@ -31,18 +31,19 @@ async def free() -> None:
     flow_probe.free_hit(time.time())
 
 
-async def enqueue(n_limited: int, n_free: int) -> None:
-    """The limited backlog first, then the unlimited jobs behind it (enqueue_many, 5,000 a
-    call)."""
+async def enqueue(n_limited: int, n_free: int, mix: str) -> None:
+    """In the order of `flow_probe.plan` (enqueue_many per run, up to 5,000 a call; runs of
+    about 1,000 when mixed)."""
+    tasks = {"limited": limited, "free": free}
     try:
-        for task, n in ((limited, n_limited), (free, n_free)):
+        for kind, n in flow_probe.plan(n_limited, n_free, mix, chunk=1_000):
             for i in range(0, n, 5_000):
-                await task.enqueue_many([() for _ in range(min(5_000, n - i))])
+                await tasks[kind].enqueue_many([() for _ in range(min(5_000, n - i))])
     finally:
         await app.aclose()
 
 
 if __name__ == "__main__":
     t0 = time.perf_counter()
-    asyncio.run(enqueue(int(sys.argv[1]), int(sys.argv[2])))
+    asyncio.run(enqueue(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]))
     print(f"{time.perf_counter() - t0:.3f}")

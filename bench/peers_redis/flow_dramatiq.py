@@ -13,7 +13,7 @@ Both raise ``RateLimitExceeded`` when the limit is reached (the default,
 default backoff (15 s minimum, exponential, jitter). That is the documented usage.
 
 Worker: ``dramatiq bench.peers_redis.flow_dramatiq -p N`` (8 threads per process).
-Enqueue: ``python -m bench.peers_redis.flow_dramatiq LIMITED FREE``.
+Enqueue: ``python -m bench.peers_redis.flow_dramatiq LIMITED FREE MIX``.
 """
 
 from __future__ import annotations
@@ -58,16 +58,16 @@ def free() -> None:
     flow_probe.free_hit(time.time())
 
 
-def enqueue(n_limited: int, n_free: int) -> None:
-    """The limited backlog first, then the unlimited jobs (a loop of broker.enqueue)."""
-    put = broker.enqueue
-    for _ in range(n_limited):
-        put(limited.message())
-    for _ in range(n_free):
-        put(free.message())
+def enqueue(n_limited: int, n_free: int, mix: str) -> None:
+    """In the order of `flow_probe.plan` (a loop of broker.enqueue)."""
+    put, actors = broker.enqueue, {"limited": limited, "free": free}
+    for kind, n in flow_probe.plan(n_limited, n_free, mix):
+        actor = actors[kind]
+        for _ in range(n):
+            put(actor.message())
 
 
 if __name__ == "__main__":
     t0 = time.perf_counter()
-    enqueue(int(sys.argv[1]), int(sys.argv[2]))
+    enqueue(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])
     print(f"{time.perf_counter() - t0:.3f}")

@@ -23,7 +23,7 @@ import time
 
 import redis
 
-__all__ = ["FREE", "STARTS", "free_hit", "limited_start"]
+__all__ = ["FREE", "STARTS", "free_hit", "limited_start", "plan"]
 
 STARTS = "flowbench:starts"
 FREE = "flowbench:free"
@@ -62,6 +62,21 @@ class _State:
                 pipe.execute()
             except redis.RedisError:
                 pass  # the bench flushed or stopped the server
+
+
+def plan(n_limited: int, n_free: int, mix: str, chunk: int = 100) -> list[tuple[str, int]]:
+    """The enqueue order as runs of ("limited" | "free", count). ``head``: the limited
+    backlog first, the unlimited jobs behind it; ``mixed``: spread evenly, each `chunk` jobs
+    holding their share of limited ones, then unlimited ones."""
+    if mix == "head":
+        return [("limited", n_limited), ("free", n_free)]
+    total, runs, done_l, done_f = n_limited + n_free, [], 0, 0
+    for end in range(chunk, total + chunk, chunk):
+        end = min(end, total)
+        want_l = n_limited * end // total
+        runs += [("limited", want_l - done_l), ("free", end - want_l - done_f)]
+        done_l, done_f = want_l, end - want_l
+    return [(kind, k) for kind, k in runs if k]
 
 
 def _get() -> _State:
