@@ -184,7 +184,7 @@ def _as_version_4(path: Path, lane_columns: bool = True) -> None:
     keep the lane fields' columns, as a file that `sync_columns` opened with the fields
     but not the migration has them."""
     conn = sqlite3.connect(path)
-    for trigger in ("jobs_lane_new", "jobs_lane_ready", "jobs_lane_left"):
+    for trigger in ("jobs_lane_new", "jobs_lane_ready", "jobs_lane_claimed", "jobs_lane_left"):
         conn.execute(f"DROP TRIGGER {trigger}")
     conn.execute("DROP TABLE lanes")
     conn.execute("DROP TABLE turns")

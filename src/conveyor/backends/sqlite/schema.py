@@ -254,19 +254,27 @@ BEGIN
         burst = excluded.burst, circuit = excluded.circuit,
         tokens = min(tokens, excluded.burst);
 END;
--- A lane job leaving queued or running any other way: a claim takes its turn, its token and
--- (half-open) the probe; an exit from running gives the slot back and unparks the lane.
+-- A lane job claimed: its turn (pass += 1 / weight), its token, (half-open) the probe.
+CREATE TRIGGER jobs_lane_claimed AFTER UPDATE OF state ON jobs
+WHEN new.lane != '' AND new.state = 'running' AND old.state = 'queued'
+BEGIN
+    UPDATE lanes SET ready = max(0, ready - 1), running = running + 1,
+        pass = pass + 1.0 / weight,
+        tokens = CASE WHEN rate > 0 THEN tokens - 1 ELSE tokens END,
+        probe = CASE WHEN state = 'half_open' THEN new.id ELSE probe END,
+        active = CASE WHEN ready <= 1 THEN 0 ELSE active END
+    WHERE queue = new.queue AND lane = new.lane;
+END;
+-- A lane job leaving queued or running any other way (not to queued: `jobs_lane_ready`):
+-- an exit from running gives the slot back and unparks the lane; a lane left with nothing
+-- to keep is deleted.
 CREATE TRIGGER jobs_lane_left AFTER UPDATE OF state ON jobs
-WHEN new.lane != '' AND new.state != 'queued' AND old.state != new.state
+WHEN new.lane != '' AND new.state NOT IN ('queued', 'running') AND old.state != new.state
     AND old.state IN ('queued', 'running')
 BEGIN
     UPDATE lanes SET
         ready = max(0, ready - (old.state = 'queued')),
-        running = max(0, running + (new.state = 'running') - (old.state = 'running')),
-        pass = pass + CASE WHEN new.state = 'running' THEN 1.0 / weight ELSE 0 END,
-        tokens = CASE WHEN new.state = 'running' AND rate > 0 THEN tokens - 1 ELSE tokens END,
-        probe = CASE WHEN new.state = 'running' AND state = 'half_open' THEN new.id
-            ELSE probe END,
+        running = max(0, running - (old.state = 'running')),
         wake = CASE WHEN wake = {_SLOT} AND old.state = 'running' THEN 0 ELSE wake END,
         active = CASE WHEN ready - (old.state = 'queued') <= 0 THEN 0 ELSE active END
     WHERE queue = new.queue AND lane = new.lane;
