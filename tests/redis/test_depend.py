@@ -18,7 +18,7 @@ from conveyor.backends.base import ClaimRequest
 from conveyor.backends.redis import RedisBackend
 from conveyor.backends.redis.backend import _CHUNK
 from conveyor.backends.redis.codec import enqueue_args
-from conveyor.backends.redis.scripts import ENQUEUE_FIELDS
+from conveyor.backends.redis.scripts import BY_HAND, ENQUEUE_FIELDS
 from conveyor.clock import FakeClock
 from conveyor.errors import DependencyError
 from conveyor.job import Cancelled, Completed, Failed, JobState
@@ -302,8 +302,9 @@ async def test_plain_jobs_carry_no_holds_field(
     held = make_job(clock, waiting_for=3)
     # The holds go last in a job's argument array, and only when set.
     sent = [msgspec.msgpack.decode(arg) for arg in enqueue_args([plain, held])[::2]]
-    assert [len(a) for a in sent] == [len(ENQUEUE_FIELDS) - 1, len(ENQUEUE_FIELDS)]
-    assert ENQUEUE_FIELDS[-1] == "waiting_for" and sent[1][-1] == "3"
+    plain_width = len(ENQUEUE_FIELDS) - len(BY_HAND)
+    assert [len(a) for a in sent] == [plain_width, plain_width + 1]
+    assert ENQUEUE_FIELDS[plain_width] == "waiting_for" and sent[1][-1] == "3"
     assert all(await stored(backend, [plain, held]))
     assert await raw.hget(f"{{conveyor}}:job:{plain.id}", "waiting_for") is None
     assert await raw.hget(f"{{conveyor}}:job:{held.id}", "waiting_for") == b"3"

@@ -20,11 +20,12 @@ import msgspec
 
 from conveyor.backends import rules
 from conveyor.backends.base import ANNOTATIONS, Backend, ClaimRequest
+from conveyor.backends.lanes import check_circuit_change
 from conveyor.backends.redis import handoff
 from conveyor.backends.redis.codec import Keys, decode, enqueue_args, text
 from conveyor.backends.redis.connect import Clients, Conn, parse_url, wrap_errors
 from conveyor.backends.redis.reads import SWEEP, Reads, pairs
-from conveyor.capabilities import LockInfo, WorkerInfo
+from conveyor.capabilities import LaneInfo, LockInfo, WorkerInfo
 from conveyor.clock import Clock, SystemClock
 from conveyor.errors import ClosedError, ConfigError, DependencyError
 from conveyor.job import (
@@ -592,6 +593,39 @@ class RedisBackend(Reads, Backend):
             flags = await conn.many([("EXISTS", self.keys.q(q, "paused")) for q in queues])
         return [q for q, flag in zip(queues, flags, strict=True) if int(flag)]
 
+    async def lanes(self, queue: str | None = None) -> list[LaneInfo]:
+        """`FlowControl`: the lanes kept (of `queue`, or of every queue in the registry), by
+        queue then name; one script call per slot. Idle lanes are left out (their state
+        expires by itself, see ``FL.flush`` in ``lua/prelude.lua``)."""
+        self._open()
+        conn = await self._conn()
+        out: list[LaneInfo] = []
+        with self._errors("lanes"):
+            queues = [check_queue(queue)] if queue is not None else await self._queues(conn)
+            for group in self._by_queue(queues):
+                rows = await conn.scripts["flow_lanes"](
+                    [self.keys.route(group[0])], [*self._args(), *group]
+                )
+                out += [_lane_info(row) for row in rows]
+        return sorted(out, key=lambda i: (i.queue, i.lane))
+
+    async def set_circuit(
+        self, queue: str, lane: str, state: str, duration: float | None = None
+    ) -> str:
+        """`FlowControl`: open (for `duration` s, None: until closed) or close a lane's
+        circuit by hand, in the queue's slot; the state it was in."""
+        self._open()
+        check_circuit_change(queue, lane, state, duration)
+        conn = await self._conn()
+        until = "" if duration is None else repr(float(duration))
+        with self._errors("set_circuit"):
+            await self._register(conn, {queue})
+            old = await conn.scripts["flow_circuit"](
+                [self.keys.route(queue)],
+                [*self._args(), queue, lane, state, until],
+            )
+        return text(old)
+
     async def _capability_call(self, *command: Any) -> Any:
         self._open()
         conn = await self._conn()
@@ -618,6 +652,28 @@ def _outcome_args(outcome: Outcome) -> tuple[Any, Any, Any]:
         return ("f", "", _json.encode(outcome.error))
     assert isinstance(outcome, Cancelled)
     return ("x", outcome.reason, "")
+
+
+def _lane_info(row: Sequence[Any]) -> LaneInfo:
+    """A `LaneInfo` from a ``flow_lanes`` row."""
+    q, name, ready, running, weight, concurrency, rate, burst, tokens = row[:9]
+    circuit, state, until, calls, failures = row[9:]
+    return LaneInfo(
+        queue=text(q),
+        lane=text(name),
+        ready=int(ready),
+        running=int(running),
+        weight=int(weight),
+        concurrency=int(concurrency),
+        rate=float(rate),
+        burst=int(burst),
+        tokens=float(tokens),
+        circuit=text(circuit),
+        circuit_state=text(state),
+        open_until=float(until) if until else None,
+        calls=int(calls),
+        failures=int(failures),
+    )
 
 
 def _first(reply: Any, name: str) -> Any:

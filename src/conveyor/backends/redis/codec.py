@@ -37,6 +37,9 @@ __all__ = ["Keys", "decode", "enqueue_args", "text", "unpack_lease"]
 _msgpack = msgspec.msgpack.Encoder()
 _json = msgspec.json.Encoder()
 assert (*NAMES, "cancel_reason") == FIELDS  # the record's fields, then one of this store's
+# Where a plain job's missing lane fields go in a row: text and float fields missing would
+# send every plain job down `decode_job`'s careful path (the integers default already).
+_LANE, _RATE, _CIRCUIT = (NAMES.index(n) for n in ("lane", "rate", "circuit"))
 
 
 class Keys:
@@ -91,10 +94,16 @@ def _compile_enqueue() -> Callable[[Sequence[Job]], list[bytes]]:
     decoders): straight-line code per job, as fast as a hand-written tuple. The fields the
     script writes by hand (`scripts.BY_HAND`, ints) are appended only when set."""
     generic = [f for f in ENQUEUED if f.name not in BY_HAND]
-    assert all(f.kind is Kind.INT for f in ENQUEUED if f.name in BY_HAND)
+    kinds = {f.name: f.kind for f in ENQUEUED}
     assert (*(f.name for f in generic), *BY_HAND) == ENQUEUE_FIELDS
+    assert BY_HAND[:2] == ("waiting_for", "lane") and kinds["waiting_for"] is Kind.INT
     array = ", ".join(_ENCODE[f.kind].format(v=f"j.{f.name}") for f in generic)
-    tail = "".join(f"\n        if j.{n}:\n            a.append(str(j.{n}))" for n in BY_HAND)
+    # The holds when set; a lane job sends them (maybe "0") and then its lane and limits.
+    lane = ", ".join(_ENCODE[kinds[n]].format(v=f"j.{n}") for n in BY_HAND[1:])
+    tail = (
+        f"\n        if j.lane:\n            a += (str(j.waiting_for), {lane})"
+        "\n        elif j.waiting_for:\n            a.append(str(j.waiting_for))"
+    )
     raws = "".join(f"\n        out.append(j.{name} or b'')" for name in ENQUEUE_RAW)
     source = (
         "def enqueue_args(jobs):\n"
@@ -133,9 +142,13 @@ def decode(row: Sequence[bytes | None]) -> Job | None:
     """
     if row[0] is None:
         return None
-    reason = row[-1]
+    record = list(row)
+    reason = record.pop()
     extra = None if reason is None else {"cancel_reason": reason.decode("utf-8", "replace")}
-    return decode_job(row[:-1], extra)
+    if record[_LANE] is None:  # a plain job: no lane fields in its hash (`scripts.BY_HAND`)
+        record[_LANE] = record[_CIRCUIT] = b""
+        record[_RATE] = b"0"
+    return decode_job(record, extra)
 
 
 def text(value: bytes | str) -> str:

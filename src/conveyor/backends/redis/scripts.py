@@ -52,10 +52,12 @@ __all__ = [
 FIELDS = (*NAMES, "cancel_reason")
 
 # Fields the enqueue script writes by hand rather than through E_SET / E_UNSET, sent last
-# and only when set (not 0): the holds (`Job.waiting_for`) make a job `waiting` and add to
-# its live parents' count. A plain job's array stops before them, and its hash has no
-# field for them.
-BY_HAND = ("waiting_for",)
+# and only when set: the holds (`Job.waiting_for`, sent when not 0, or as "0" ahead of a
+# lane) make a job `waiting` and add to its live parents' count; the lane and its limits
+# (`Job.lane` and the fields after it, sent only when the job has a lane) route the job
+# through its lane. A plain job's array stops before them, and its hash has no field for
+# them (they decode as their defaults).
+BY_HAND = ("waiting_for", "lane", "weight", "concurrency", "rate", "burst", "circuit")
 
 # The fields an enqueue carries, in order (`codec.enqueue_args`): each job is one msgpack
 # array of them (`fields.ENQUEUED`'s order, `BY_HAND` last), bytes fields (the payload)
@@ -152,15 +154,16 @@ def compile_scripts(constants: Mapping[str, LuaValue]) -> tuple[dict[str, Script
         for f in sorted(_FILES.iterdir(), key=lambda f: f.name)  # sorted: a stable hash
         if f.name.endswith(".lua") and f.name != "prelude.lua"
     }
-    # In the library each script is a local function `main_<name>`, registered through the
-    # prelude's `run`; as a script for EVAL, its own `main`.
-    mains = "".join(
-        f"local function main_{name}(KEYS, ARGV)\n{body}\nend\n" for name, body in bodies.items()
+    # In the library each script is a function `MAIN.<name>` (a table, not locals: Lua allows
+    # 200 locals per chunk), registered through the prelude's `run`; as a script for EVAL,
+    # its own `main`.
+    mains = "local MAIN = {}\n" + "".join(
+        f"MAIN.{name} = function(KEYS, ARGV)\n{body}\nend\n" for name, body in bodies.items()
     )
     tag = hashlib.sha1((prelude + mains).encode()).hexdigest()[:12]
     regs = "".join(
         f"redis.register_function('cv{tag}_{name}', function(KEYS, ARGV)\n"
-        f"  return run(main_{name}, KEYS, ARGV)\nend)\n"
+        f"  return run(MAIN.{name}, KEYS, ARGV)\nend)\n"
         for name in bodies
     )
     library = f"#!lua name=conveyor_{tag}\n{prelude}{mains}{regs}"

@@ -6,7 +6,7 @@
 -- parents. Returns per job 1 (stored) or the id of the job holding its key (a duplicate,
 -- skipped); or {{child, parent}} and nothing written when a parent is neither earlier in the
 -- call nor stored. One INCRBY reserves the sequence numbers of the whole call.
-local out, woke = {}, {}
+local out, woke, lanes_woke = {}, {}, {}
 local step = 1 + #E_RAW
 local jobs = {}
 local graph = false
@@ -80,7 +80,9 @@ for k, j in ipairs(jobs) do
     local seq = last - #jobs + k
     local run_at = j[E_RUN_AT]
     local state, parents, live, reason
-    local holds = j[E_WAITING_FOR]  -- nil for none (the producer's holds, see `link`)
+    local holds = tonumber(j[E_WAITING_FOR])  -- nil for none (the producer's holds, see `link`)
+    if holds == 0 then holds = nil end
+    local lane = j[E_LANE]  -- nil for a plain job (see `scripts.BY_HAND`)
     if j[E_PARENTS] ~= '' then
       state, parents, live, reason = blocked(j)
       if parents then j[E_PARENTS] = parents end
@@ -96,13 +98,25 @@ for k, j in ipairs(jobs) do
       local v = j[i]
       if v ~= '' then f[n + 1] = E[i]; f[n + 2] = v; n = n + 2 end
     end
-    if state == 'queued' then
+    if lane then
+      for _, i in ipairs({E_LANE, E_WEIGHT, E_CONCURRENCY, E_RATE, E_BURST, E_CIRCUIT}) do
+        f[n + 1], f[n + 2] = E[i], j[i]
+        n = n + 2
+      end
+    end
+    if state == 'queued' and lane then
+      -- (counted apart: the handoff never hands a lane job, only wakes for it)
+      if FL.ready(q, id, rank(j[E_PRIORITY], run_at, seq, id), lane, j[E_WEIGHT],
+                  j[E_CONCURRENCY], j[E_RATE], j[E_BURST], j[E_CIRCUIT]) then
+        lanes_woke[q] = (lanes_woke[q] or 0) + 1
+      end
+    elseif state == 'queued' then
       redis.call('ZADD', qkey(q, 'ready'), 0, rank(j[E_PRIORITY], run_at, seq, id))
       woke[q] = (woke[q] or 0) + 1
     elseif state == 'scheduled' then
       redis.call('ZADD', qkey(q, 'scheduled'), run_at, id)
     elseif state == 'waiting' then
-      f[n + 1], f[n + 2] = 'waiting_for', (live and #live or 0) + (tonumber(holds) or 0)
+      f[n + 1], f[n + 2] = 'waiting_for', (live and #live or 0) + (holds or 0)
       n = n + 2
       local member = q .. '|' .. id
       for _, p in ipairs(live or {}) do
@@ -122,5 +136,8 @@ for k, j in ipairs(jobs) do
 end
 for q, n in pairs(woke) do
   if not is_paused(q) then wake(q, n - handoff(q, n)) end  -- a paused queue wakes nobody
+end
+for q, n in pairs(lanes_woke) do
+  if not is_paused(q) then wake(q, n) end
 end
 return out

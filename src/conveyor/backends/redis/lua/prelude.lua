@@ -5,6 +5,7 @@
 -- (No calls to Lua's library at the top level: FUNCTION LOAD runs it without them.)
 
 -- Set by `begin` at the start of every call (see `run`).
+local FL = {cache = {}, turns = {}}  -- flow control: lanes (see below)
 local PREFIX, CLUSTER, NOW, NOW_S
 local ZADDS, ZREMS, ZPOS = {}, {}, {}
 -- Parents that ended in this call with children to tell: {queue, id, state} (see `finish`).
@@ -24,6 +25,7 @@ local function begin(ARGV)
   NOW_S = num(NOW)
   ZADDS, ZREMS, ZPOS = {}, {}, {}
   ENDED = {}
+  FL.cache, FL.turns = {}, {}
 end
 
 -- The hash tag every key of queue q shares: one slot per queue in cluster mode, one slot
@@ -113,6 +115,205 @@ local function wake(q, n)
   redis.call('LTRIM', w, 0, 63)
 end
 
+-- Flow control (see `Backend.claim`). Every key of a lane is in its queue's slot:
+--   q:<q>:lane:<name>        HASH  the lane's state (fields below; absent = defaults)
+--   q:<q>:lane_ready:<name>  ZSET  its queued jobs, members ranked as in q's ready set
+--   q:<q>:lane_slots:<name>  SET   ids of its running jobs (its slots)
+--   q:<q>:lanes              ZSET  the ELIGIBLE lanes (ready jobs and capacity) by pass
+--   q:<q>:lanes_parked       ZSET  lanes with ready jobs parked on a timer, by wake time
+--   q:<q>:lanes_all          SET   every lane with state (for `lanes`; stale names pruned)
+--   q:<q>:turns              HASH  v (pass of the last job served), pp (the plain jobs'
+--                                  pass), pa ('1': plain jobs were ready at the last turns)
+-- Lane state fields: w weight, c concurrency, r rate, b burst, cs circuit spec, p pass,
+-- e '1' while in `lanes`, k '1' while in `lanes_parked`, t tokens, ta tokens_at, st
+-- circuit state ('' closed, 'open', 'half_open'), u open until ('' none), ws window start,
+-- n calls, f failures, pr probe id, x '1' while the hash has a ttl (the lane idle).
+-- Loaded once per call into FL.cache and written back by FL.flush (from `run`).
+-- (One table, not locals: the FUNCTION library is near Lua's 200 locals per chunk.)
+FL.FIELDS = {'w', 'c', 'r', 'b', 'cs', 'p', 'e', 'k', 't', 'ta', 'st', 'u', 'ws', 'n', 'f', 'pr',
+             'x'}
+function FL.key(q, name, what) return qkey(q, what .. ':' .. name) end
+function FL.get(q, name)
+  local id = q .. '|' .. name
+  local L = FL.cache[id]
+  if L then return L end
+  local h = redis.call('HMGET', FL.key(q, name, 'lane'), unpack(FL.FIELDS))
+  L = {q = q, name = name, new = h[1] == false or h[1] == nil,
+       w = tonumber(h[1]) or 1, c = tonumber(h[2]) or 0, r = tonumber(h[3]) or 0,
+       b = tonumber(h[4]) or 0, cs = h[5] or '', p = tonumber(h[6]) or 0, e = h[7] == '1',
+       k = h[8] == '1', t = tonumber(h[9]), ta = tonumber(h[10]) or NOW, st = h[11] or '',
+       u = tonumber(h[12]), ws = tonumber(h[13]), n = tonumber(h[14]) or 0,
+       f = tonumber(h[15]) or 0, pr = h[16] or '', x = h[17] == '1', dirty = false}
+  if L.t == nil then L.t = L.b end
+  FL.cache[id] = L
+  return L
+end
+function FL.running(L)
+  if L.nrun == nil then L.nrun = redis.call('SCARD', FL.key(L.q, L.name, 'lane_slots')) end
+  return L.nrun
+end
+function FL.vtime(q)
+  local T = FL.turns[q]
+  if not T then
+    local h = redis.call('HMGET', qkey(q, 'turns'), 'v', 'pp', 'pa')
+    T = {v = tonumber(h[1]) or 0, pp = tonumber(h[2]) or 0, pa = h[3] == '1'}
+    FL.turns[q] = T
+  end
+  return T
+end
+-- The circuit spec "<failure_rate>:<window>:<cooldown>:<min_calls>" as numbers.
+function FL.spec(cs)
+  local a, b, c, d = string.match(cs, '^([^:]+):([^:]+):([^:]+):([^:]+)$')
+  return tonumber(a) or 1, tonumber(b) or 60, tonumber(c) or 60, tonumber(d) or 1
+end
+function FL.close(L)
+  L.st, L.u, L.pr, L.ws, L.n, L.f = '', nil, '', nil, 0, 0
+end
+function FL.open_for(L, duration)
+  L.st, L.pr = 'open', ''
+  L.u = duration and (NOW + duration) or nil
+end
+function FL.refill(L)
+  if L.r > 0 then L.t = math.min(L.b, L.t + math.max(0, NOW - L.ta) * L.r) end
+  L.ta = NOW
+  if L.st == 'open' and L.u and L.u <= NOW then
+    if L.cs ~= '' then L.st, L.u = 'half_open', nil else FL.close(L) end
+    L.dirty = true
+  end
+end
+function FL.can_take(L)
+  FL.refill(L)
+  if L.r > 0 and L.t < 1 then return false end
+  if L.st == 'open' then return false end
+  if L.st == 'half_open' and L.pr ~= '' then return false end
+  return not (L.c > 0 and FL.running(L) >= L.c)
+end
+function FL.wake_at(L)
+  if L.st == 'open' then return L.u end
+  if L.r > 0 and L.t < 1 then return NOW + (1 - L.t) / L.r end
+  return nil
+end
+-- Take the limits and weight of a job becoming ready (h: lane, weight, concurrency, rate,
+-- burst, circuit as read from its hash).
+function FL.configure(L, w, c, r, b, cs)
+  L.w, L.c, L.r, L.b, L.cs = math.max(1, tonumber(w) or 1), tonumber(c) or 0,
+                             tonumber(r) or 0, tonumber(b) or 0, cs or ''
+  if L.new then L.t, L.ta, L.new = L.b, NOW, false end
+  L.t = math.min(L.t, L.b)
+  L.dirty = true
+end
+-- Put L where it belongs now: eligible (entering at max(own pass, the queue's virtual
+-- time)), parked on a timer, or parked until a slot returns / a job is ready (neither
+-- zset). `ready`: whether it has ready jobs (nil: look). Returns true if it became eligible.
+function FL.place(L, ready)
+  if ready == nil then
+    ready = redis.call('EXISTS', FL.key(L.q, L.name, 'lane_ready')) == 1
+  end
+  local ok = ready and FL.can_take(L)
+  local became = false
+  if ok then
+    if not L.e then
+      L.p = math.max(L.p, FL.vtime(L.q).v)
+      L.e, became = true, true
+      redis.call('ZADD', qkey(L.q, 'lanes'), L.p, L.name)
+    end
+    if L.k then L.k = false; redis.call('ZREM', qkey(L.q, 'lanes_parked'), L.name) end
+  else
+    if L.e then L.e = false; redis.call('ZREM', qkey(L.q, 'lanes'), L.name) end
+    local at = ready and FL.wake_at(L)
+    if at then
+      L.k = true
+      redis.call('ZADD', qkey(L.q, 'lanes_parked'), at, L.name)
+    elseif L.k then
+      L.k = false
+      redis.call('ZREM', qkey(L.q, 'lanes_parked'), L.name)
+    end
+  end
+  L.dirty = true
+  return became
+end
+-- Lane job `id` (ranked `rk`) became ready: into its lane's zset, the lane configured by it.
+-- Returns true if the lane is eligible (someone to wake).
+function FL.ready(q, id, rk, name, w, c, r, b, cs)
+  redis.call('ZADD', FL.key(q, name, 'lane_ready'), 0, rk)
+  local L = FL.get(q, name)
+  FL.configure(L, w, c, r, b, cs)
+  FL.place(L, true)
+  return L.e
+end
+-- Lane job `id` left running; outcome 'success', 'failure' or nil (cancel, release). Its
+-- slot comes back, its circuit counts it; waiters are woken if the lane became eligible.
+function FL.left(q, id, name, outcome)
+  local L = FL.get(q, name)
+  if redis.call('SREM', FL.key(q, name, 'lane_slots'), id) == 1 and L.nrun then
+    L.nrun = L.nrun - 1
+  end
+  FL.refill(L)
+  if L.pr ~= '' and L.pr == id then
+    L.pr = ''
+    if outcome == 'success' then FL.close(L)
+    elseif outcome == 'failure' then
+      local _, _, cooldown = FL.spec(L.cs)
+      FL.open_for(L, cooldown)
+    end
+  elseif L.cs ~= '' and outcome and L.st == '' then
+    local rate, window, cooldown, min_calls = FL.spec(L.cs)
+    if not L.ws or NOW >= L.ws + window then L.ws, L.n, L.f = NOW, 0, 0 end
+    L.n = L.n + 1
+    if outcome == 'failure' then L.f = L.f + 1 end
+    if L.n >= min_calls and L.f >= rate * L.n then FL.open_for(L, cooldown) end
+  end
+  if FL.place(L) then wake(q, 1) end
+end
+-- How long an idle lane's state must outlive its last job: its bucket refills, its window
+-- and cooldown pass. nil: keep it (open by hand until closed).
+function FL.ttl(L)
+  if L.st == 'open' and not L.u then return nil end
+  local s = 1
+  if L.r > 0 then s = math.max(s, (L.b - L.t) / L.r) end
+  if L.cs ~= '' then
+    local _, window, cooldown = FL.spec(L.cs)
+    s = math.max(s, window + cooldown)
+  end
+  if L.u then s = math.max(s, L.u - NOW) end
+  return s + 1
+end
+function FL.flush()
+  for _, L in pairs(FL.cache) do
+    if L.dirty then
+      local key = FL.key(L.q, L.name, 'lane')
+      local idle = not L.e and not L.k and not L.busy and FL.running(L) == 0
+                   and redis.call('EXISTS', FL.key(L.q, L.name, 'lane_ready')) == 0
+      local ttl = idle and FL.ttl(L)
+      if ttl then L.x = true elseif L.x then L.x = false; redis.call('PERSIST', key) end
+      local created = redis.call('HSET', key, 'w', L.w, 'c', L.c, 'r', num(L.r), 'b', L.b,
+        'cs', L.cs, 'p', num(L.p), 'e', L.e and '1' or '', 'k', L.k and '1' or '',
+        't', num(L.t), 'ta', num(L.ta), 'st', L.st, 'u', L.u and num(L.u) or '',
+        'ws', L.ws and num(L.ws) or '', 'n', L.n, 'f', L.f, 'pr', L.pr, 'x', L.x and '1' or '')
+      if created > 0 then redis.call('SADD', qkey(L.q, 'lanes_all'), L.name) end
+      if ttl then redis.call('PEXPIRE', key, math.ceil(ttl * 1000)) end
+    end
+  end
+  FL.cache = {}
+  for q, T in pairs(FL.turns) do
+    if T.dirty then
+      redis.call('HSET', qkey(q, 'turns'), 'v', num(T.v), 'pp', num(T.pp), 'pa', T.pa and '1' or '')
+    end
+  end
+  FL.turns = {}
+end
+-- Due parked lanes back to eligible (claims and waits look first). Returns how many.
+function FL.unpark(q)
+  local due = redis.call('ZRANGEBYSCORE', qkey(q, 'lanes_parked'), '-inf', NOW_S, 'LIMIT', 0, 100)
+  for _, name in ipairs(due) do
+    local L = FL.get(q, name)
+    L.k = false
+    redis.call('ZREM', qkey(q, 'lanes_parked'), name)
+    FL.place(L)
+  end
+  return #due
+end
+
 -- Lease job `id` (its hash read as F_CLAIM into `h`) to `worker` until `expires`; `h` is
 -- patched into the reply row (FIELDS only). Returns the new token, or nil for a stray
 -- member (the job is gone or in another known state). A garbage state is leased, so the
@@ -193,10 +394,16 @@ local function handoff(q, n)
   return handed
 end
 
+-- A job becomes ready: into q's ready set, or a lane job into its lane's (see `FL.ready`).
 local function to_ready(q, jk, id, from)
-  local h = redis.call('HMGET', jk, 'priority', 'run_at', 'seq')
+  local h = redis.call('HMGET', jk, 'priority', 'run_at', 'seq', 'lane', 'weight',
+                       'concurrency', 'rate', 'burst', 'circuit')
   local rk = rank(h[1], h[2], h[3], id)
-  redis.call('ZADD', qkey(q, 'ready'), 0, rk)
+  if h[4] and h[4] ~= '' then
+    FL.ready(q, id, rk, h[4], h[5], h[6], h[7], h[8], h[9])
+  else
+    redis.call('ZADD', qkey(q, 'ready'), 0, rk)
+  end
   redis.call('HSET', jk, 'state', 'queued')
   index(q, id, h[3], from, 'queued')
 end
@@ -252,9 +459,10 @@ end
 local function give_back(q, id, token)
   local jk = jkey(q, id)
   local h = redis.call('HMGET', jk, 'state', 'token', 'attempts', 'cancel_requested', 'seq',
-                       'children')
+                       'children', 'lane')
   if h[1] ~= 'running' or h[2] ~= token then return false end
   zrem_later(qkey(q, 'running'), id)
+  if h[7] then FL.left(q, id, h[7], nil) end  -- a release counts for no circuit
   if h[4] == '1' then
     finish(q, jk, id, h[5], 'running', 'cancelled', nil, nil, h[6])
     release_key(q, jk, id)
@@ -351,6 +559,7 @@ local function run(main, KEYS, ARGV)
   begin(ARGV)
   local result = main(KEYS, ARGV)
   if ENDED[1] then count_ended() end
+  if next(FL.cache) or next(FL.turns) then FL.flush() end
   flush_later()
   return result
 end

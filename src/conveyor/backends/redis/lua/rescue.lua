@@ -10,9 +10,10 @@ for a = 6, #ARGV do
     zrem_later(running, id)
     local jk = jkey(q, id)
     local h = redis.call('HMGET', jk, 'state', 'attempts', 'max_attempts', 'cancel_requested',
-                         'seq', 'errors', 'children')
+                         'seq', 'errors', 'children', 'lane')
     if h[1] == 'running' then
       n = n + 1
+      if h[8] then FL.left(q, id, h[8], h[4] ~= '1' and 'failure' or nil) end
       if h[4] == '1' then
         finish(q, jk, id, h[5], 'running', 'cancelled', nil, nil, h[7])
         release_key(q, jk, id)

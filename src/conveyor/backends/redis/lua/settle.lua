@@ -6,9 +6,14 @@ for i = 4, #ARGV, 6 do
   local q, id, token, kind, a, b = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3],
                                    ARGV[i + 4], ARGV[i + 5]
   local jk = jkey(q, id)
-  local h = redis.call('HMGET', jk, 'state', 'token', 'seq', 'errors', 'keep_for', 'children')
+  local h = redis.call('HMGET', jk, 'state', 'token', 'seq', 'errors', 'keep_for', 'children',
+                       'lane')
   if h[1] == 'running' and h[2] == token then
     zrem_later(qkey(q, 'running'), id)
+    if h[7] then  -- a lane job: its slot back, its outcome counted (first: a retry re-enters)
+      FL.left(q, id, h[7], (kind == 'c' or kind == 'n') and 'success'
+                           or (kind == 'r' or kind == 'f') and 'failure' or nil)
+    end
     if kind == 'c' then
       redis.call('HSET', jk, 'result', a)
       finish(q, jk, id, h[3], 'running', 'completed', h[5], nil, h[6])

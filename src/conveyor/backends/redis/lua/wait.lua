@@ -9,10 +9,15 @@ for a = 7, #ARGV do
   local q = ARGV[a]
   if not is_paused(q) then  -- a paused queue's work is ready for nobody
     if redis.call('ZCARD', qkey(q, 'ready')) > 0 then return '0' end
-    local s = redis.call('ZRANGE', qkey(q, 'scheduled'), 0, 0, 'WITHSCORES')
-    if s[2] then
-      local d = tonumber(s[2]) - NOW
-      if not best or d < best then best = d end
+    -- Lanes: one eligible is work; a parked one's timer (next token, end of cooldown) is
+    -- a due time like a scheduled job's.
+    if redis.call('EXISTS', qkey(q, 'lanes')) == 1 then return '0' end
+    for _, key in ipairs({'scheduled', 'lanes_parked'}) do
+      local s = redis.call('ZRANGE', qkey(q, key), 0, 0, 'WITHSCORES')
+      if s[2] then
+        local d = tonumber(s[2]) - NOW
+        if not best or d < best then best = d end
+      end
     end
   end
 end
