@@ -148,7 +148,7 @@ async def test_concurrency_3_holds_under_a_sigkill_storm(
     def start(slot: int) -> Proc:
         return _worker(
             cluster, f"w{slot}", "-c", "4", "--lease", str(LEASE), "--grace", "5",
-            env={"FAULT_TASK_SLEEP": "0.01"},
+            env={"FAULT_TASK_SLEEP": "0.008"},
         )  # fmt: skip
 
     workers = [start(i) for i in range(4)]
@@ -158,18 +158,31 @@ async def test_concurrency_3_holds_under_a_sigkill_storm(
     hits = 0  # kills that cut a run short
     began = time.monotonic()
     slot = 0
+
+    def running_in() -> set[int]:
+        """The pids with a run started and not done, per the ledger now."""
+        opened = collections.Counter((n, p) for ev, n, p, _ in cluster.ledger() if ev == "start")
+        opened.subtract((n, p) for ev, n, p, _ in cluster.ledger() if ev == "done")
+        return {p for (_, p), k in opened.items() if k > 0}
+
     while (await _stats(app)).completed < CAPPED_JOBS:
         assert time.monotonic() - began < 60, (await _stats(app), cluster.logs())
         if time.monotonic() - began < (len(killed) + 1) * KILL_EVERY:
             await asyncio.sleep(0.05)
             continue
+        # The next worker (round robin) that is running a job now: the kill takes a slot.
+        for _ in range(50):
+            busy = running_in()
+            picks = [i for i in range(slot, slot + 4) if workers[i % 4].pid in busy]
+            if picks:
+                slot = picks[0] % 4
+                break
+            await asyncio.sleep(0.01)
         victim = workers[slot]
         assert victim.alive(), victim.stderr()
         cluster.kill(victim)
         killed.append(victim)
-        opened = collections.Counter((n, p) for ev, n, p, _ in cluster.ledger() if ev == "start")
-        opened.subtract((n, p) for ev, n, p, _ in cluster.ledger() if ev == "done")
-        hits += any(p == victim.pid and k > 0 for (_, p), k in opened.items())
+        hits += victim.pid in running_in()
         workers[slot] = start(slot)
         slot = (slot + 1) % len(workers)
     drained = time.monotonic() - began
@@ -188,12 +201,12 @@ async def test_concurrency_3_holds_under_a_sigkill_storm(
     since = tail[0].start
     tail_width, _ = _max_width((max(r.start, since), r.end) for r in runs if r.end > since)
     span = max(r.end for r in tail) - since
-    busy = sum(min(r.end, since + span) - max(r.start, since) for r in runs if r.end > since)
+    held = sum(min(r.end, since + span) - max(r.start, since) for r in runs if r.end > since)
     cut = sum(r.killed for r in runs)
     print(
         f"concurrency storm on {cluster.store}: {len(killed)} kills ({hits} hit a run, {cut} "
         f"runs cut short), drained in {drained:.1f} s, widest {width} at {at:.3f}, last 100 "
-        f"runs: widest {tail_width}, mean width {busy / span:.2f}"
+        f"runs: widest {tail_width}, mean width {held / span:.2f}"
     )
     assert width <= CAP, (width, at, [r for r in runs if r.start <= at < r.end])
     assert {r.n for r in runs if not r.killed} == set(range(CAPPED_JOBS))
@@ -202,7 +215,9 @@ async def test_concurrency_3_holds_under_a_sigkill_storm(
         CAPPED_JOBS, 0, 0, 0,
     ), stats  # fmt: skip
     assert tail_width == CAP, (tail_width, since)
-    assert len(killed) >= 3 and hits >= 2 and cut >= 2, (len(killed), hits, cut)
+    # The kills cut runs short (else this proves nothing about slots coming back).
+    # (A job lasts ~10 ms, so a run seen in the ledger may end before the kill lands.)
+    assert len(killed) >= 3 and cut >= 2, (len(killed), hits, cut)
     flow = app.backend
     assert isinstance(flow, FlowControl)
     assert [(lane.lane, lane.ready, lane.running) for lane in await flow.lanes()] in (
@@ -213,6 +228,7 @@ async def test_concurrency_3_holds_under_a_sigkill_storm(
 # -- 2. rate_limit=200/s, burst 20 ------------------------------------------------------------
 
 RATE_SECONDS = {"sqlite": 20.0, "redis": 10.0}
+LEDGER_LAG = 0.1
 
 
 @on_both_stores
@@ -221,7 +237,7 @@ RATE_SECONDS = {"sqlite": 20.0, "redis": 10.0}
 async def test_rate_limit_holds_across_four_processes(cluster: Cluster, app: conveyor.App) -> None:
     seconds = RATE_SECONDS[cluster.store]
     backlog = int(RATE * seconds * 1.3)
-    await app.registry.get("limited").enqueue_many([(n,) for n in range(backlog)])
+    handles = await app.registry.get("limited").enqueue_many([(n,) for n in range(backlog)])
     workers = await _start(cluster, 4, "-c", "8", FAULT_TASK_SLEEP="0.002")
 
     def first_start() -> float | None:
@@ -233,18 +249,31 @@ async def test_rate_limit_holds_across_four_processes(cluster: Cluster, app: con
     t1 = time.time()
     await _stop(cluster, workers)
 
+    # Start times two ways: the store's (each job's `started_at`, its claim on the store's
+    # clock; no job runs twice here) and the ledger's (the handler's first line, a few ms
+    # later, by how long the worker took to hand the job to a thread).
+    jobs = await app.backend.get([h.id for h in handles])
+    claims = sorted(j.started_at for j in jobs if j is not None and j.started_at is not None)
     starts = sorted(at for ev, _, _, at in cluster.ledger() if ev == "start")
-    assert len(starts) < backlog, "the backlog ran dry: the rate was not the bound"
-    # Sliding windows: [t, t + 1) from each start.
-    worst = max(bisect.bisect_left(starts, t + 1.0) - i for i, t in enumerate(starts))
+    assert len(claims) == len(starts) < backlog, "the backlog ran dry: the rate was not the bound"
+    worst, worst_ledger = _densest(claims), _densest(starts)
     within = bisect.bisect_right(starts, t1)
     rate = within / (t1 - t0)
     print(
         f"rate limit on {cluster.store}: {within} starts in {t1 - t0:.1f} s = {rate:.1f}/s "
-        f"(limit {RATE:g}/s, burst {BURST}), worst 1-s window {worst}"
+        f"(limit {RATE:g}/s, burst {BURST}), worst 1-s window {worst} by the store's start "
+        f"times, {worst_ledger} by the ledger's"
     )
     assert worst <= RATE + BURST, worst
+    # The ledger's windows may gather a few more: runs claimed just before a window whose
+    # handlers began in it. LEDGER_LAG s of that lag is allowed.
+    assert worst_ledger <= RATE * (1 + LEDGER_LAG) + BURST, worst_ledger
     assert rate >= 0.95 * RATE, rate
+
+
+def _densest(times: list[float]) -> int:
+    """The most of the sorted `times` in one sliding 1-s window [t, t + 1) from each."""
+    return max(bisect.bisect_left(times, t + 1.0) - i for i, t in enumerate(times))
 
 
 # -- 3. one at a time per key, in order -------------------------------------------------------
