@@ -425,3 +425,15 @@ async def test_fires_run_on_a_real_worker() -> None:
         while len(ran) < 4:
             await asyncio.sleep(0.02)
     assert len(ran) >= 4
+
+
+async def test_a_schedule_of_a_limited_task_fires_jobs_in_its_lane(app: conveyor.App) -> None:
+    @app.task(concurrency=1, limit_key="{account}")
+    async def sync(account: int) -> None: ...
+
+    schedule = app.schedule(sync, "@every 1m", args=(7,))
+    (job,) = schedule.jobs([1000.0], 1000.0)
+    assert (job.lane, job.concurrency) == ("sync:7", 1)
+    with pytest.raises(InvalidSchedule, match="Expected `int`"):
+        app.schedule(sync, "@every 1m", name="bad", args=(1.5,))
+    assert app.schedules.get("bad") is None

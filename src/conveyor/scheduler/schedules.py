@@ -23,7 +23,7 @@ from conveyor.job import Job
 from conveyor.producer import JobOptions, build_jobs
 from conveyor.registry import Registry
 from conveyor.scheduler.cron import Expression, parse_expression
-from conveyor.task import Task
+from conveyor.task import Task, flow_fields
 
 __all__ = [
     "KEY_PREFIX",
@@ -176,6 +176,9 @@ class Schedules:
             payload = task.codec.encode(tuple(args), kw)
             opts = task.defaults.merged(JobOptions(queue=queue, priority=priority))
             (template,) = build_jobs(task.name, [payload], opts, 0.0)
+            if task.flow is not None:  # its lane and limits, as an enqueue would give them
+                fields = flow_fields(task.codec, task.flow, tuple(args), kw)
+                template = msgspec.structs.replace(template, **fields)
         except ConveyorError as exc:
             raise InvalidSchedule(f"schedule {name!r}: {exc}") from None
         schedule = Schedule(
