@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 import conveyor
-from conveyor.backends.base import ClaimRequest
+from conveyor.backends.base import ClaimRequest, JobFilter
 from conveyor.cli import cli, inspect_cmd
 from tests.test_cli import run
 
@@ -176,3 +176,16 @@ def test_inspect_circuit_on_an_unknown_lane_says_so(project: Path) -> None:
     assert out.exit_code == 0, out.output
     assert "circuit of typo:lane in default: closed -> closed" in out.output
     assert "note: the store kept no lane 'typo:lane' in 'default'" in out.output
+
+
+def test_inspect_show_gives_a_jobs_lane_and_limits(project: Path) -> None:
+    async def ids() -> list[str]:
+        app = conveyor.App(f"sqlite:///{project / 'jobs.db'}")
+        page = await app.backend.query(JobFilter(queue="low"))
+        await app.aclose()
+        return [job.id for job in page.jobs]
+
+    (job_id,) = asyncio.run(ids())
+    out = invoke(project, "inspect", "show", job_id)
+    assert out.exit_code == 0, out.output
+    assert "notify:7 (rate 0.166667/s burst 10)" in out.output

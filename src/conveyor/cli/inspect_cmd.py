@@ -226,6 +226,12 @@ def show(get_app: Callable[[], App], job_id: str) -> None:
         table.add_row("on_parent_failure", _text(job.on_parent_failure))
         if job.state is JobState.WAITING:
             table.add_row("waiting_for", _text(f"{job.waiting_for} parent(s)"))
+    if job.lane:
+        limits = [f"weight {job.weight}"] if job.weight != 1 else []
+        limits += [f"concurrency {job.concurrency}"] if job.concurrency else []
+        limits += [f"rate {job.rate:g}/s burst {job.burst}"] if job.rate else []
+        limits += [f"circuit {job.circuit}"] if job.circuit else []
+        table.add_row("lane", _text(job.lane + (f" ({', '.join(limits)})" if limits else "")))
     console.print(table)
     for e in job.errors:
         head = Text.assemble((f"attempt {e.attempt}", "bold"), f" {_ts(e.at)} ")
