@@ -92,29 +92,28 @@ local function turns(q)
         FL.place(L)
       else
         local lr = FL.key(q, L.name, 'lane_ready')
-        if L.nready == nil then L.nready = redis.call('ZCARD', lr) end
-        local popped = L.nready > 0 and redis.call('ZPOPMIN', lr, 1) or {}
+        FL.nready(L)
+        local popped = redis.call('ZPOPMIN', lr, 1)  -- (the zset, not the count, decides)
         if not popped[1] then
-          L.nready = 0
+          L.nq = 0
           pop_top(heap)
           FL.place(L, false)
         else
-          L.nready = L.nready - 1
+          L.nq = L.nq - 1
           local id = string.sub(popped[1], RANK_WIDTH + 1)
           if take(q, id) then
-            redis.call('SADD', FL.key(q, L.name, 'lane_slots'), id)
-            if L.nrun then L.nrun = L.nrun + 1 end
+            L.nrun = FL.running(L) + 1
             if L.r > 0 then L.t = L.t - 1 end
             if L.st == 'half_open' then L.pr = id end
             T.v = L.p
             L.p = L.p + 1 / L.w
             L.dirty, L.moved, L.busy = true, true, true
           end
-          if L.nready > 0 and FL.can_take(L) then
+          if L.nq > 0 and FL.can_take(L) then
             down(heap, 1)
           else
             pop_top(heap)
-            FL.place(L, L.nready > 0)
+            FL.place(L, L.nq > 0 or nil)
           end
         end
       end

@@ -118,7 +118,8 @@ end
 -- Flow control (see `Backend.claim`). Every key of a lane is in its queue's slot:
 --   q:<q>:lane:<name>        HASH  the lane's state (fields below; absent = defaults)
 --   q:<q>:lane_ready:<name>  ZSET  its queued jobs, members ranked as in q's ready set
---   q:<q>:lane_slots:<name>  SET   ids of its running jobs (its slots)
+--   (its slots: the count of its running jobs, field nr; every exit from running passes
+--   through `FL.left` once, fenced by the job's token, so a count is exact and costs no call)
 --   q:<q>:lanes              ZSET  the ELIGIBLE lanes (ready jobs and capacity) by pass
 --   q:<q>:lanes_parked       ZSET  lanes with ready jobs parked on a timer, by wake time
 --   q:<q>:lanes_all          SET   every lane with state (for `lanes`; stale names pruned)
@@ -127,11 +128,12 @@ end
 -- Lane state fields: w weight, c concurrency, r rate, b burst, cs circuit spec, p pass,
 -- e '1' while in `lanes`, k '1' while in `lanes_parked`, t tokens, ta tokens_at, st
 -- circuit state ('' closed, 'open', 'half_open'), u open until ('' none), ws window start,
--- n calls, f failures, pr probe id, x '1' while the hash has a ttl (the lane idle).
+-- n calls, f failures, pr probe id, x '1' while the hash has a ttl (the lane idle), nr its
+-- running jobs, nq the size of its lane_ready zset (absent: counted when first needed).
 -- Loaded once per call into FL.cache and written back by FL.flush (from `run`).
 -- (One table, not locals: the FUNCTION library is near Lua's 200 locals per chunk.)
 FL.FIELDS = {'w', 'c', 'r', 'b', 'cs', 'p', 'e', 'k', 't', 'ta', 'st', 'u', 'ws', 'n', 'f', 'pr',
-             'x'}
+             'x', 'nr', 'nq'}
 function FL.key(q, name, what) return qkey(q, what .. ':' .. name) end
 function FL.get(q, name)
   local id = q .. '|' .. name
@@ -143,14 +145,34 @@ function FL.get(q, name)
        b = tonumber(h[4]) or 0, cs = h[5] or '', p = tonumber(h[6]) or 0, e = h[7] == '1',
        k = h[8] == '1', t = tonumber(h[9]), ta = tonumber(h[10]) or NOW, st = h[11] or '',
        u = tonumber(h[12]), ws = tonumber(h[13]), n = tonumber(h[14]) or 0,
-       f = tonumber(h[15]) or 0, pr = h[16] or '', x = h[17] == '1', dirty = false}
+       f = tonumber(h[15]) or 0, pr = h[16] or '', x = h[17] == '1', nrun = tonumber(h[18]),
+       nq = tonumber(h[19]), dirty = false}
   if L.t == nil then L.t = L.b end
+  if L.new then L.nrun, L.nq = 0, 0 end  -- (a kept lane outlives its jobs, see `FL.ttl`)
   FL.cache[id] = L
   return L
 end
 function FL.running(L)
   if L.nrun == nil then L.nrun = redis.call('SCARD', FL.key(L.q, L.name, 'lane_slots')) end
   return L.nrun
+end
+-- How many jobs its lane_ready zset holds (the count kept in the hash; counted if absent).
+function FL.nready(L)
+  if L.nq == nil then L.nq = redis.call('ZCARD', FL.key(L.q, L.name, 'lane_ready')) end
+  return L.nq
+end
+-- Whether it has ready jobs: the count, checked against the zset when it says none (so a
+-- count that ever fell short strands no job).
+function FL.has_ready(L)
+  if FL.nready(L) > 0 then return true end
+  if L.none then return false end  -- looked in this call
+  if redis.call('EXISTS', FL.key(L.q, L.name, 'lane_ready')) == 0 then
+    L.none = true
+    return false
+  end
+  L.nq = redis.call('ZCARD', FL.key(L.q, L.name, 'lane_ready'))
+  L.dirty = true
+  return true
 end
 function FL.vtime(q)
   local T = FL.turns[q]
@@ -206,9 +228,7 @@ end
 -- time)), parked on a timer, or parked until a slot returns / a job is ready (neither
 -- zset). `ready`: whether it has ready jobs (nil: look). Returns true if it became eligible.
 function FL.place(L, ready)
-  if ready == nil then
-    ready = redis.call('EXISTS', FL.key(L.q, L.name, 'lane_ready')) == 1
-  end
+  if ready == nil then ready = FL.has_ready(L) end
   local ok = ready and FL.can_take(L)
   local became = false
   if ok then
@@ -235,8 +255,10 @@ end
 -- Lane job `id` (ranked `rk`) became ready: into its lane's zset, the lane configured by it.
 -- Returns true if the lane is eligible (someone to wake).
 function FL.ready(q, id, rk, name, w, c, r, b, cs)
-  redis.call('ZADD', FL.key(q, name, 'lane_ready'), 0, rk)
   local L = FL.get(q, name)
+  local added = redis.call('ZADD', FL.key(q, name, 'lane_ready'), 0, rk)
+  if L.nq == nil then FL.nready(L) else L.nq = L.nq + added end
+  L.none = nil
   FL.configure(L, w, c, r, b, cs)
   FL.place(L, true)
   return L.e
@@ -245,9 +267,8 @@ end
 -- slot comes back, its circuit counts it; waiters are woken if the lane became eligible.
 function FL.left(q, id, name, outcome)
   local L = FL.get(q, name)
-  if redis.call('SREM', FL.key(q, name, 'lane_slots'), id) == 1 and L.nrun then
-    L.nrun = L.nrun - 1
-  end
+  L.nrun = math.max(0, FL.running(L) - 1)
+  L.dirty = true
   FL.refill(L)
   if L.pr ~= '' and L.pr == id then
     L.pr = ''
@@ -263,7 +284,16 @@ function FL.left(q, id, name, outcome)
     if outcome == 'failure' then L.f = L.f + 1 end
     if L.n >= min_calls and L.f >= rate * L.n then FL.open_for(L, cooldown) end
   end
+  -- Eligible and still able to take a job: nothing to move (and nobody to wake: the lane
+  -- was eligible before, so waiters were woken then).
+  if L.e and not L.k and FL.can_take(L) then return end
   if FL.place(L) then wake(q, 1) end
+end
+-- Lane job left its lane's ready set (cancelled while queued).
+function FL.unready(q, name)
+  local L = FL.get(q, name)
+  if L.nq then L.nq = math.max(0, L.nq - 1) end
+  FL.place(L)
 end
 -- How long an idle lane's state must outlive its last job: its bucket refills, its window
 -- and cooldown pass. nil: keep it (open by hand until closed).
@@ -283,13 +313,14 @@ function FL.flush()
     if L.dirty then
       local key = FL.key(L.q, L.name, 'lane')
       local idle = not L.e and not L.k and not L.busy and FL.running(L) == 0
-                   and redis.call('EXISTS', FL.key(L.q, L.name, 'lane_ready')) == 0
+                   and not FL.has_ready(L)
       local ttl = idle and FL.ttl(L)
       if ttl then L.x = true elseif L.x then L.x = false; redis.call('PERSIST', key) end
       local created = redis.call('HSET', key, 'w', L.w, 'c', L.c, 'r', num(L.r), 'b', L.b,
         'cs', L.cs, 'p', num(L.p), 'e', L.e and '1' or '', 'k', L.k and '1' or '',
         't', num(L.t), 'ta', num(L.ta), 'st', L.st, 'u', L.u and num(L.u) or '',
-        'ws', L.ws and num(L.ws) or '', 'n', L.n, 'f', L.f, 'pr', L.pr, 'x', L.x and '1' or '')
+        'ws', L.ws and num(L.ws) or '', 'n', L.n, 'f', L.f, 'pr', L.pr, 'x', L.x and '1' or '',
+        'nr', FL.running(L), 'nq', FL.nready(L))
       if created > 0 then redis.call('SADD', qkey(L.q, 'lanes_all'), L.name) end
       if ttl then redis.call('PEXPIRE', key, math.ceil(ttl * 1000)) end
     end
