@@ -61,7 +61,9 @@ local function turns(q)
   while n < limit do
     local want = limit - n
     local got = redis.call('ZRANGE', qkey(q, 'lanes'), 0, want - 1, 'WITHSCORES')
-    local heap = {}
+    local heap, names = {}, {}
+    for i = 1, #got, 2 do names[#names + 1] = got[i] end
+    FL.prefetch(q, names)
     for i = 1, #got, 2 do
       local L = FL.get(q, got[i])
       L.p, L.e = tonumber(got[i + 1]), true

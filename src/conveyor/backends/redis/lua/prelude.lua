@@ -116,41 +116,73 @@ local function wake(q, n)
 end
 
 -- Flow control (see `Backend.claim`). Every key of a lane is in its queue's slot:
---   q:<q>:lane:<name>        HASH  the lane's state (fields below; absent = defaults)
+--   q:<q>:lanest             HASH  per lane name its state, packed (fields below, joined
+--                                  by \31; absent = defaults): one HMGET reads the state of
+--                                  every lane a claim or settle meets, one HSET writes it
 --   q:<q>:lane_ready:<name>  ZSET  its queued jobs, members ranked as in q's ready set
 --   (its slots: the count of its running jobs, field nr; every exit from running passes
 --   through `FL.left` once, fenced by the job's token, so a count is exact and costs no call)
 --   q:<q>:lanes              ZSET  the ELIGIBLE lanes (ready jobs and capacity) by pass
 --   q:<q>:lanes_parked       ZSET  lanes with ready jobs parked on a timer, by wake time
---   q:<q>:lanes_all          SET   every lane with state (for `lanes`; stale names pruned)
+--   q:<q>:lanes_idle         ZSET  lanes kept idle, by when their state expires (`FL.ttl`):
+--                                  a state past it reads as defaults; flushes drop a few
 --   q:<q>:turns              HASH  v (pass of the last job served), pp (the plain jobs'
 --                                  pass), pa ('1': plain jobs were ready at the last turns)
 -- Lane state fields: w weight, c concurrency, r rate, b burst, cs circuit spec, p pass,
 -- e '1' while in `lanes`, k '1' while in `lanes_parked`, t tokens, ta tokens_at, st
 -- circuit state ('' closed, 'open', 'half_open'), u open until ('' none), ws window start,
--- n calls, f failures, pr probe id, x '1' while the hash has a ttl (the lane idle), nr its
--- running jobs, nq the size of its lane_ready zset (absent: counted when first needed).
+-- n calls, f failures, pr probe id, x '1' while idle (in `lanes_idle`), nr its running
+-- jobs, nq the size of its lane_ready zset (absent: counted when first needed), xu the
+-- time an idle state expires.
 -- Loaded once per call into FL.cache and written back by FL.flush (from `run`).
 -- (One table, not locals: the FUNCTION library is near Lua's 200 locals per chunk.)
 FL.FIELDS = {'w', 'c', 'r', 'b', 'cs', 'p', 'e', 'k', 't', 'ta', 'st', 'u', 'ws', 'n', 'f', 'pr',
-             'x', 'nr', 'nq'}
+             'x', 'nr', 'nq', 'xu'}
 function FL.key(q, name, what) return qkey(q, what .. ':' .. name) end
-function FL.get(q, name)
-  local id = q .. '|' .. name
-  local L = FL.cache[id]
-  if L then return L end
-  local h = redis.call('HMGET', FL.key(q, name, 'lane'), unpack(FL.FIELDS))
-  L = {q = q, name = name, new = h[1] == false or h[1] == nil,
-       w = tonumber(h[1]) or 1, c = tonumber(h[2]) or 0, r = tonumber(h[3]) or 0,
-       b = tonumber(h[4]) or 0, cs = h[5] or '', p = tonumber(h[6]) or 0, e = h[7] == '1',
-       k = h[8] == '1', t = tonumber(h[9]), ta = tonumber(h[10]) or NOW, st = h[11] or '',
-       u = tonumber(h[12]), ws = tonumber(h[13]), n = tonumber(h[14]) or 0,
-       f = tonumber(h[15]) or 0, pr = h[16] or '', x = h[17] == '1', nrun = tonumber(h[18]),
-       nq = tonumber(h[19]), dirty = false}
+FL.SEP = '\31'
+-- The state `raw` (packed, or false/nil: none) of lane `name` of q, into the cache.
+function FL.load(q, name, raw)
+  local h, i = {}, 1
+  if raw then
+    local at = 1
+    while true do
+      local j = string.find(raw, FL.SEP, at, true)
+      if not j then h[i] = string.sub(raw, at); break end
+      h[i] = string.sub(raw, at, j - 1)
+      i, at = i + 1, j + 1
+    end
+    if h[17] == '1' and (tonumber(h[20]) or 0) <= NOW then h = {} end  -- expired idle
+  end
+  local function s(k) local v = h[k]; if v == '' then return nil end; return v end
+  local L = {q = q, name = name, new = s(1) == nil, raw = raw,
+       w = tonumber(s(1)) or 1, c = tonumber(s(2)) or 0, r = tonumber(s(3)) or 0,
+       b = tonumber(s(4)) or 0, cs = h[5] or '', p = tonumber(s(6)) or 0, e = h[7] == '1',
+       k = h[8] == '1', t = tonumber(s(9)), ta = tonumber(s(10)) or NOW, st = h[11] or '',
+       u = tonumber(s(12)), ws = tonumber(s(13)), n = tonumber(s(14)) or 0,
+       f = tonumber(s(15)) or 0, pr = h[16] or '', x = h[17] == '1', nrun = tonumber(s(18)),
+       nq = tonumber(s(19)), xu = tonumber(s(20)), dirty = false}
   if L.t == nil then L.t = L.b end
   if L.new then L.nrun, L.nq = 0, 0 end  -- (a kept lane outlives its jobs, see `FL.ttl`)
-  FL.cache[id] = L
+  FL.cache[q .. '|' .. name] = L
   return L
+end
+function FL.get(q, name)
+  local L = FL.cache[q .. '|' .. name]
+  if L then return L end
+  return FL.load(q, name, redis.call('HGET', qkey(q, 'lanest'), name))
+end
+-- Load the lanes `names` of q not cached yet, in one read.
+function FL.prefetch(q, names)
+  local want, seen = {}, {}
+  for _, name in ipairs(names) do
+    if not FL.cache[q .. '|' .. name] and not seen[name] then
+      seen[name] = true
+      want[#want + 1] = name
+    end
+  end
+  if not want[1] then return end
+  local raws = redis.call('HMGET', qkey(q, 'lanest'), unpack(want))
+  for i, name in ipairs(want) do FL.load(q, name, raws[i]) end
 end
 function FL.running(L)
   if L.nrun == nil then L.nrun = redis.call('SCARD', FL.key(L.q, L.name, 'lane_slots')) end
@@ -308,21 +340,47 @@ function FL.ttl(L)
   if L.u then s = math.max(s, L.u - NOW) end
   return s + 1
 end
+function FL.pack(L)
+  return table.concat({L.w, L.c, num(L.r), L.b, L.cs, num(L.p), L.e and '1' or '',
+    L.k and '1' or '', num(L.t), num(L.ta), L.st, L.u and num(L.u) or '',
+    L.ws and num(L.ws) or '', L.n, L.f, L.pr, L.x and '1' or '', FL.running(L), FL.nready(L),
+    L.xu and num(L.xu) or ''}, FL.SEP)
+end
 function FL.flush()
+  local writes = {}
   for _, L in pairs(FL.cache) do
     if L.dirty then
-      local key = FL.key(L.q, L.name, 'lane')
       local idle = not L.e and not L.k and not L.busy and FL.running(L) == 0
                    and not FL.has_ready(L)
       local ttl = idle and FL.ttl(L)
-      if ttl then L.x = true elseif L.x then L.x = false; redis.call('PERSIST', key) end
-      local created = redis.call('HSET', key, 'w', L.w, 'c', L.c, 'r', num(L.r), 'b', L.b,
-        'cs', L.cs, 'p', num(L.p), 'e', L.e and '1' or '', 'k', L.k and '1' or '',
-        't', num(L.t), 'ta', num(L.ta), 'st', L.st, 'u', L.u and num(L.u) or '',
-        'ws', L.ws and num(L.ws) or '', 'n', L.n, 'f', L.f, 'pr', L.pr, 'x', L.x and '1' or '',
-        'nr', FL.running(L), 'nq', FL.nready(L))
-      if created > 0 then redis.call('SADD', qkey(L.q, 'lanes_all'), L.name) end
-      if ttl then redis.call('PEXPIRE', key, math.ceil(ttl * 1000)) end
+      local idle_key = qkey(L.q, 'lanes_idle')
+      if ttl then
+        L.x, L.xu = true, NOW + ttl
+        zadd_later(idle_key, L.xu, L.name)
+      elseif L.x then
+        L.x, L.xu = false, nil
+        zrem_later(idle_key, L.name)
+      end
+      local packed = FL.pack(L)
+      if packed ~= L.raw then
+        local w = writes[L.q]
+        if not w then w = {}; writes[L.q] = w end
+        w[#w + 1] = L.name
+        w[#w + 1] = packed
+      end
+    end
+  end
+  for q, w in pairs(writes) do
+    local key = qkey(q, 'lanest')
+    for i = 1, #w, 400 do redis.call('HSET', key, unpack(w, i, math.min(#w, i + 399))) end
+    -- A few expired idle states dropped (those met in this call were just written).
+    local idle_key = qkey(q, 'lanes_idle')
+    local due = redis.call('ZRANGEBYSCORE', idle_key, '-inf', NOW_S, 'LIMIT', 0, 16)
+    for _, name in ipairs(due) do
+      if not FL.cache[q .. '|' .. name] then
+        redis.call('HDEL', key, name)
+        redis.call('ZREM', idle_key, name)
+      end
     end
   end
   FL.cache = {}
