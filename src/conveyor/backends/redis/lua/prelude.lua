@@ -373,14 +373,17 @@ function FL.flush()
   for q, w in pairs(writes) do
     local key = qkey(q, 'lanest')
     for i = 1, #w, 400 do redis.call('HSET', key, unpack(w, i, math.min(#w, i + 399))) end
-    -- A few expired idle states dropped (those met in this call were just written).
+    -- Expired idle states dropped, up to 100 a write (more than a call can make idle), but
+    -- those met in this call (just written).
     local idle_key = qkey(q, 'lanes_idle')
-    local due = redis.call('ZRANGEBYSCORE', idle_key, '-inf', NOW_S, 'LIMIT', 0, 16)
+    local due = redis.call('ZRANGEBYSCORE', idle_key, '-inf', NOW_S, 'LIMIT', 0, 100)
+    local gone = {}
     for _, name in ipairs(due) do
-      if not FL.cache[q .. '|' .. name] then
-        redis.call('HDEL', key, name)
-        redis.call('ZREM', idle_key, name)
-      end
+      if not FL.cache[q .. '|' .. name] then gone[#gone + 1] = name end
+    end
+    if gone[1] then
+      redis.call('HDEL', key, unpack(gone))
+      redis.call('ZREM', idle_key, unpack(gone))
     end
   end
   FL.cache = {}
