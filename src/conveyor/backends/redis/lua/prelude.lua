@@ -140,6 +140,7 @@ FL.FIELDS = {'w', 'c', 'r', 'b', 'cs', 'p', 'e', 'k', 't', 'ta', 'st', 'u', 'ws'
              'x', 'nr', 'nq', 'xu'}
 function FL.key(q, name, what) return qkey(q, what .. ':' .. name) end
 FL.SEP = '\31'
+function FL.opt(v) if v == '' then return nil end; return v end  -- a packed field, '' = none
 -- The state `raw` (packed, or false/nil: none) of lane `name` of q, into the cache.
 function FL.load(q, name, raw)
   local h, i = {}, 1
@@ -151,16 +152,18 @@ function FL.load(q, name, raw)
       h[i] = string.sub(raw, at, j - 1)
       i, at = i + 1, j + 1
     end
-    if h[17] == '1' and (tonumber(h[20]) or 0) <= NOW then h = {} end  -- expired idle
+    -- An expired idle state reads as defaults, still in lanes_idle (x: the flush moves it).
+    if h[17] == '1' and (tonumber(h[20]) or 0) <= NOW then h = {'', [17] = '1'} end
   end
-  local function s(k) local v = h[k]; if v == '' then return nil end; return v end
-  local L = {q = q, name = name, new = s(1) == nil, raw = raw,
-       w = tonumber(s(1)) or 1, c = tonumber(s(2)) or 0, r = tonumber(s(3)) or 0,
-       b = tonumber(s(4)) or 0, cs = h[5] or '', p = tonumber(s(6)) or 0, e = h[7] == '1',
-       k = h[8] == '1', t = tonumber(s(9)), ta = tonumber(s(10)) or NOW, st = h[11] or '',
-       u = tonumber(s(12)), ws = tonumber(s(13)), n = tonumber(s(14)) or 0,
-       f = tonumber(s(15)) or 0, pr = h[16] or '', x = h[17] == '1', nrun = tonumber(s(18)),
-       nq = tonumber(s(19)), xu = tonumber(s(20)), dirty = false}
+  local o = FL.opt
+  local L = {q = q, name = name, new = o(h[1]) == nil, raw = raw,
+       w = tonumber(o(h[1])) or 1, c = tonumber(o(h[2])) or 0, r = tonumber(o(h[3])) or 0,
+       b = tonumber(o(h[4])) or 0, cs = h[5] or '', p = tonumber(o(h[6])) or 0,
+       e = h[7] == '1', k = h[8] == '1', t = tonumber(o(h[9])), ta = tonumber(o(h[10])) or NOW,
+       st = h[11] or '', u = tonumber(o(h[12])), ws = tonumber(o(h[13])),
+       n = tonumber(o(h[14])) or 0, f = tonumber(o(h[15])) or 0, pr = h[16] or '',
+       x = h[17] == '1', nrun = tonumber(o(h[18])), nq = tonumber(o(h[19])),
+       xu = tonumber(o(h[20])), dirty = false}
   if L.t == nil then L.t = L.b end
   if L.new then L.nrun, L.nq = 0, 0 end  -- (a kept lane outlives its jobs, see `FL.ttl`)
   FL.cache[q .. '|' .. name] = L
