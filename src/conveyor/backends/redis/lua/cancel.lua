@@ -9,7 +9,7 @@ if st == 'waiting' or st == 'scheduled' or st == 'queued' then
   redis.call('ZREM', qkey(q, 'scheduled'), id)
   if h[6] then  -- a lane job: out of its lane's ready set (the lane parked if that empties it)
     if redis.call('ZREM', FL.key(q, h[6], 'lane_ready'), rank(h[3], h[4], h[2], id)) == 1 then
-      FL.unready(q, h[6])
+      FL.place(FL.get(q, h[6]))
     end
   else
     redis.call('ZREM', qkey(q, 'ready'), rank(h[3], h[4], h[2], id))

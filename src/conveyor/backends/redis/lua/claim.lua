@@ -61,9 +61,7 @@ local function turns(q)
   while n < limit do
     local want = limit - n
     local got = redis.call('ZRANGE', qkey(q, 'lanes'), 0, want - 1, 'WITHSCORES')
-    local heap, names = {}, {}
-    for i = 1, #got, 2 do names[#names + 1] = got[i] end
-    FL.prefetch(q, names)
+    local heap = {}
     for i = 1, #got, 2 do
       local L = FL.get(q, got[i])
       L.p, L.e = tonumber(got[i + 1]), true
@@ -94,28 +92,29 @@ local function turns(q)
         FL.place(L)
       else
         local lr = FL.key(q, L.name, 'lane_ready')
-        FL.nready(L)
-        local popped = redis.call('ZPOPMIN', lr, 1)  -- (the zset, not the count, decides)
+        if L.nready == nil then L.nready = redis.call('ZCARD', lr) end
+        local popped = L.nready > 0 and redis.call('ZPOPMIN', lr, 1) or {}
         if not popped[1] then
-          L.nq = 0
+          L.nready = 0
           pop_top(heap)
           FL.place(L, false)
         else
-          L.nq = L.nq - 1
+          L.nready = L.nready - 1
           local id = string.sub(popped[1], RANK_WIDTH + 1)
           if take(q, id) then
-            L.nrun = FL.running(L) + 1
+            redis.call('SADD', FL.key(q, L.name, 'lane_slots'), id)
+            if L.nrun then L.nrun = L.nrun + 1 end
             if L.r > 0 then L.t = L.t - 1 end
             if L.st == 'half_open' then L.pr = id end
             T.v = L.p
             L.p = L.p + 1 / L.w
             L.dirty, L.moved, L.busy = true, true, true
           end
-          if L.nq > 0 and FL.can_take(L) then
+          if L.nready > 0 and FL.can_take(L) then
             down(heap, 1)
           else
             pop_top(heap)
-            FL.place(L, L.nq > 0 or nil)
+            FL.place(L, L.nready > 0)
           end
         end
       end

@@ -5,16 +5,14 @@
 local out = {}
 for a = 4, #ARGV do
   local q = ARGV[a]
-  local flat = redis.call('HGETALL', qkey(q, 'lanest'))
-  local names = {}
-  for i = 1, #flat, 2 do
-    names[#names + 1] = flat[i]
-    FL.load(q, flat[i], flat[i + 1])
-  end
+  local all = qkey(q, 'lanes_all')
+  local names = redis.call('SMEMBERS', all)
   table.sort(names)
   for _, name in ipairs(names) do
-    local L = FL.cache[q .. '|' .. name]
-    if not L.new then  -- (an expired idle state reads as new: left out)
+    if redis.call('EXISTS', FL.key(q, name, 'lane')) == 0 then
+      redis.call('SREM', all, name)  -- expired
+    else
+      local L = FL.get(q, name)
       FL.refill(L)
       local ready = redis.call('ZCARD', FL.key(q, name, 'lane_ready'))
       local running = FL.running(L)

@@ -116,98 +116,41 @@ local function wake(q, n)
 end
 
 -- Flow control (see `Backend.claim`). Every key of a lane is in its queue's slot:
---   q:<q>:lanest             HASH  per lane name its state, packed (fields below, joined
---                                  by \31; absent = defaults): one HMGET reads the state of
---                                  every lane a claim or settle meets, one HSET writes it
+--   q:<q>:lane:<name>        HASH  the lane's state (fields below; absent = defaults)
 --   q:<q>:lane_ready:<name>  ZSET  its queued jobs, members ranked as in q's ready set
---   (its slots: the count of its running jobs, field nr; every exit from running passes
---   through `FL.left` once, fenced by the job's token, so a count is exact and costs no call)
+--   q:<q>:lane_slots:<name>  SET   ids of its running jobs (its slots)
 --   q:<q>:lanes              ZSET  the ELIGIBLE lanes (ready jobs and capacity) by pass
 --   q:<q>:lanes_parked       ZSET  lanes with ready jobs parked on a timer, by wake time
---   q:<q>:lanes_idle         ZSET  lanes kept idle, by when their state expires (`FL.ttl`):
---                                  a state past it reads as defaults; flushes drop a few
+--   q:<q>:lanes_all          SET   every lane with state (for `lanes`; stale names pruned)
 --   q:<q>:turns              HASH  v (pass of the last job served), pp (the plain jobs'
 --                                  pass), pa ('1': plain jobs were ready at the last turns)
 -- Lane state fields: w weight, c concurrency, r rate, b burst, cs circuit spec, p pass,
 -- e '1' while in `lanes`, k '1' while in `lanes_parked`, t tokens, ta tokens_at, st
 -- circuit state ('' closed, 'open', 'half_open'), u open until ('' none), ws window start,
--- n calls, f failures, pr probe id, x '1' while idle (in `lanes_idle`), nr its running
--- jobs, nq the size of its lane_ready zset (absent: counted when first needed), xu the
--- time an idle state expires.
+-- n calls, f failures, pr probe id, x '1' while the hash has a ttl (the lane idle).
 -- Loaded once per call into FL.cache and written back by FL.flush (from `run`).
 -- (One table, not locals: the FUNCTION library is near Lua's 200 locals per chunk.)
 FL.FIELDS = {'w', 'c', 'r', 'b', 'cs', 'p', 'e', 'k', 't', 'ta', 'st', 'u', 'ws', 'n', 'f', 'pr',
-             'x', 'nr', 'nq', 'xu'}
+             'x'}
 function FL.key(q, name, what) return qkey(q, what .. ':' .. name) end
-FL.SEP = '\31'
-function FL.opt(v) if v == '' then return nil end; return v end  -- a packed field, '' = none
--- The state `raw` (packed, or false/nil: none) of lane `name` of q, into the cache.
-function FL.load(q, name, raw)
-  local h, i = {}, 1
-  if raw then
-    local at = 1
-    while true do
-      local j = string.find(raw, FL.SEP, at, true)
-      if not j then h[i] = string.sub(raw, at); break end
-      h[i] = string.sub(raw, at, j - 1)
-      i, at = i + 1, j + 1
-    end
-    -- An expired idle state reads as defaults, still in lanes_idle (x: the flush moves it).
-    if h[17] == '1' and (tonumber(h[20]) or 0) <= NOW then h = {'', [17] = '1'} end
-  end
-  local o = FL.opt
-  local L = {q = q, name = name, new = o(h[1]) == nil, raw = raw,
-       w = tonumber(o(h[1])) or 1, c = tonumber(o(h[2])) or 0, r = tonumber(o(h[3])) or 0,
-       b = tonumber(o(h[4])) or 0, cs = h[5] or '', p = tonumber(o(h[6])) or 0,
-       e = h[7] == '1', k = h[8] == '1', t = tonumber(o(h[9])), ta = tonumber(o(h[10])) or NOW,
-       st = h[11] or '', u = tonumber(o(h[12])), ws = tonumber(o(h[13])),
-       n = tonumber(o(h[14])) or 0, f = tonumber(o(h[15])) or 0, pr = h[16] or '',
-       x = h[17] == '1', nrun = tonumber(o(h[18])), nq = tonumber(o(h[19])),
-       xu = tonumber(o(h[20])), dirty = false}
-  if L.t == nil then L.t = L.b end
-  if L.new then L.nrun, L.nq = 0, 0 end  -- (a kept lane outlives its jobs, see `FL.ttl`)
-  FL.cache[q .. '|' .. name] = L
-  return L
-end
 function FL.get(q, name)
-  local L = FL.cache[q .. '|' .. name]
+  local id = q .. '|' .. name
+  local L = FL.cache[id]
   if L then return L end
-  return FL.load(q, name, redis.call('HGET', qkey(q, 'lanest'), name))
-end
--- Load the lanes `names` of q not cached yet, in one read.
-function FL.prefetch(q, names)
-  local want, seen = {}, {}
-  for _, name in ipairs(names) do
-    if not FL.cache[q .. '|' .. name] and not seen[name] then
-      seen[name] = true
-      want[#want + 1] = name
-    end
-  end
-  if not want[1] then return end
-  local raws = redis.call('HMGET', qkey(q, 'lanest'), unpack(want))
-  for i, name in ipairs(want) do FL.load(q, name, raws[i]) end
+  local h = redis.call('HMGET', FL.key(q, name, 'lane'), unpack(FL.FIELDS))
+  L = {q = q, name = name, new = h[1] == false or h[1] == nil,
+       w = tonumber(h[1]) or 1, c = tonumber(h[2]) or 0, r = tonumber(h[3]) or 0,
+       b = tonumber(h[4]) or 0, cs = h[5] or '', p = tonumber(h[6]) or 0, e = h[7] == '1',
+       k = h[8] == '1', t = tonumber(h[9]), ta = tonumber(h[10]) or NOW, st = h[11] or '',
+       u = tonumber(h[12]), ws = tonumber(h[13]), n = tonumber(h[14]) or 0,
+       f = tonumber(h[15]) or 0, pr = h[16] or '', x = h[17] == '1', dirty = false}
+  if L.t == nil then L.t = L.b end
+  FL.cache[id] = L
+  return L
 end
 function FL.running(L)
   if L.nrun == nil then L.nrun = redis.call('SCARD', FL.key(L.q, L.name, 'lane_slots')) end
   return L.nrun
-end
--- How many jobs its lane_ready zset holds (the count kept in the hash; counted if absent).
-function FL.nready(L)
-  if L.nq == nil then L.nq = redis.call('ZCARD', FL.key(L.q, L.name, 'lane_ready')) end
-  return L.nq
-end
--- Whether it has ready jobs: the count, checked against the zset when it says none (so a
--- count that ever fell short strands no job).
-function FL.has_ready(L)
-  if FL.nready(L) > 0 then return true end
-  if L.none then return false end  -- looked in this call
-  if redis.call('EXISTS', FL.key(L.q, L.name, 'lane_ready')) == 0 then
-    L.none = true
-    return false
-  end
-  L.nq = redis.call('ZCARD', FL.key(L.q, L.name, 'lane_ready'))
-  L.dirty = true
-  return true
 end
 function FL.vtime(q)
   local T = FL.turns[q]
@@ -263,7 +206,9 @@ end
 -- time)), parked on a timer, or parked until a slot returns / a job is ready (neither
 -- zset). `ready`: whether it has ready jobs (nil: look). Returns true if it became eligible.
 function FL.place(L, ready)
-  if ready == nil then ready = FL.has_ready(L) end
+  if ready == nil then
+    ready = redis.call('EXISTS', FL.key(L.q, L.name, 'lane_ready')) == 1
+  end
   local ok = ready and FL.can_take(L)
   local became = false
   if ok then
@@ -290,10 +235,8 @@ end
 -- Lane job `id` (ranked `rk`) became ready: into its lane's zset, the lane configured by it.
 -- Returns true if the lane is eligible (someone to wake).
 function FL.ready(q, id, rk, name, w, c, r, b, cs)
+  redis.call('ZADD', FL.key(q, name, 'lane_ready'), 0, rk)
   local L = FL.get(q, name)
-  local added = redis.call('ZADD', FL.key(q, name, 'lane_ready'), 0, rk)
-  if L.nq == nil then FL.nready(L) else L.nq = L.nq + added end
-  L.none = nil
   FL.configure(L, w, c, r, b, cs)
   FL.place(L, true)
   return L.e
@@ -302,8 +245,9 @@ end
 -- slot comes back, its circuit counts it; waiters are woken if the lane became eligible.
 function FL.left(q, id, name, outcome)
   local L = FL.get(q, name)
-  L.nrun = math.max(0, FL.running(L) - 1)
-  L.dirty = true
+  if redis.call('SREM', FL.key(q, name, 'lane_slots'), id) == 1 and L.nrun then
+    L.nrun = L.nrun - 1
+  end
   FL.refill(L)
   if L.pr ~= '' and L.pr == id then
     L.pr = ''
@@ -319,16 +263,7 @@ function FL.left(q, id, name, outcome)
     if outcome == 'failure' then L.f = L.f + 1 end
     if L.n >= min_calls and L.f >= rate * L.n then FL.open_for(L, cooldown) end
   end
-  -- Eligible and still able to take a job: nothing to move (and nobody to wake: the lane
-  -- was eligible before, so waiters were woken then).
-  if L.e and not L.k and FL.can_take(L) then return end
   if FL.place(L) then wake(q, 1) end
-end
--- Lane job left its lane's ready set (cancelled while queued).
-function FL.unready(q, name)
-  local L = FL.get(q, name)
-  if L.nq then L.nq = math.max(0, L.nq - 1) end
-  FL.place(L)
 end
 -- How long an idle lane's state must outlive its last job: its bucket refills, its window
 -- and cooldown pass. nil: keep it (open by hand until closed).
@@ -343,50 +278,20 @@ function FL.ttl(L)
   if L.u then s = math.max(s, L.u - NOW) end
   return s + 1
 end
-function FL.pack(L)
-  return table.concat({L.w, L.c, num(L.r), L.b, L.cs, num(L.p), L.e and '1' or '',
-    L.k and '1' or '', num(L.t), num(L.ta), L.st, L.u and num(L.u) or '',
-    L.ws and num(L.ws) or '', L.n, L.f, L.pr, L.x and '1' or '', FL.running(L), FL.nready(L),
-    L.xu and num(L.xu) or ''}, FL.SEP)
-end
 function FL.flush()
-  local writes = {}
   for _, L in pairs(FL.cache) do
     if L.dirty then
+      local key = FL.key(L.q, L.name, 'lane')
       local idle = not L.e and not L.k and not L.busy and FL.running(L) == 0
-                   and not FL.has_ready(L)
+                   and redis.call('EXISTS', FL.key(L.q, L.name, 'lane_ready')) == 0
       local ttl = idle and FL.ttl(L)
-      local idle_key = qkey(L.q, 'lanes_idle')
-      if ttl then
-        L.x, L.xu = true, NOW + ttl
-        zadd_later(idle_key, L.xu, L.name)
-      elseif L.x then
-        L.x, L.xu = false, nil
-        zrem_later(idle_key, L.name)
-      end
-      local packed = FL.pack(L)
-      if packed ~= L.raw then
-        local w = writes[L.q]
-        if not w then w = {}; writes[L.q] = w end
-        w[#w + 1] = L.name
-        w[#w + 1] = packed
-      end
-    end
-  end
-  for q, w in pairs(writes) do
-    local key = qkey(q, 'lanest')
-    for i = 1, #w, 400 do redis.call('HSET', key, unpack(w, i, math.min(#w, i + 399))) end
-    -- Expired idle states dropped, up to 100 a write (more than a call can make idle), but
-    -- those met in this call (just written).
-    local idle_key = qkey(q, 'lanes_idle')
-    local due = redis.call('ZRANGEBYSCORE', idle_key, '-inf', NOW_S, 'LIMIT', 0, 100)
-    local gone = {}
-    for _, name in ipairs(due) do
-      if not FL.cache[q .. '|' .. name] then gone[#gone + 1] = name end
-    end
-    if gone[1] then
-      redis.call('HDEL', key, unpack(gone))
-      redis.call('ZREM', idle_key, unpack(gone))
+      if ttl then L.x = true elseif L.x then L.x = false; redis.call('PERSIST', key) end
+      local created = redis.call('HSET', key, 'w', L.w, 'c', L.c, 'r', num(L.r), 'b', L.b,
+        'cs', L.cs, 'p', num(L.p), 'e', L.e and '1' or '', 'k', L.k and '1' or '',
+        't', num(L.t), 'ta', num(L.ta), 'st', L.st, 'u', L.u and num(L.u) or '',
+        'ws', L.ws and num(L.ws) or '', 'n', L.n, 'f', L.f, 'pr', L.pr, 'x', L.x and '1' or '')
+      if created > 0 then redis.call('SADD', qkey(L.q, 'lanes_all'), L.name) end
+      if ttl then redis.call('PEXPIRE', key, math.ceil(ttl * 1000)) end
     end
   end
   FL.cache = {}

@@ -2,28 +2,13 @@
 -- n = completed without result, r = retry at a with error b, f = failed with error b,
 -- x = cancelled with reason a. Returns 1 (applied) or 0 (stale lease) per outcome.
 local out, woke = {}, {}
--- First every job's fields, so the lanes they name are read in one call per queue.
-local rows, lanes, done = {}, {}, {}
-for i = 4, #ARGV, 6 do
-  local q = ARGV[i]
-  local h = redis.call('HMGET', jkey(q, ARGV[i + 1]), 'state', 'token', 'seq', 'errors',
-                       'keep_for', 'children', 'lane')
-  rows[i] = h
-  if h[7] and h[1] == 'running' then
-    local names = lanes[q]
-    if not names then names = {}; lanes[q] = names end
-    names[#names + 1] = h[7]
-  end
-end
-for q, names in pairs(lanes) do FL.prefetch(q, names) end
 for i = 4, #ARGV, 6 do
   local q, id, token, kind, a, b = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3],
                                    ARGV[i + 4], ARGV[i + 5]
   local jk = jkey(q, id)
-  local h = rows[i]
-  local once = q .. '|' .. id  -- (a job twice in one batch: the second is stale)
-  if h[1] == 'running' and h[2] == token and not done[once] then
-    done[once] = true
+  local h = redis.call('HMGET', jk, 'state', 'token', 'seq', 'errors', 'keep_for', 'children',
+                       'lane')
+  if h[1] == 'running' and h[2] == token then
     zrem_later(qkey(q, 'running'), id)
     if h[7] then  -- a lane job: its slot back, its outcome counted (first: a retry re-enters)
       FL.left(q, id, h[7], (kind == 'c' or kind == 'n') and 'success'
