@@ -387,6 +387,22 @@ class FlowContract(CoreContract):
             await control.set_circuit("bad queue!", "api", "open")
         assert [i for i in await control.lanes() if i.lane == "api"] == []
 
+    async def test_a_lane_used_again_after_going_idle_keeps_its_rules(
+        self, backend: Backend, clock: FakeClock
+    ) -> None:
+        await self._lane(backend, clock, "once", 1, concurrency=1)
+        await self._done(backend, await self._claim(backend))
+        clock.advance(3600)  # long idle: the store may have forgotten the lane
+        for name in ("x", "y", "z"):  # other lanes busy meanwhile
+            await self._lane(backend, clock, name, 2)
+            await self._done(backend, await self._claim(backend))
+        again = await self._lane(backend, clock, "once", 2, concurrency=1)
+        (first,) = [lease for lease in await self._claim(backend) if lease.job.lane == "once"]
+        assert first.id == again[0].id
+        assert [lease.id for lease in await self._claim(backend)] == []
+        await self._done(backend, [first])
+        assert [lease.id for lease in await self._claim(backend)] == [again[1].id]
+
     # -- inspection ------------------------------------------------------------------------
 
     async def test_lanes_lists_use_and_forgets_idle_lanes(
