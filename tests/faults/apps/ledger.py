@@ -44,7 +44,8 @@ def read_ledger(path: str | os.PathLike[str]) -> list[tuple[str, int, int, float
             text = f.read()
     except FileNotFoundError:
         return out
-    for line in text.splitlines():
+    # A line being appended while we read may be cut short: only whole lines count.
+    for line in text[: text.rfind("\n") + 1].splitlines():
         event, n, pid, at = line.split()
         out.append((event, int(n), int(pid), float(at)))
     return out
