@@ -14,6 +14,8 @@ capability      for
 `QueueControl`  pausing queues (`app.inspector.pause`): enforced inside the store's claim
 `FlowControl`   the lanes of flow control (limits, circuits, fair groups): their use, and
                 circuits opened or closed by hand (`inspect limits`, `inspect circuit`)
+`Rollups`       job metrics over time: per-minute sums per (queue, task), written by
+                workers with their settles (`inspector.metrics`, `inspect metrics`)
 ==============  =====================================================================
 
 Every time these use is the store's clock (the server's `TIME` on Redis), so hosts whose
@@ -22,6 +24,7 @@ clocks disagree still agree on expiry.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol, TypeVar, runtime_checkable
 
 import msgspec
@@ -36,6 +39,8 @@ __all__ = [
     "Locks",
     "Presence",
     "QueueControl",
+    "Rollup",
+    "Rollups",
     "WorkerInfo",
     "require",
 ]
@@ -112,6 +117,10 @@ class WorkerInfo(msgspec.Struct, frozen=True, kw_only=True):
         started_at: when it started (epoch seconds).
         version: the Conveyor version it runs.
         seen_at: when the store last heard from it (store time; set by the store).
+        jobs: ids of the jobs it is running (the first 100 of them).
+        stuck: its current stuck-job reports, one line each (a job past its timeout, an
+            event loop blocked too long): see `conveyor.observability.stuck`.
+        metrics_url: where it serves ``/metrics`` (``""``: it doesn't).
     """
 
     id: str
@@ -123,6 +132,9 @@ class WorkerInfo(msgspec.Struct, frozen=True, kw_only=True):
     started_at: float = 0.0
     version: str = ""
     seen_at: float = 0.0
+    jobs: tuple[str, ...] = ()
+    stuck: tuple[str, ...] = ()
+    metrics_url: str = ""
 
 
 @runtime_checkable
@@ -229,6 +241,56 @@ class FlowControl(Protocol):
         Raises:
             InvalidOption: `state` is neither, `duration` is not > 0, or a bad name.
         """
+        ...
+
+
+class Rollup(msgspec.Struct, frozen=True, kw_only=True):
+    """Named sums for one minute of one (queue, task): what `Rollups` stores.
+
+    The store knows nothing of what the names mean (`conveyor.rollup` does): it adds
+    values name by name. Names match ``[a-z][a-z0-9_]{0,31}``.
+
+    Attributes:
+        minute: the minute's start, epoch seconds (a multiple of 60).
+        queue: the jobs' queue.
+        task: the jobs' task name.
+        values: name → amount (counts and sums of seconds).
+    """
+
+    minute: int
+    queue: str
+    task: str
+    values: dict[str, float]
+
+
+@runtime_checkable
+class Rollups(Protocol):
+    """Job metrics over time, as per-minute sums per (queue, task).
+
+    Workers add what their settles recorded (`conveyor.worker.observe`); the inspector
+    reads ranges of minutes and summarizes them (`conveyor.rollup.summarize`). Nothing here
+    reads the jobs themselves, so the figures survive purges, and reading an hour costs the
+    same with a million jobs stored as with ten.
+    """
+
+    async def add_rollups(self, rows: Sequence[Rollup], keep_for: float) -> None:
+        """Add each row's values to those stored for its (minute, queue, task) (a new one
+        starts at 0), and keep that minute for at least `keep_for` seconds after it ends;
+        then the store may drop it. Each row is added whole or not at all (a call may be
+        split between minutes on Redis Cluster).
+
+        Raises:
+            InvalidOption: a minute not a multiple of 60, a bad queue, task or value name,
+                a value that is not finite, or `keep_for` not > 0 (nothing is written).
+        """
+        ...
+
+    async def rollups(
+        self, since: float, until: float | None = None, *, queue: str | None = None
+    ) -> list[Rollup]:
+        """The stored rows of the minutes that overlap ``[since, until)`` (`until` None: up
+        to now), of `queue` or of every queue, one row per (minute, queue, task), by minute,
+        then queue, then task."""
         ...
 
 

@@ -66,6 +66,17 @@ class WorkerConfig:
         hook_timeout: seconds each failure hook (`app.on_failure`, `app.on_dead_letter`)
             may run before it is abandoned (and logged).
         name: the worker's name in leases and logs (default: host:pid).
+        presence: beat in the store's `Presence` every `presence_every` seconds (host, pid,
+            queues, running jobs; ``conveyor inspect workers``, the dashboard). A worker
+            not heard from for three beats is gone.
+        rollups: add each settled attempt to the store's per-minute `Rollups`
+            (`inspector.metrics`), written about once a second; kept `rollup_retention`
+            seconds.
+        metrics_port: serve ``/metrics`` (Prometheus), ``/healthz`` and ``/readyz`` on
+            this port (``conveyor[metrics]``); 0 picks a free port; None: no server.
+        metrics_host: the address the metrics server binds.
+        block_threshold: report the event loop blocked for longer than this many
+            seconds (logged once with the offending stack, counted); None: don't watch.
     """
 
     queues: tuple[tuple[str, int], ...] = (("default", 1),)
@@ -85,12 +96,22 @@ class WorkerConfig:
     scheduler: bool = True
     hook_timeout: float = 5.0
     name: str | None = field(default=None)
+    presence: bool = True
+    presence_every: float = 5.0
+    rollups: bool = True
+    rollup_retention: float = 7 * 86_400.0
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    block_threshold: float | None = 1.0
 
     def __post_init__(self) -> None:
         for attr in ("concurrency", "claim_batch"):
             if getattr(self, attr) < 1:
                 raise ConfigError(f"WorkerConfig.{attr} must be >= 1")
-        for attr in ("lease_for", "grace", "poll", "sweep_every", "purge_every", "hook_timeout"):
+        for attr in (
+            "lease_for", "grace", "poll", "sweep_every", "purge_every", "hook_timeout",
+            "presence_every", "rollup_retention",
+        ):  # fmt: skip
             if getattr(self, attr) <= 0 and attr != "grace":
                 raise ConfigError(f"WorkerConfig.{attr} must be > 0")
         if self.grace < 0:
@@ -101,6 +122,12 @@ class WorkerConfig:
             raise ConfigError("WorkerConfig.heartbeat_every must be > 0 and < lease_for")
         if not self.queues:
             raise ConfigError("WorkerConfig.queues is empty")
+        port = self.metrics_port
+        if port is not None and (isinstance(port, bool) or not isinstance(port, int)
+                                 or not 0 <= port <= 65535):  # fmt: skip
+            raise ConfigError(f"WorkerConfig.metrics_port must be a port 0-65535, not {port!r}")
+        if self.block_threshold is not None and not self.block_threshold > 0:
+            raise ConfigError("WorkerConfig.block_threshold must be > 0 (or None: off)")
 
     @property
     def heartbeat(self) -> float:

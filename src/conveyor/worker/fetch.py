@@ -13,6 +13,7 @@ from conveyor.errors import BackendError, StoreUnavailable
 from conveyor.job import Lease
 from conveyor.worker.config import QueueSelector, WorkerConfig
 from conveyor.worker.lease import Running
+from conveyor.worker.observe import Observers
 from conveyor.worker.service import Service
 from conveyor.worker.settle import BACKOFF_MAX, BACKOFF_MIN
 from conveyor.worker.stats import WorkerStats
@@ -42,6 +43,7 @@ class Fetch(Service):
         running: the jobs running now (read for free slots).
         slot_free: set whenever a slot frees (or on a stop).
         spawn: starts the jobs of new leases.
+        observers: told of each claim's leases and of store errors.
     """
 
     name = "fetch"
@@ -57,8 +59,10 @@ class Fetch(Service):
         running: Mapping[str, Running],
         slot_free: asyncio.Event,
         spawn: Callable[[list[Lease]], None],
+        observers: Observers | None = None,
     ) -> None:
         super().__init__()
+        self.observers = observers or Observers()
         self.backend = backend
         self.config = config
         self.clock = clock
@@ -135,6 +139,8 @@ class Fetch(Service):
                 break
             self._spawn(leases)
             self.stats.claimed += len(leases)
+            if self.observers.items:
+                self.observers.claimed(leases, self.clock.now())
             if leases:
                 continue
             if cfg.burst and not self._running:
@@ -146,6 +152,8 @@ class Fetch(Service):
                     break
                 self._spawn(handed)
                 self.stats.claimed += len(handed)
+                if self.observers.items:
+                    self.observers.claimed(handed, self.clock.now())
                 await asyncio.sleep(0)  # let it start before the next claim's round trip
 
     async def _slots_or_timeout(self, want: int, timeout: float) -> None:
@@ -164,6 +172,7 @@ class Fetch(Service):
 
     async def _outage(self, exc: BaseException, message: str) -> None:
         """The store failed: log once (`message` % exc), then wait with capped backoff."""
+        self.observers.store_error("claim", exc)
         if self._outage_since is None:
             self._outage_since = self.clock.monotonic()
             log.log(

@@ -17,6 +17,7 @@ from conveyor.errors import BackendError
 from conveyor.job import Lease, Outcome
 from conveyor.primitives import Batcher
 from conveyor.worker.lease import Running
+from conveyor.worker.observe import Observers
 from conveyor.worker.service import Service
 from conveyor.worker.stats import WorkerStats, record
 
@@ -40,6 +41,7 @@ class Settling(Service):
         stats: the worker's counters (each outcome is recorded here).
         lease_for: the worker's lease length; a settle is retried for three of them.
         capacity: most groups waiting in the batcher.
+        observers: told of each outcome the store recorded, and of failed settles.
     """
 
     name = "settle"
@@ -52,8 +54,10 @@ class Settling(Service):
         *,
         lease_for: float,
         capacity: int,
+        observers: Observers | None = None,
     ) -> None:
         super().__init__()
+        self.observers = observers or Observers()
         self.backend = backend
         self.clock = clock
         self.stats = stats
@@ -105,6 +109,7 @@ class Settling(Service):
                 settled = await asyncio.shield(self._batcher.submit(items))
                 break
             except BackendError as exc:
+                self.observers.store_error("settle", exc)
                 if self.clock.monotonic() >= give_up:
                     log.error(
                         "%d job(s) could not record their outcome (%s); they will run again",
@@ -116,6 +121,11 @@ class Settling(Service):
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, BACKOFF_MAX)
         now = self.clock.monotonic()
+        observers = self.observers if self.observers.items else None
+        wall = self.clock.now() if observers else 0.0
         for (entry, outcome), ok in zip(pairs, settled, strict=True):
-            record(self.stats, entry.lease.job, outcome, ok, now - entry.started, self.clock)
+            took = now - entry.started
+            record(self.stats, entry.lease.job, outcome, ok, took, self.clock)
+            if observers is not None and ok:
+                observers.settled(entry.lease.job, outcome, took, wall)
         return settled

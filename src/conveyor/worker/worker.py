@@ -37,6 +37,7 @@ from conveyor.worker.execute import FailedWith, execute, precheck
 from conveyor.worker.fetch import Fetch
 from conveyor.worker.hooks import Hooks
 from conveyor.worker.lease import Running, flush_progress, heartbeat
+from conveyor.worker.observe import Observers
 from conveyor.worker.service import Loop, Service
 from conveyor.worker.settle import Settling
 from conveyor.worker.stats import WorkerStats
@@ -76,12 +77,15 @@ class Worker:
         self.clock = clock
         self.name = config.name or f"{socket.gethostname()}:{os.getpid()}"
         self.stats = WorkerStats()
+        #: Told of claims, outcomes and store errors (metrics, rollups): `worker.observe`.
+        self.observers = Observers()
         self._stops = 0
         running: dict[str, Running] = {}
         slot_free = asyncio.Event()
         self.settling = Settling(
-            backend, clock, self.stats, lease_for=config.lease_for, capacity=config.concurrency * 4
-        )
+            backend, clock, self.stats, lease_for=config.lease_for,
+            capacity=config.concurrency * 4, observers=self.observers,
+        )  # fmt: skip
         beat = functools.partial(
             heartbeat, backend, running, every=config.heartbeat, lease_for=config.lease_for,
             clock=clock, stats=self.stats, worker=self.name,
@@ -100,6 +104,7 @@ class Worker:
             running=running,
             slot_free=slot_free,
             spawn=self.jobs.spawn,
+            observers=self.observers,
         )
         self.jobs.slot_freed = self.fetch.slot_freed  # a job ending frees a slot for claims
 

@@ -1,0 +1,1 @@
+"""The web dashboard (``conveyor[dashboard]``): a Starlette app over the inspector."""

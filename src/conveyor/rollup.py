@@ -1,0 +1,313 @@
+"""Job metrics over time: what a settle adds to the per-minute rollups, and what they sum to.
+
+A worker folds each settled attempt into a `RollupBuffer` (one dict update, no I/O); a
+small service writes the buffer to the store's `Rollups` capability about once a second,
+one row per (minute, queue, task) touched. `summarize` turns stored rows into a
+`MetricsReport` (what `inspector.metrics` and ``conveyor inspect metrics`` show).
+
+Value names in a row:
+
+==================  ==========================================================
+``completed``       attempts that completed
+``failed``          attempts that failed for good (dead letters)
+``retried``         attempts that failed and will run again
+``cancelled``       attempts cancelled while running
+``duration_sum``    seconds the counted attempts ran, summed
+``wait_sum``        seconds they waited for a worker (pickup latency), summed
+``d<k>``, ``w<k>``  attempts whose duration (wait) fell in bucket ``k``
+==================  ==========================================================
+
+Buckets are logarithmic: bucket 0 holds everything under 1 ms, bucket ``k`` ≥ 1 the
+values in ``[2^((k-1)/4), 2^(k/4))`` milliseconds (four per doubling: a percentile read
+from them is within 19 % of the true value), up to bucket `TOP` (about 5 days and more).
+Attempts ended by a shutdown (put back unstarted) or whose lease was lost are not counted:
+they ran again, and the later attempt is.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Sequence
+from typing import Literal
+
+import msgspec
+
+from conveyor.capabilities import Rollup
+from conveyor.errors import InvalidOption
+from conveyor.names import check_queue, check_task_name
+
+__all__ = [
+    "TOP",
+    "GroupMetrics",
+    "MetricsReport",
+    "RollupBuffer",
+    "bucket_of",
+    "bucket_upper",
+    "check_rows",
+    "percentile",
+    "summarize",
+]
+
+TOP = 116  # 2^(116/4) ms ≈ 6.2 days
+_PER_DOUBLING = 4
+OUTCOMES = ("completed", "failed", "retried", "cancelled")
+
+
+def bucket_of(seconds: float) -> int:
+    """The bucket of a duration in seconds (see the module docstring)."""
+    ms = seconds * 1000.0
+    if not ms >= 1.0:  # also NaN and negatives (a clock step)
+        return 0
+    return min(TOP, int(math.log2(ms) * _PER_DOUBLING) + 1)
+
+
+def bucket_upper(k: int) -> float:
+    """The upper bound of bucket `k`, in seconds."""
+    return float(2.0 ** (k / _PER_DOUBLING) / 1000.0)
+
+
+def bucket_lower(k: int) -> float:
+    """The lower bound of bucket `k`, in seconds (0 for bucket 0)."""
+    return 0.0 if k <= 0 else float(2.0 ** ((k - 1) / _PER_DOUBLING) / 1000.0)
+
+
+_VALUE_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
+
+
+def check_rows(rows: Sequence[Rollup], keep_for: float) -> None:
+    """What every store's `Rollups.add_rollups` checks before it writes anything.
+
+    Raises:
+        InvalidOption: naming the first bad row and what is wrong with it.
+    """
+    if not (isinstance(keep_for, int | float) and math.isfinite(keep_for) and keep_for > 0):
+        raise InvalidOption(f"rollups: keep_for must be a number of seconds > 0, not {keep_for!r}")
+    for row in rows:
+        if not isinstance(row, Rollup):
+            raise InvalidOption(f"rollups: expected Rollup rows, got {type(row).__name__}")
+        if not isinstance(row.minute, int) or row.minute % 60 or row.minute < 0:
+            raise InvalidOption(
+                f"rollups: minute must be an epoch second at the start of a minute (a multiple "
+                f"of 60), not {row.minute!r}"
+            )
+        check_queue(row.queue)
+        check_task_name(row.task)
+        for name, amount in row.values.items():
+            if not isinstance(name, str) or not _VALUE_NAME.fullmatch(name):
+                raise InvalidOption(
+                    f"rollups: value name {name!r} must match [a-z][a-z0-9_]{{0,31}}"
+                )
+            if isinstance(amount, bool) or not isinstance(amount, int | float) or not (
+                math.isfinite(amount)
+            ):
+                raise InvalidOption(
+                    f"rollups: value {name}={amount!r} of {row.queue}/{row.task} at "
+                    f"{row.minute} must be a finite number"
+                )
+
+
+class RollupBuffer:
+    """Settled attempts folded into per-minute rows, until `take` hands them to the store.
+
+    Bounded: a buffer holds one entry per (minute, queue, task) seen since the last take,
+    and a worker takes it every second or so.
+    """
+
+    __slots__ = ("_rows",)
+
+    def __init__(self) -> None:
+        self._rows: dict[tuple[int, str, str], dict[str, float]] = {}
+
+    def add(
+        self, *, at: float, queue: str, task: str, outcome: str, duration: float, wait: float
+    ) -> None:
+        """Count one attempt that ended at `at` (epoch seconds) with `outcome` (one of
+        ``completed``, ``failed``, ``retried``, ``cancelled``), having run `duration` seconds
+        after waiting `wait` seconds for a worker."""
+        key = (int(at // 60) * 60, queue, task)
+        values = self._rows.get(key)
+        if values is None:
+            values = self._rows[key] = {}
+        values[outcome] = values.get(outcome, 0.0) + 1.0
+        duration = max(0.0, duration)
+        wait = max(0.0, wait)
+        values["duration_sum"] = values.get("duration_sum", 0.0) + duration
+        values["wait_sum"] = values.get("wait_sum", 0.0) + wait
+        d = f"d{bucket_of(duration)}"
+        values[d] = values.get(d, 0.0) + 1.0
+        w = f"w{bucket_of(wait)}"
+        values[w] = values.get(w, 0.0) + 1.0
+
+    def take(self) -> list[Rollup]:
+        """The rows gathered since the last take (and an empty buffer)."""
+        rows, self._rows = self._rows, {}
+        return [Rollup(minute=m, queue=q, task=t, values=v) for (m, q, t), v in rows.items()]
+
+    def put_back(self, rows: Iterable[Rollup]) -> None:
+        """Add rows a failed write took back in (so a store outage loses no counts)."""
+        for row in rows:
+            key = (row.minute, row.queue, row.task)
+            values = self._rows.setdefault(key, {})
+            for name, amount in row.values.items():
+                values[name] = values.get(name, 0.0) + amount
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+
+class GroupMetrics(msgspec.Struct, frozen=True, kw_only=True):
+    """One task's (or queue's) figures over a report's range.
+
+    Attributes:
+        name: the task (``by="task"``), the queue (``by="queue"``), or ``"*"`` (the total).
+        completed, failed, retried, cancelled: attempts by outcome.
+        failure_rate: failed attempts (retried or failed for good) among those counted
+            (0.0 with none).
+        throughput: ``(minute, completed, failed)`` per minute of the range, oldest first,
+            minutes with nothing included (``failed`` counts retried and failed attempts).
+        duration_mean, duration_p50, duration_p95, duration_p99: seconds an attempt ran.
+        wait_mean, wait_p50, wait_p95, wait_p99: seconds a job waited for a worker (from
+            when it was due to its start).
+    """
+
+    name: str
+    completed: int = 0
+    failed: int = 0
+    retried: int = 0
+    cancelled: int = 0
+    failure_rate: float = 0.0
+    throughput: tuple[tuple[int, int, int], ...] = ()
+    duration_mean: float = 0.0
+    duration_p50: float = 0.0
+    duration_p95: float = 0.0
+    duration_p99: float = 0.0
+    wait_mean: float = 0.0
+    wait_p50: float = 0.0
+    wait_p95: float = 0.0
+    wait_p99: float = 0.0
+
+    @property
+    def attempts(self) -> int:
+        """Attempts counted (every outcome)."""
+        return self.completed + self.failed + self.retried + self.cancelled
+
+
+class MetricsReport(msgspec.Struct, frozen=True, kw_only=True):
+    """What `inspector.metrics` returns: figures per task (or queue) and in total.
+
+    Attributes:
+        since, until: the range (epoch seconds; whole minutes).
+        by: ``"task"`` or ``"queue"``.
+        groups: one entry per task (queue) with anything counted, by name.
+        total: every group together (named ``"*"``).
+    """
+
+    since: float
+    until: float
+    by: str
+    groups: tuple[GroupMetrics, ...]
+    total: GroupMetrics
+
+
+def percentile(buckets: dict[int, float], q: float) -> float:
+    """The `q` quantile (0..1) of values counted in `buckets` (bucket → count), read by
+    interpolating geometrically inside the bucket it falls in (0.0 with nothing counted)."""
+    n = sum(buckets.values())
+    if n <= 0:
+        return 0.0
+    rank = q * n
+    seen = 0.0
+    for k in sorted(buckets):
+        count = buckets[k]
+        if count <= 0:
+            continue
+        if seen + count >= rank:
+            lo, hi = bucket_lower(k), bucket_upper(k)
+            share = (rank - seen) / count
+            if lo <= 0.0:
+                return hi * share
+            return float(lo * (hi / lo) ** share)
+        seen += count
+    return bucket_upper(max(buckets))
+
+
+def summarize(
+    rows: Iterable[Rollup], *, since: float, until: float, by: Literal["task", "queue"] = "task"
+) -> MetricsReport:
+    """Sum stored rows into a report over ``[since, until)`` (rounded out to whole minutes)."""
+    if by not in ("task", "queue"):
+        raise ValueError(f"by must be 'task' or 'queue', not {by!r}")
+    first = int(since // 60) * 60
+    last = int(math.ceil(until / 60) * 60)
+    minutes = range(first, max(first, last), 60)
+    groups: dict[str, _Sum] = {}
+    total = _Sum()
+    for row in rows:
+        if not first <= row.minute < last:
+            continue
+        name = row.task if by == "task" else row.queue
+        group = groups.get(name)
+        if group is None:
+            group = groups[name] = _Sum()
+        group.add(row)
+        total.add(row)
+    return MetricsReport(
+        since=float(first),
+        until=float(max(first, last)),
+        by=by,
+        groups=tuple(groups[name].metrics(name, minutes) for name in sorted(groups)),
+        total=total.metrics("*", minutes),
+    )
+
+
+class _Sum:
+    __slots__ = ("durations", "minutes", "totals", "waits")
+
+    def __init__(self) -> None:
+        self.totals: dict[str, float] = {}
+        self.durations: dict[int, float] = {}
+        self.waits: dict[int, float] = {}
+        self.minutes: dict[int, list[float]] = {}
+
+    def add(self, row: Rollup) -> None:
+        per = self.minutes.setdefault(row.minute, [0.0, 0.0])
+        for name, amount in row.values.items():
+            head = name[:1]
+            if head in "dw" and name[1:].isdigit():
+                target = self.durations if head == "d" else self.waits
+                k = int(name[1:])
+                target[k] = target.get(k, 0.0) + amount
+                continue
+            self.totals[name] = self.totals.get(name, 0.0) + amount
+            if name == "completed":
+                per[0] += amount
+            elif name in ("failed", "retried"):
+                per[1] += amount
+
+    def metrics(self, name: str, minutes: range) -> GroupMetrics:
+        t = self.totals
+        completed, failed = int(t.get("completed", 0)), int(t.get("failed", 0))
+        retried, cancelled = int(t.get("retried", 0)), int(t.get("cancelled", 0))
+        counted = completed + failed + retried + cancelled
+        ended = completed + failed + retried
+        return GroupMetrics(
+            name=name,
+            completed=completed,
+            failed=failed,
+            retried=retried,
+            cancelled=cancelled,
+            failure_rate=(failed + retried) / ended if ended else 0.0,
+            throughput=tuple(
+                (m, int(self.minutes.get(m, (0, 0))[0]), int(self.minutes.get(m, (0, 0))[1]))
+                for m in minutes
+            ),
+            duration_mean=t.get("duration_sum", 0.0) / counted if counted else 0.0,
+            duration_p50=percentile(self.durations, 0.50),
+            duration_p95=percentile(self.durations, 0.95),
+            duration_p99=percentile(self.durations, 0.99),
+            wait_mean=t.get("wait_sum", 0.0) / counted if counted else 0.0,
+            wait_p50=percentile(self.waits, 0.50),
+            wait_p95=percentile(self.waits, 0.95),
+            wait_p99=percentile(self.waits, 0.99),
+        )
