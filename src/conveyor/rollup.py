@@ -98,8 +98,10 @@ def check_rows(rows: Sequence[Rollup], keep_for: float) -> None:
                 raise InvalidOption(
                     f"rollups: value name {name!r} must match [a-z][a-z0-9_]{{0,31}}"
                 )
-            if isinstance(amount, bool) or not isinstance(amount, int | float) or not (
-                math.isfinite(amount)
+            if (
+                isinstance(amount, bool)
+                or not isinstance(amount, int | float)
+                or not (math.isfinite(amount))
             ):
                 raise InvalidOption(
                     f"rollups: value {name}={amount!r} of {row.queue}/{row.task} at "
@@ -169,6 +171,8 @@ class GroupMetrics(msgspec.Struct, frozen=True, kw_only=True):
         duration_mean, duration_p50, duration_p95, duration_p99: seconds an attempt ran.
         wait_mean, wait_p50, wait_p95, wait_p99: seconds a job waited for a worker (from
             when it was due to its start).
+        latency: ``(minute, wait p50, wait p95)`` per minute of the range, oldest first
+            (0.0 for a minute with nothing counted).
     """
 
     name: str
@@ -186,6 +190,7 @@ class GroupMetrics(msgspec.Struct, frozen=True, kw_only=True):
     wait_p50: float = 0.0
     wait_p95: float = 0.0
     wait_p99: float = 0.0
+    latency: tuple[tuple[int, float, float], ...] = ()
 
     @property
     def attempts(self) -> int:
@@ -262,22 +267,27 @@ def summarize(
 
 
 class _Sum:
-    __slots__ = ("durations", "minutes", "totals", "waits")
+    __slots__ = ("durations", "minute_waits", "minutes", "totals", "waits")
 
     def __init__(self) -> None:
         self.totals: dict[str, float] = {}
         self.durations: dict[int, float] = {}
         self.waits: dict[int, float] = {}
         self.minutes: dict[int, list[float]] = {}
+        self.minute_waits: dict[int, dict[int, float]] = {}
 
     def add(self, row: Rollup) -> None:
         per = self.minutes.setdefault(row.minute, [0.0, 0.0])
         for name, amount in row.values.items():
             head = name[:1]
             if head in "dw" and name[1:].isdigit():
-                target = self.durations if head == "d" else self.waits
                 k = int(name[1:])
-                target[k] = target.get(k, 0.0) + amount
+                if head == "d":
+                    self.durations[k] = self.durations.get(k, 0.0) + amount
+                else:
+                    self.waits[k] = self.waits.get(k, 0.0) + amount
+                    mw = self.minute_waits.setdefault(row.minute, {})
+                    mw[k] = mw.get(k, 0.0) + amount
                 continue
             self.totals[name] = self.totals.get(name, 0.0) + amount
             if name == "completed":
@@ -310,4 +320,12 @@ class _Sum:
             wait_p50=percentile(self.waits, 0.50),
             wait_p95=percentile(self.waits, 0.95),
             wait_p99=percentile(self.waits, 0.99),
+            latency=tuple(
+                (
+                    m,
+                    percentile(self.minute_waits.get(m, {}), 0.50),
+                    percentile(self.minute_waits.get(m, {}), 0.95),
+                )
+                for m in minutes
+            ),
         )

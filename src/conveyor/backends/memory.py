@@ -18,7 +18,7 @@ from conveyor.backends import rules
 from conveyor.backends._wake import Wakeup
 from conveyor.backends.base import Backend, ClaimRequest, JobFilter, Page
 from conveyor.backends.lanes import Lane, check_circuit_change, outcome_of
-from conveyor.capabilities import LaneInfo, LockInfo, WorkerInfo
+from conveyor.capabilities import LaneInfo, LockInfo, Rollup, WorkerInfo
 from conveyor.clock import Clock, SystemClock
 from conveyor.errors import DependencyError
 from conveyor.job import (
@@ -33,6 +33,7 @@ from conveyor.job import (
     Retrying,
 )
 from conveyor.names import check_queue
+from conveyor.rollup import check_rows
 
 __all__ = ["MemoryBackend", "from_url"]
 
@@ -64,6 +65,8 @@ class MemoryBackend(Backend):
         self._locks: dict[str, tuple[str | None, int, float]] = {}  # name -> (owner, token, exp)
         self._lock_freed = Wakeup()  # lock waiters (apart from job waiters: no spurious claims)
         self._presence: dict[str, tuple[WorkerInfo, float]] = {}  # id -> (info, expires_at)
+        # (minute, queue, task) -> (values, expires_at): the `Rollups` capability
+        self._rollups: dict[tuple[int, str, str], tuple[dict[str, float], float]] = {}
         self._paused: set[str] = set()
         self._children: dict[str, list[str]] = {}  # parent id -> ids of waiting children
         self._ended: list[Job] = []  # parents that ended in this step, children to count
@@ -749,6 +752,37 @@ class MemoryBackend(Backend):
         self._open()
         with self._lock:
             self._presence.pop(worker_id, None)
+
+    async def add_rollups(self, rows: Sequence[Rollup], keep_for: float) -> None:
+        """`Rollups`: add each row's values to its minute's."""
+        self._open()
+        check_rows(rows, keep_for)
+        now = self.clock.now()
+        with self._lock:
+            for key, (_, expires) in list(self._rollups.items()):
+                if expires <= now:
+                    del self._rollups[key]
+            for row in rows:
+                key = (row.minute, row.queue, row.task)
+                values, expires = self._rollups.get(key, ({}, 0.0))
+                for name, amount in row.values.items():
+                    values[name] = values.get(name, 0.0) + float(amount)
+                self._rollups[key] = (values, max(expires, row.minute + 60 + keep_for))
+
+    async def rollups(
+        self, since: float, until: float | None = None, *, queue: str | None = None
+    ) -> list[Rollup]:
+        """`Rollups`: the rows of the minutes overlapping ``[since, until)``."""
+        self._open()
+        now = self.clock.now()
+        end = now if until is None else until
+        first = since // 60 * 60
+        with self._lock:
+            return [
+                Rollup(minute=m, queue=q, task=t, values=dict(values))
+                for (m, q, t), (values, expires) in sorted(self._rollups.items())
+                if first <= m < end and expires > now and (queue is None or q == queue)
+            ]
 
 
 def from_url(url: str, clock: Clock | None = None) -> MemoryBackend:

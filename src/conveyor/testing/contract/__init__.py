@@ -1,7 +1,7 @@
 """The backend contract as reusable test classes: every backend must pass them unchanged.
 
 `CoreContract` is the job lifecycle; `CountersContract`, `LocksContract`,
-`PresenceContract` and `QueueControlContract` test the optional capabilities
+`PresenceContract`, `QueueControlContract` and `RollupsContract` test the optional capabilities
 (`conveyor.capabilities`);
 `AnnotateContract` is a running job's checkpoint and progress; `DependContract` jobs that
 wait for parent jobs (workflows); `FlowContract` flow control (lanes: turns, concurrency
@@ -34,6 +34,7 @@ from conveyor.testing.contract.core import CoreContract, err, make_job, stored
 from conveyor.testing.contract.depend import DependContract
 from conveyor.testing.contract.flow import FlowContract
 from conveyor.testing.contract.record import Corrupt, PoisonContract, RecordContract
+from conveyor.testing.contract.rollups import RollupsContract
 
 __all__ = [
     "AnnotateContract",
@@ -48,6 +49,7 @@ __all__ = [
     "PresenceContract",
     "QueueControlContract",
     "RecordContract",
+    "RollupsContract",
     "err",
     "make_job",
     "stored",
@@ -64,6 +66,7 @@ class BackendContract(
     LocksContract,
     PresenceContract,
     QueueControlContract,
+    RollupsContract,
 ):
     """Every contract test: the lifecycle, dependencies, flow control, the record, and every
     capability."""
