@@ -102,8 +102,18 @@ async def test_a_failing_service_cancels_the_others_and_raises() -> None:
 async def test_server_services_in_start_order(tmp_path: Path) -> None:
     app = conveyor.App(f"sqlite:///{tmp_path}/jobs.db")
     names = [s.name for s in app.worker().services]
-    assert names == ["settle", "heartbeat", "jobs", "fetch", "maintenance"]
+    # SQLite has Presence (and, with schema v6, Rollups): observability comes first.
+    assert names[-5:] == ["settle", "heartbeat", "jobs", "fetch", "maintenance"]
+    assert "presence" in names[:-5]
     assert [s.name for s in app.worker(maintenance=False).services][-1] == "fetch"
+    quiet = app.worker(presence=False, rollups=False)
+    assert [s.name for s in quiet.services] == [
+        "settle",
+        "heartbeat",
+        "jobs",
+        "fetch",
+        "maintenance",
+    ]
     await app.aclose()
 
 

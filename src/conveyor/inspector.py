@@ -1,18 +1,36 @@
 """The inspector: read and administer jobs — counts, listings, one job, requeue, cancel, purge,
-pausing queues, the lanes of flow control and their circuits."""
+pausing queues, the lanes of flow control and their circuits, workers online, locks held, and
+job metrics over time."""
 
 from __future__ import annotations
 
+import builtins
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+import math
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Literal
+
+import msgspec
 
 from conveyor.backends.base import Backend, JobFilter, Page
-from conveyor.capabilities import FlowControl, LaneInfo, QueueControl, require
+from conveyor.capabilities import (
+    FlowControl,
+    LaneInfo,
+    LockInfo,
+    Locks,
+    Presence,
+    QueueControl,
+    Rollups,
+    WorkerInfo,
+    require,
+)
 from conveyor.errors import InvalidOption, JobNotFound
 from conveyor.fields import STATES
-from conveyor.job import TERMINAL, Job, JobState
+from conveyor.job import TERMINAL, Job, JobState, new_job_id
 from conveyor.names import check_key, check_queue
+from conveyor.rollup import MetricsReport, summarize
 
 __all__ = ["CircuitChange", "Inspector", "LaneCounts", "PauseChange", "QueueCounts", "held_back"]
 
@@ -118,6 +136,18 @@ def held_back(lane: LaneInfo) -> bool:
         or lane.circuit_state == "open"
         or (lane.circuit_state == "half_open" and lane.running > 0)
     )
+
+
+def _filter(
+    queue: str | None,
+    state: JobState | None,
+    task: str | None,
+    key: str | None,
+    lane: str | None,
+) -> JobFilter:
+    if lane is None:
+        return JobFilter(queue, state, task, key)
+    return JobFilter(queue, state, task, key, lane=lane)  # type: ignore[call-arg]
 
 
 class Inspector:
@@ -279,19 +309,30 @@ class Inspector:
         state: JobState | None = None,
         queue: str | None = None,
         task: str | None = None,
+        key: str | None = None,
+        lane: str | None = None,
         after: str | None = None,
         limit: int = 50,
     ) -> Page:
-        """One page of jobs in enqueue order; pass `page.next` as `after` for the next."""
-        return await self.backend.query(JobFilter(queue, state, task), after, limit)
+        """One page of jobs in enqueue order; pass `page.next` as `after` for the next.
+        `lane` selects a flow-control lane: a tenant group's value, or ``<task>:<key>``."""
+        return await self.backend.query(_filter(queue, state, task, key, lane), after, limit)
 
     async def iter(
-        self, *, state: JobState | None = None, queue: str | None = None, task: str | None = None
+        self,
+        *,
+        state: JobState | None = None,
+        queue: str | None = None,
+        task: str | None = None,
+        key: str | None = None,
+        lane: str | None = None,
     ) -> AsyncIterator[Job]:
         """Every matching job, fetched a page at a time."""
         after: str | None = None
         while True:
-            page = await self.list(state=state, queue=queue, task=task, after=after, limit=500)
+            page = await self.list(
+                state=state, queue=queue, task=task, key=key, lane=lane, after=after, limit=500
+            )
             for job in page.jobs:
                 yield job
             if page.next is None:
@@ -301,6 +342,92 @@ class Inspector:
     async def requeue(self, job_id: str) -> bool:
         """Put one failed or cancelled job back in its queue (history kept)."""
         return await self.backend.requeue(job_id)
+
+    async def requeue_many(self, ids: Sequence[str]) -> int:
+        """Put failed or cancelled jobs back in their queues, in one store call per 500;
+        returns how many were (the others were in no such state, or unknown)."""
+        done = 0
+        for start in range(0, len(ids), 500):
+            done += sum(await self.backend.requeue_many(list(ids[start : start + 500])))
+        return done
+
+    async def copy(self, job_id: str) -> str:
+        """Enqueue a new job like `job_id` (same task, arguments, queue, priority, limits,
+        retries, timeout, meta and parents) that runs from the start; returns its id. The
+        copy takes no unique key (it would be a duplicate of the original) and keeps none of
+        the original's attempts, errors, result or progress. Raises `JobNotFound`."""
+        job = await self.job(job_id)
+        now = self.backend.clock.now()
+        fresh = msgspec.structs.replace(
+            job,
+            id=new_job_id(now),
+            state=JobState.WAITING if job.parents else JobState.QUEUED,
+            run_at=now,
+            enqueued_at=now,
+            attempts=0,
+            key=None,
+            unique_until=None,
+            deadline=None if job.deadline is not None and job.deadline <= now else job.deadline,
+            waiting_for=0,
+            result=None,
+            errors=(),
+            started_at=None,
+            finished_at=None,
+            worker=None,
+            cancel_requested=False,
+            checkpoint=None,
+            progress={},
+            meta={**job.meta, "copy_of": job.id},
+        )
+        (new_id,) = await self.backend.enqueue([fresh])
+        return new_id
+
+    async def workers(self) -> builtins.list[WorkerInfo]:
+        """The workers online (their presence beats have not expired), by id."""
+        return await require(self.backend, Presence, "inspector.workers()").workers()
+
+    async def locks(self) -> builtins.list[LockInfo]:
+        """The locks held now (`app.lock`), by name; none on a store without `Locks`."""
+        if not isinstance(self.backend, Locks):
+            return []
+        return await self.backend.locks()
+
+    async def metrics(
+        self,
+        since: timedelta | float = 3600.0,
+        *,
+        until: float | None = None,
+        by: Literal["task", "queue"] = "task",
+        queue: str | None = None,
+    ) -> MetricsReport:
+        """Job metrics over time, from the store's per-minute rollups (never a scan of jobs):
+        counts by outcome, throughput per minute, duration and wait percentiles and the
+        failure rate, per task (``by="task"``) or per queue, and in total.
+
+        Args:
+            since: how far back: a `timedelta` or seconds (e.g. ``timedelta(hours=1)``).
+            until: the end of the range (epoch seconds; default now).
+            by: group by ``"task"`` or ``"queue"``.
+            queue: only this queue's jobs.
+
+        Raises:
+            InvalidOption: a negative or non-finite `since`, a bad `by` or queue name.
+        """
+        back = since.total_seconds() if isinstance(since, timedelta) else since
+        if (
+            isinstance(back, bool)
+            or not isinstance(back, int | float)
+            or not (math.isfinite(back) and back > 0)
+        ):
+            raise InvalidOption(f"metrics: since must be a duration > 0, not {since!r}")
+        if by not in ("task", "queue"):
+            raise InvalidOption(f"metrics: by must be 'task' or 'queue', not {by!r}")
+        if queue is not None:
+            check_queue(queue)
+        store = require(self.backend, Rollups, "inspector.metrics()")
+        end = self.backend.clock.now() if until is None else until
+        rows = await store.rollups(end - back, end, queue=queue)
+        return summarize(rows, since=end - back, until=end, by=by)
 
     async def requeue_all_failed(
         self,

@@ -72,6 +72,8 @@ def bucket_lower(k: int) -> float:
     return 0.0 if k <= 0 else float(2.0 ** ((k - 1) / _PER_DOUBLING) / 1000.0)
 
 
+_D = tuple(f"d{k}" for k in range(TOP + 1))
+_W = tuple(f"w{k}" for k in range(TOP + 1))
 _VALUE_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
 
@@ -136,9 +138,9 @@ class RollupBuffer:
         wait = max(0.0, wait)
         values["duration_sum"] = values.get("duration_sum", 0.0) + duration
         values["wait_sum"] = values.get("wait_sum", 0.0) + wait
-        d = f"d{bucket_of(duration)}"
+        d = _D[bucket_of(duration)]
         values[d] = values.get(d, 0.0) + 1.0
-        w = f"w{bucket_of(wait)}"
+        w = _W[bucket_of(wait)]
         values[w] = values.get(w, 0.0) + 1.0
 
     def take(self) -> list[Rollup]:

@@ -15,8 +15,11 @@ each finished before the one before it is told to stop; see `worker.service`):
 6. ``scheduler`` (unless disabled, when the app has schedules): enqueues the fires
    of periodic jobs ahead of time (`scheduler.periodic`). Stopped first.
 
-A later loop (presence beats, a metrics exporter, the autoscaler) is one
-more `Service` appended after maintenance, before `run()`.
+Observability runs before all of these (started first, stopped last, so it sees every job
+settle and keeps answering while the worker drains), each when on in `WorkerConfig`:
+
+0. ``rollups``: writes the per-minute job metrics (`worker.rollups`); ``presence``: the
+   worker's beats (`worker.presence`), leaving on a stop.
 """
 
 from __future__ import annotations
@@ -27,12 +30,15 @@ from types import TracebackType
 from typing import Self
 
 from conveyor.backends.base import Backend
+from conveyor.capabilities import Presence, Rollups, require
 from conveyor.clock import Clock
 from conveyor.errors import ClosedError, unwrap_group
 from conveyor.registry import Registry
 from conveyor.scheduler import Maintenance, Scheduler, Schedules
 from conveyor.worker import Worker, WorkerConfig, WorkerStats
 from conveyor.worker.hooks import Hooks
+from conveyor.worker.presence import PresenceBeat
+from conveyor.worker.rollups import RollupWriter
 from conveyor.worker.service import Service, ServiceGroup
 
 __all__ = ["Server"]
@@ -70,8 +76,28 @@ class Server:
             purge_every=config.purge_every,
             failed_retention=config.failed_retention,
         )
+        worker = self.worker
+        #: The rollup writer (`None` with ``rollups=False``).
+        self.rollups: RollupWriter | None = None
+        #: The presence beats (`None` with ``presence=False``).
+        self.presence: PresenceBeat | None = None
+        first: list[Service] = []
+        if config.rollups or (config.rollups is None and isinstance(backend, Rollups)):
+            store = require(backend, Rollups, "WorkerConfig.rollups (pass rollups=False)")
+            self.rollups = RollupWriter(
+                store, keep_for=config.rollup_retention, observers=worker.observers
+            )
+            worker.observers.add(self.rollups)
+            first.append(self.rollups)
+        if config.presence or (config.presence is None and isinstance(backend, Presence)):
+            beats = require(backend, Presence, "WorkerConfig.presence (pass presence=False)")
+            self.presence = PresenceBeat(
+                beats, worker.name, config, clock, worker.jobs.running, worker.observers,
+                claiming=worker.fetch.ready,
+            )  # fmt: skip
+            first.append(self.presence)
         #: Started in this order, stopped in reverse (see the module docstring).
-        self.services: list[Service] = self.worker.services
+        self.services: list[Service] = [*first, *worker.services]
         if config.maintenance:
             self.services.append(self.maintenance)
         #: The periodic-job scheduler (`None` with ``scheduler=False`` or no schedules). An

@@ -68,10 +68,11 @@ class WorkerConfig:
         name: the worker's name in leases and logs (default: host:pid).
         presence: beat in the store's `Presence` every `presence_every` seconds (host, pid,
             queues, running jobs; ``conveyor inspect workers``, the dashboard). A worker
-            not heard from for three beats is gone.
+            not heard from for three beats is gone. None (the default): when the store
+            has `Presence`; True: a store without it is a `ConfigError`.
         rollups: add each settled attempt to the store's per-minute `Rollups`
             (`inspector.metrics`), written about once a second; kept `rollup_retention`
-            seconds.
+            seconds. None (the default): when the store has `Rollups`.
         metrics_port: serve ``/metrics`` (Prometheus), ``/healthz`` and ``/readyz`` on
             this port (``conveyor[metrics]``); 0 picks a free port; None: no server.
         metrics_host: the address the metrics server binds.
@@ -96,9 +97,9 @@ class WorkerConfig:
     scheduler: bool = True
     hook_timeout: float = 5.0
     name: str | None = field(default=None)
-    presence: bool = True
+    presence: bool | None = None
     presence_every: float = 5.0
-    rollups: bool = True
+    rollups: bool | None = None
     rollup_retention: float = 7 * 86_400.0
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
