@@ -15,6 +15,7 @@ import click
 from click.core import ParameterSource
 
 from conveyor.app import App
+from conveyor.cli import observe_cmd  # noqa: F401  (registers inspect workers / metrics)
 from conveyor.cli.autoscale import ScalePolicy, parse_range
 from conveyor.cli.autoscale import autoscale as autoscale_workers
 from conveyor.cli.inspect_cmd import inspect_group, visible
