@@ -65,10 +65,7 @@ class RollupWriter(Service):
     def settled(self, job: Job, outcome: Outcome, took: float, now: float) -> None:
         name = outcome_name(outcome)
         if name is not None:
-            self.buffer.add(
-                at=now, queue=job.queue, task=job.task, outcome=name, duration=took,
-                wait=waited(job),
-            )  # fmt: skip
+            self.buffer.add(now, job.queue, job.task, name, took, waited(job))
 
     def store_error(self, operation: str, error: BaseException) -> None:
         pass
