@@ -18,6 +18,7 @@ from conveyor.app import App
 from conveyor.cli import observe_cmd  # noqa: F401  (registers inspect workers / metrics)
 from conveyor.cli.autoscale import ScalePolicy, parse_range
 from conveyor.cli.autoscale import autoscale as autoscale_workers
+from conveyor.cli.dashboard import dashboard_command
 from conveyor.cli.inspect_cmd import inspect_group, visible
 from conveyor.cli.load import load_app
 from conveyor.cli.worker import run_worker, supervise
@@ -264,6 +265,7 @@ def demo_cmd(jobs: int, processes: int, concurrency: int, db: str) -> None:
 
 
 cli.add_command(inspect_group)
+cli.add_command(dashboard_command)
 
 
 def main() -> None:
