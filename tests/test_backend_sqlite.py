@@ -15,6 +15,7 @@ import pytest
 from conveyor.backends.base import ClaimRequest
 from conveyor.backends.sqlite import SQLiteBackend, depend
 from conveyor.backends.sqlite.schema import SCHEMA_VERSION
+from conveyor.capabilities import Rollup
 from conveyor.clock import FakeClock
 from conveyor.errors import BackendError, DependencyError, StoreUnavailable
 from conveyor.job import Completed, Failed, Job, JobState
@@ -251,7 +252,28 @@ async def test_a_version_3_file_gains_the_edges_and_its_jobs_wait(tmp_path: Path
         (got,) = await b.get([child.id])
         assert got is not None and got.state is JobState.QUEUED
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+    conn.close()
+
+
+async def test_a_version_5_file_gains_the_rollups_table(tmp_path: Path) -> None:
+    clock = FakeClock()
+    path = tmp_path / "j.db"
+    async with SQLiteBackend(path, clock=clock) as b:
+        await b.enqueue([make_job(clock)])
+    conn = sqlite3.connect(path)
+    conn.execute("DROP TABLE rollups")
+    conn.execute("PRAGMA user_version = 5")
+    conn.commit()
+    conn.close()
+    async with SQLiteBackend(path, clock=clock) as b:
+        minute = int(clock.now() // 60) * 60
+        row = Rollup(minute=minute, queue="default", task="t", values={"completed": 2})
+        await b.add_rollups([row], keep_for=3600)
+        assert await b.rollups(minute) == [row]
+        assert (await b.counts())["default"][JobState.QUEUED] == 1  # the jobs are intact
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     conn.close()
 
 

@@ -13,7 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 import conveyor
 from conveyor.capabilities import Rollup
@@ -171,13 +171,17 @@ def test_cli_inspect_workers_and_metrics(tmp_path: Path, monkeypatch: pytest.Mon
     asyncio.run(fill())
     runner = CliRunner()
     monkeypatch.syspath_prepend(str(tmp_path))
-    env: dict[str, str] = {}
-    out = runner.invoke(cli, ["-A", "obsapp:app", "inspect", "metrics", "--since", "1h"], env=env)
+
+    def invoke(*args: str) -> Result:
+        sys.modules.pop("obsapp", None)  # each command loads (and closes) the app afresh
+        return runner.invoke(cli, ["-A", "obsapp:app", "inspect", *args])
+
+    out = invoke("metrics", "--since", "1h")
     assert out.exit_code == 0, out.output
     assert "ping" in out.output and "12" in out.output
-    out = runner.invoke(cli, ["-A", "obsapp:app", "inspect", "metrics", "--since", "soon"], env=env)
+    out = invoke("metrics", "--since", "soon")
     assert out.exit_code != 0 and "not a duration" in out.output
-    out = runner.invoke(cli, ["-A", "obsapp:app", "inspect", "workers"], env=env)
+    out = invoke("workers")
     assert out.exit_code == 0 and "no workers online" in out.output
 
 

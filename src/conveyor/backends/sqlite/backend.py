@@ -32,11 +32,12 @@ from conveyor.backends.base import Backend, ClaimRequest, JobFilter, Page
 from conveyor.backends.lanes import check_circuit_change
 from conveyor.backends.sqlite import depend, flow, ops, shared
 from conveyor.backends.sqlite.schema import migrate
-from conveyor.capabilities import LaneInfo, LockInfo, WorkerInfo
+from conveyor.capabilities import LaneInfo, LockInfo, Rollup, WorkerInfo
 from conveyor.clock import Clock, SystemClock
 from conveyor.errors import BackendError, ClosedError, ConfigError, StoreUnavailable
 from conveyor.job import Job, JobState, Lease, Outcome
 from conveyor.names import check_queue
+from conveyor.rollup import check_rows
 
 __all__ = ["SQLiteBackend"]
 
@@ -406,6 +407,24 @@ class SQLiteBackend(Backend):
         """`Presence`: forget `worker_id`."""
         self._open()
         await self._tx(lambda c: shared.leave(c, worker_id))
+
+    async def add_rollups(self, rows: Sequence[Rollup], keep_for: float) -> None:
+        """`Rollups`: add each row's values to its minute's, in one transaction."""
+        self._open()
+        check_rows(rows, keep_for)
+        if not rows:
+            return
+        now = self.clock.now()
+        await self._tx(lambda c: shared.add_rollups(c, rows, keep_for, now))
+
+    async def rollups(
+        self, since: float, until: float | None = None, *, queue: str | None = None
+    ) -> list[Rollup]:
+        """`Rollups`: the rows of the minutes overlapping ``[since, until)``."""
+        self._open()
+        now = self.clock.now()
+        end = now if until is None else until
+        return await self._ro(lambda c: shared.rollups(c, since, end, queue, now))
 
     async def pause(self, queue: str) -> bool:
         """`QueueControl`: stop claims from `queue`; `True` if it was running."""

@@ -25,7 +25,7 @@ __all__ = [
     "sync_columns",
 ]
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 #: Every SELECT/RETURNING reads `seq`, the record's fields in `fields.FIELDS` order, then
 #: `token`; `ops.row_to_job` depends on it.
@@ -283,8 +283,24 @@ BEGIN
 END;
 """
 
+# Version 6: job metrics over time (`Rollups`): named sums per (minute, queue, task), added to
+# by workers about once a second; read by minute range (the primary key's order). Rows past
+# `expires_at` are deleted by the writes themselves (at most once a minute per process).
+_V6 = """
+CREATE TABLE IF NOT EXISTS rollups (
+    minute     INTEGER NOT NULL,                   -- epoch seconds, a multiple of 60
+    queue      TEXT NOT NULL,
+    task       TEXT NOT NULL,
+    name       TEXT NOT NULL,
+    value      REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (minute, queue, task, name)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS rollups_expiry ON rollups (expires_at);
+"""
+
 # MIGRATIONS[n] moves a file at version n to version n + 1.
-MIGRATIONS: dict[int, str] = {0: _V1, 1: _V2, 2: _V3, 3: _V4, 4: _V5}
+MIGRATIONS: dict[int, str] = {0: _V1, 1: _V2, 2: _V3, 3: _V4, 4: _V5, 5: _V6}
 
 
 def _add_lane_columns(conn: sqlite3.Connection) -> None:

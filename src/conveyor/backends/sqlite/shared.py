@@ -8,10 +8,11 @@ across every process using the file. Times are the backend clock's.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 
 import msgspec
 
-from conveyor.capabilities import LockInfo, WorkerInfo
+from conveyor.capabilities import LockInfo, Rollup, WorkerInfo
 
 __all__ = [
     "acquire_lock",
@@ -141,3 +142,45 @@ def resume(conn: sqlite3.Connection, queue: str) -> bool:
 
 def paused(conn: sqlite3.Connection) -> list[str]:
     return [q for (q,) in conn.execute("SELECT queue FROM paused ORDER BY queue")]
+
+
+def add_rollups(
+    conn: sqlite3.Connection, rows: Sequence[Rollup], keep_for: float, now: float
+) -> None:
+    """`Rollups.add_rollups`, in the caller's transaction: drop expired minutes, then add."""
+    conn.execute("DELETE FROM rollups WHERE expires_at <= ?", (now,))
+    conn.executemany(
+        "INSERT INTO rollups (minute, queue, task, name, value, expires_at) "
+        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (minute, queue, task, name) DO UPDATE SET "
+        "value = value + excluded.value, expires_at = max(expires_at, excluded.expires_at)",
+        [
+            (row.minute, row.queue, row.task, name, float(amount), row.minute + 60 + keep_for)
+            for row in rows
+            if row.minute + 60 + keep_for > now
+            for name, amount in row.values.items()
+        ],
+    )
+
+
+def rollups(
+    conn: sqlite3.Connection, since: float, until: float, queue: str | None, now: float
+) -> list[Rollup]:
+    """`Rollups.rollups`: the live rows of the minutes overlapping ``[since, until)``."""
+    sql = (
+        "SELECT minute, queue, task, name, value FROM rollups "
+        "WHERE minute >= ? AND minute < ? AND expires_at > ?"
+    )
+    args: list[object] = [int(since // 60) * 60, until, now]
+    if queue is not None:
+        sql += " AND queue = ?"
+        args.append(queue)
+    out: list[Rollup] = []
+    last: tuple[int, str, str] | None = None
+    values: dict[str, float] = {}
+    for minute, q, task, name, value in conn.execute(sql + " ORDER BY minute, queue, task", args):
+        if (minute, q, task) != last:
+            values = {}
+            out.append(Rollup(minute=minute, queue=q, task=task, values=values))
+            last = (minute, q, task)
+        values[name] = value
+    return out
