@@ -74,10 +74,10 @@ def make_client(db: Path) -> Iterator[Callable[..., TestClient]]:
         return client
 
     yield make
-    for client in clients:
+    for client, app in zip(clients, apps, strict=True):
+        assert client.portal is not None
+        client.portal.call(app.aclose)  # in the loop that opened its connections
         client.__exit__(None, None, None)
-    for app in apps:
-        asyncio.run(app.aclose())
 
 
 __all__ = ["XSS", "TestClient", "csrf_of", "fail", "make_job", "run_on"]

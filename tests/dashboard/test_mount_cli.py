@@ -4,7 +4,6 @@ use), each in one line."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 import socket
 import subprocess
@@ -54,7 +53,8 @@ def test_mounted_under_a_prefix(db: Path) -> None:
         jobs = client.get("/ops/jobs-ui/jobs").text
         assert f'href="/ops/jobs-ui/jobs/{job_id}"' in jobs
         assert client.get("/ops/jobs-ui/events?limit=1").text.startswith("event: update")
-    asyncio.run(app.aclose())
+        assert client.portal is not None
+        client.portal.call(app.aclose)
 
 
 def test_loopback_hosts() -> None:

@@ -355,6 +355,8 @@ class Pages:
             infos: list[Any] = []
             if self.schedules is not None and len(self.schedules):
                 infos = await describe(self.backend, self.schedules, time.time())
+            else:  # no schedules to look up: still reach the store, for the outage banner
+                await self.backend.get(["-"])
             return {"schedules": infos}
 
         return await self.guarded(request, "schedules", "schedules.html", load)
