@@ -25,7 +25,7 @@ from conveyor.backends.redis import handoff
 from conveyor.backends.redis.codec import Keys, decode, enqueue_args, text
 from conveyor.backends.redis.connect import Clients, Conn, parse_url, wrap_errors
 from conveyor.backends.redis.reads import SWEEP, Reads, pairs
-from conveyor.capabilities import LaneInfo, LockInfo, WorkerInfo
+from conveyor.capabilities import LaneInfo, LockInfo, Rollup, WorkerInfo
 from conveyor.clock import Clock, SystemClock
 from conveyor.errors import ClosedError, ConfigError, DependencyError
 from conveyor.job import (
@@ -39,6 +39,7 @@ from conveyor.job import (
     Retrying,
 )
 from conveyor.names import check_queue
+from conveyor.rollup import check_rows
 
 __all__ = ["RedisBackend"]
 
@@ -564,6 +565,36 @@ class RedisBackend(Reads, Backend):
     async def leave(self, worker_id: str) -> None:
         """`Presence`: forget `worker_id`."""
         await self._capability("leave", [worker_id])
+
+    async def add_rollups(self, rows: Sequence[Rollup], keep_for: float) -> None:
+        """`Rollups`: every row in one script (per-minute hashes in the prefix's slot, so
+        the call is atomic on Cluster too)."""
+        self._open()
+        check_rows(rows, keep_for)
+        if not rows:
+            return
+        args: list[Any] = [repr(float(keep_for))]
+        for row in rows:
+            args += [row.minute, f"{row.queue}\t{row.task}", len(row.values)]
+            for name, amount in row.values.items():
+                args += [name, repr(float(amount))]
+        await self._capability("rollup_add", args)
+
+    async def rollups(
+        self, since: float, until: float | None = None, *, queue: str | None = None
+    ) -> list[Rollup]:
+        """`Rollups`: the rows of the minutes overlapping ``[since, until)``."""
+        self._open()
+        end = self.clock.now() if until is None else until
+        first = int(since // 60) * 60
+        flat = await self._capability("rollup_read", [first, repr(float(end)), queue or ""])
+        rows: dict[tuple[int, str, str], dict[str, float]] = {}
+        for k in range(0, len(flat), 3):
+            q, task, name = text(flat[k + 1]).split("\t")
+            rows.setdefault((int(flat[k]), q, task), {})[name] = float(flat[k + 2])
+        return [
+            Rollup(minute=m, queue=q, task=t, values=v) for (m, q, t), v in sorted(rows.items())
+        ]
 
     async def pause(self, queue: str) -> bool:
         """`QueueControl`: stop claims (and handoffs) from `queue`; `True` if it was running.
