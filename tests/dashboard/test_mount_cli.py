@@ -110,3 +110,15 @@ def test_cli_port_in_use(tmp_path: Path) -> None:
     assert done.stderr.strip().splitlines() == [
         f"error: port {port} on 127.0.0.1 is already in use; pick another with --port"
     ]
+
+
+def test_without_the_extra_the_import_says_what_to_install() -> None:
+    code = (
+        "import sys; sys.modules['starlette'] = None\n"
+        "try:\n    import conveyor.dashboard\n"
+        "except Exception as exc:\n    print(type(exc).__name__, exc)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == (
+        "ConfigError the dashboard needs the dashboard extra: pip install 'conveyor[dashboard]'"
+    )
