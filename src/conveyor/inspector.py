@@ -351,6 +351,14 @@ class Inspector:
             done += sum(await self.backend.requeue_many(list(ids[start : start + 500])))
         return done
 
+    async def delete(self, ids: Sequence[str]) -> int:
+        """Delete jobs that have ended (completed, failed, cancelled), one store call per
+        500; returns how many were (live or unknown ones are left alone)."""
+        done = 0
+        for start in range(0, len(ids), 500):
+            done += sum(await self.backend.delete(list(ids[start : start + 500])))
+        return done
+
     async def copy(self, job_id: str) -> str:
         """Enqueue a new job like `job_id` (same task, arguments, queue, priority, limits,
         retries, timeout, meta and parents) that runs from the start; returns its id. The

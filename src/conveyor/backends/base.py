@@ -542,6 +542,15 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def _requeue(self, ids: Sequence[str], now: float) -> list[bool]: ...
 
+    async def delete(self, ids: Sequence[str]) -> list[bool]:
+        """Delete jobs that have ended (completed, failed, cancelled) by id, as `purge`
+        would (a unique key they held is freed); one store call per `op_batch`. A job in
+        any other state, or unknown, is left alone: `False`. Cancel a live job first."""
+        return await self._chunked(self._delete, ids)
+
+    @abc.abstractmethod
+    async def _delete(self, ids: Sequence[str], now: float) -> list[bool]: ...
+
     async def get(self, ids: Sequence[str]) -> list[Job | None]:
         """Jobs by id, `None` for unknown ids, in the order asked."""
 

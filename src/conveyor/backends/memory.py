@@ -492,6 +492,18 @@ class MemoryBackend(Backend):
                 self._forget(job)
         return len(doomed)
 
+    async def _delete(self, ids: Sequence[str], now: float) -> list[bool]:
+        with self._lock:
+            out = []
+            for job_id in ids:
+                job = self._jobs.get(job_id)
+                ok = job is not None and job.state in TERMINAL
+                if ok:
+                    assert job is not None
+                    self._forget(job)
+                out.append(ok)
+            return out
+
     def _forget(self, job: Job) -> None:
         for table in (self._jobs, self._seq, self._version, self._tokens, self._expiry):
             table.pop(job.id, None)

@@ -136,6 +136,10 @@ class FaultyBackend(Backend):
         self._enter("requeue")
         return await self.inner._requeue(ids, now)
 
+    async def _delete(self, ids: Sequence[str], now: float) -> list[bool]:
+        self._enter("delete")
+        return await self.inner._delete(ids, now)
+
     async def _get(self, ids: Sequence[str]) -> list[Job | None]:
         self._enter("get")
         return await self.inner._get(ids)

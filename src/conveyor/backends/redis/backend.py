@@ -451,6 +451,31 @@ class RedisBackend(Reads, Backend):
                         out[i] = bool(ok)
         return out
 
+    async def _delete(self, ids: Sequence[str], now: float) -> list[bool]:
+        conn = await self._conn()
+        out = [False] * len(ids)
+        with self._errors("delete"):
+            queues = await self._queues_of(conn, ids)
+            groups: dict[str, list[int]] = {}  # one script call per slot
+            for i, queue in enumerate(queues):
+                if queue is not None:
+                    groups.setdefault(queue if self.keys.cluster else "", []).append(i)
+            gone: list[str] = []
+            for part in groups.values():
+                for start in range(0, len(part), _CHUNK):
+                    chunk = part[start : start + _CHUNK]
+                    pairs_ = [x for i in chunk for x in (queues[i], ids[i])]
+                    res = await conn.scripts["delete"](
+                        [self.keys.route(queues[chunk[0]] or "")], [*self._args(), *pairs_]
+                    )
+                    for i, ok in zip(chunk, res, strict=True):
+                        out[i] = bool(ok)
+                        if ok:
+                            gone.append(ids[i])
+            if self.keys.cluster and gone:
+                await conn.call("HDEL", self.keys.idx, *gone)
+        return out
+
     async def _queues_of(self, conn: Conn, ids: Sequence[str]) -> list[str | None]:
         """Each job's queue (`None` for unknown ids), one round trip per `SWEEP` ids."""
         out: list[str | None] = []

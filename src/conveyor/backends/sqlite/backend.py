@@ -307,6 +307,9 @@ class SQLiteBackend(Backend):
     async def _requeue(self, ids: Sequence[str], now: float) -> list[bool]:
         return await self._tx(lambda c: ops.requeue(c, ids, now))
 
+    async def _delete(self, ids: Sequence[str], now: float) -> list[bool]:
+        return await self._tx(lambda c: ops.delete(c, ids))
+
     async def _get(self, ids: Sequence[str]) -> list[Job | None]:
         return await self._ro(lambda c: ops.get(c, list(ids)))
 

@@ -438,6 +438,13 @@ def purge(
     return conn.execute(sql, (before, *wanted)).rowcount
 
 
+def delete(conn: sqlite3.Connection, ids: Sequence[str]) -> list[bool]:
+    """`Backend.delete`: ended jobs by id (the row's triggers keep lanes and counts right)."""
+    ended = tuple(s.value for s in TERMINAL)
+    sql = "DELETE FROM jobs WHERE id = ? AND state IN (?, ?, ?)"
+    return [conn.execute(sql, (job_id, *ended)).rowcount == 1 for job_id in ids]
+
+
 def cancel(conn: sqlite3.Connection, job_id: str, reason: str, now: float) -> JobState | None:
     row = conn.execute("SELECT state, has_children FROM jobs WHERE id = ?", (job_id,)).fetchone()
     if row is None:

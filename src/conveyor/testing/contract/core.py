@@ -467,6 +467,29 @@ class CoreContract:
         assert await backend.purge([JobState.FAILED], before=clock.now()) == 1
         assert await backend.get([job.id]) == [None]
 
+    async def test_delete_takes_ended_jobs_only(self, backend: Backend, clock: FakeClock) -> None:
+        done = await self._enqueue(backend, clock, key="k-1", unique_until=clock.now() + 3600)
+        dead = await self._enqueue(backend, clock)
+        for outcome in (Completed(None), Failed(err())):
+            lease = await self._claim_one(backend)
+            await backend.settle([(lease, outcome)])
+        queued = await self._enqueue(backend, clock)
+        later = await self._enqueue(backend, clock, delay=60)
+        running = await self._enqueue(backend, clock)
+        lease = await self._claim_one(backend)
+        assert lease.id == queued.id
+        ids = [done.id, dead.id, queued.id, later.id, running.id, "nope"]
+        assert await backend.delete(ids) == [True, True, False, False, False, False]
+        assert await backend.delete([]) == []
+        got = await backend.get(ids)
+        assert got[:2] == [None, None] and all(j is not None for j in got[2:5])
+        counts = (await backend.counts()).get("default", {})
+        assert counts.get(JobState.COMPLETED, 0) == counts.get(JobState.FAILED, 0) == 0
+        page = await backend.query(JobFilter(state=JobState.FAILED))
+        assert page.jobs == []
+        again = make_job(clock, key="k-1", unique_until=clock.now() + 3600)
+        assert await stored(backend, [again]) == [True]  # the deleted job's key is free
+
     # -- wait and close --------------------------------------------------------------------
 
     async def test_wait_wakes_on_enqueue(self, backend: Backend, clock: FakeClock) -> None:
