@@ -14,6 +14,7 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from conveyor.dashboard.actions import Actions
 from conveyor.dashboard.auth import Auth, AuthMiddleware
 from conveyor.dashboard.events import stream
 from conveyor.dashboard.headers import SecurityHeaders
@@ -48,6 +49,7 @@ def create_app(
     if not isinstance(inspector, Inspector):
         raise ConfigError(f"create_app needs an Inspector (app.inspector), not {inspector!r}")
     pages = Pages(inspector, schedules=schedules, read_only=read_only, title=title)
+    actions = Actions(pages)
     sampler = DepthSampler(inspector, every=sample_every)
 
     async def events(request: Request) -> Response:
@@ -67,12 +69,12 @@ def create_app(
         Route("/", pages.overview, name="overview"),
         Route("/events", events, name="events"),
         Route("/queues", pages.queues, name="queues"),
-        Route("/queues/{queue}/{action}", pages.queue_action, methods=["POST"]),
+        Route("/queues/{queue}/{action}", actions.queue_action, methods=["POST"]),
         Route("/jobs", pages.jobs, name="jobs"),
         Route("/jobs/{job_id}", pages.job, name="job"),
-        Route("/jobs/{job_id}/{action}", pages.job_action, methods=["POST"]),
+        Route("/jobs/{job_id}/{action}", actions.job_action, methods=["POST"]),
         Route("/dead", pages.dead, name="dead"),
-        Route("/dead/{action}", pages.dead_action, methods=["POST"]),
+        Route("/dead/{action}", actions.dead_action, methods=["POST"]),
         Route("/schedules", pages.schedules_page, name="schedules"),
         Route("/workers", pages.workers, name="workers"),
         Route("/locks", pages.locks, name="locks"),

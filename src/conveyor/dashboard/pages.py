@@ -1,5 +1,6 @@
-"""The dashboard's pages and actions: server-rendered (Jinja2, autoescaped), one handler per
-page; every state change is a CSRF-checked POST that redirects (303) with a flash message."""
+"""The dashboard's pages: server-rendered (Jinja2, autoescape on everywhere), one handler per
+page; a store error renders the page's outage banner with HTTP 503 (see `Pages.guarded`).
+The POST handlers are in `conveyor.dashboard.actions`."""
 
 from __future__ import annotations
 
@@ -12,11 +13,11 @@ from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from conveyor.backends.base import Backend, JobFilter
 from conveyor.capabilities import FlowControl, Presence, QueueControl
-from conveyor.dashboard.bulk import BulkRuns, can_delete, delete
+from conveyor.dashboard.bulk import BulkRuns, can_delete
 from conveyor.dashboard.csrf import SESSION, Csrf
 from conveyor.dashboard.view import ago, as_json, when
 from conveyor.errors import BackendError, ConveyorError, JobNotFound
@@ -109,23 +110,6 @@ class Pages:
         if isinstance(ctx, Response):
             return ctx
         return self.render(request, page, template, ctx)
-
-    def back(self, request: Request, path: str, message: str) -> Response:
-        response = RedirectResponse(self.href(request, path), status_code=303)
-        root = str(request.scope.get("root_path", "")) or "/"
-        response.set_cookie(
-            FLASH, urllib.parse.quote(message[:500]), httponly=True, samesite="strict", path=root
-        )
-        return response
-
-    async def posted(self, request: Request) -> dict[str, Any] | Response:
-        """The POST's form if it may change anything, else the 403 response."""
-        if self.read_only:
-            return PlainTextResponse("forbidden: the dashboard is read-only", status_code=403)
-        form = await request.form()
-        if not self.csrf.valid(request, form.get("csrf")):
-            return PlainTextResponse("forbidden: missing or invalid CSRF token", status_code=403)
-        return {"ids": [str(v) for v in form.getlist("id")], **{k: form.get(k) for k in form}}
 
     # -- pages -------------------------------------------------------------------------------
 
@@ -241,53 +225,6 @@ class Pages:
         out.append("copy")
         return out
 
-    async def job_action(self, request: Request) -> Response:
-        form = await self.posted(request)
-        if isinstance(form, Response):
-            return form
-        job_id = request.path_params["job_id"]
-        action = request.path_params["action"]
-        path = f"/jobs/{job_id}"
-        try:
-            if action == "retry":
-                ok = await self.inspector.requeue(job_id)
-                message = "requeued" if ok else "not requeued (not failed or cancelled)"
-            elif action == "cancel":
-                state = await self.inspector.cancel(job_id)
-                message = f"cancel requested (now {state.value})"
-            elif action == "delete" and can_delete(self.inspector):
-                n = await delete(self.inspector, [job_id])
-                return self.back(request, "/jobs", "deleted" if n else "not deleted (not ended)")
-            elif action == "copy":
-                new_id = await self.inspector.copy(job_id)
-                return self.back(request, f"/jobs/{new_id}", f"copied from {job_id}")
-            else:
-                return PlainTextResponse(f"unknown action {action!r}", status_code=404)
-        except JobNotFound as exc:
-            return self.back(request, "/jobs", str(exc))
-        except OUTAGE as exc:
-            return self.back(request, path, f"store unavailable: {exc}")
-        return self.back(request, path, message)
-
-    async def queue_action(self, request: Request) -> Response:
-        form = await self.posted(request)
-        if isinstance(form, Response):
-            return form
-        queue = request.path_params["queue"]
-        action = request.path_params["action"]
-        try:
-            if action == "pause":
-                await self.inspector.pause(queue)
-            elif action == "resume":
-                await self.inspector.resume(queue)
-            else:
-                return PlainTextResponse(f"unknown action {action!r}", status_code=404)
-        except OUTAGE as exc:
-            return self.back(request, "/queues", f"store unavailable: {exc}")
-        except ConveyorError as exc:
-            return self.back(request, "/queues", str(exc))
-        return self.back(request, "/queues", f"{action}d {queue}")
-
     async def dead(self, request: Request) -> Response:
         async def load(r: Request) -> Context:
             task = r.query_params.get("task", "").strip()
@@ -326,29 +263,6 @@ class Pages:
             }
 
         return await self.guarded(request, "dead", "dead.html", load)
-
-    async def dead_action(self, request: Request) -> Response:
-        form = await self.posted(request)
-        if isinstance(form, Response):
-            return form
-        action = request.path_params["action"]
-        if action not in ("requeue", "delete") or (
-            action == "delete" and not can_delete(self.inspector)
-        ):
-            return PlainTextResponse(f"unknown action {action!r}", status_code=404)
-        if form.get("scope") == "matching":
-            task, err = str(form.get("task") or ""), str(form.get("error") or "")
-            run = self.bulk.start(action, task, err)
-            return self.back(request, "/dead", f"bulk {action} #{run.id} started")
-        ids = form["ids"][:5000]
-        try:
-            if action == "requeue":
-                n = await self.inspector.requeue_many(ids)
-            else:
-                n = await delete(self.inspector, ids)
-        except OUTAGE as exc:
-            return self.back(request, "/dead", f"store unavailable: {exc}")
-        return self.back(request, "/dead", f"{action}d {n} of {len(ids)} selected")
 
     async def schedules_page(self, request: Request) -> Response:
         async def load(_: Request) -> Context:
