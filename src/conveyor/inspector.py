@@ -138,18 +138,6 @@ def held_back(lane: LaneInfo) -> bool:
     )
 
 
-def _filter(
-    queue: str | None,
-    state: JobState | None,
-    task: str | None,
-    key: str | None,
-    lane: str | None,
-) -> JobFilter:
-    if lane is None:
-        return JobFilter(queue, state, task, key)
-    return JobFilter(queue, state, task, key, lane=lane)  # type: ignore[call-arg]
-
-
 class Inspector:
     """Administration over a backend. `app.inspector` returns one.
 
@@ -316,7 +304,7 @@ class Inspector:
     ) -> Page:
         """One page of jobs in enqueue order; pass `page.next` as `after` for the next.
         `lane` selects a flow-control lane: a tenant group's value, or ``<task>:<key>``."""
-        return await self.backend.query(_filter(queue, state, task, key, lane), after, limit)
+        return await self.backend.query(JobFilter(queue, state, task, key, lane), after, limit)
 
     async def iter(
         self,

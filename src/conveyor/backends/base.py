@@ -69,6 +69,7 @@ class JobFilter:
     state: JobState | None = None
     task: str | None = None
     key: str | None = None
+    lane: str | None = None  # a flow-control lane: a tenant group, or "<task>:<key>"
 
 
 @dataclass(frozen=True, slots=True)

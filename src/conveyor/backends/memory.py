@@ -577,6 +577,7 @@ class MemoryBackend(Backend):
                 and (filter.state is None or j.state is filter.state)
                 and (filter.task is None or j.task == filter.task)
                 and (filter.key is None or j.key == filter.key)
+                and (filter.lane is None or j.lane == filter.lane)
             )
         page = [job for _, job in matches[:limit]]
         nxt = str(matches[limit - 1][0]) if len(matches) > limit else None

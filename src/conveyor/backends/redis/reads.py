@@ -101,7 +101,7 @@ class Reads(abc.ABC):
         limit: int,
     ) -> Page:
         """Merge the (queue, state) indexes in (seq, queue) order, filtering as we go."""
-        if len(sources) == 1 and filter.task is None and filter.key is None:
+        if len(sources) == 1 and filter.task is None and filter.key is None and not filter.lane:
             batch = limit + 1  # one index, nothing to filter out: exactly what the page needs
         else:  # several indexes to merge, or a filter that may pass over many: read ahead
             batch = min(max(limit + 1, 200), 2000)
@@ -160,6 +160,7 @@ def _matches(job: Job, f: JobFilter) -> bool:
         (f.state is None or job.state is f.state)
         and (f.task is None or job.task == f.task)
         and (f.key is None or job.key == f.key)
+        and (f.lane is None or job.lane == f.lane)
     )
 
 

@@ -524,6 +524,7 @@ def query(conn: sqlite3.Connection, filter: JobFilter, after: str | None, limit:
         ("state", filter.state.value if filter.state else None),
         ("task", filter.task),
         ("key", filter.key),
+        ("lane", filter.lane),
     ):
         if value is not None:
             where.append(f"{column} = ?")

@@ -467,6 +467,26 @@ class CoreContract:
         assert await backend.purge([JobState.FAILED], before=clock.now()) == 1
         assert await backend.get([job.id]) == [None]
 
+    async def test_query_by_lane_pages_with_a_cursor(
+        self, backend: Backend, clock: FakeClock
+    ) -> None:
+        acme = [make_job(clock, lane="acme") for _ in range(3)]
+        other = [make_job(clock, lane="globex"), make_job(clock)]
+        await backend.enqueue([acme[0], other[0], acme[1], other[1], acme[2]])
+        seen: list[str] = []
+        after: str | None = None
+        while True:
+            page = await backend.query(JobFilter(lane="acme"), after, 1)
+            seen += [j.id for j in page.jobs]
+            if page.next is None:
+                break
+            after = page.next
+        assert seen == [j.id for j in acme]
+        lease = await self._claim_one(backend)
+        running = await backend.query(JobFilter(state=JobState.RUNNING, lane=lease.job.lane))
+        assert [j.id for j in running.jobs] == [lease.id]
+        assert (await backend.query(JobFilter(queue="other", lane="acme"))).jobs == []
+
     async def test_delete_takes_ended_jobs_only(self, backend: Backend, clock: FakeClock) -> None:
         done = await self._enqueue(backend, clock, key="k-1", unique_until=clock.now() + 3600)
         dead = await self._enqueue(backend, clock)
