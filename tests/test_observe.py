@@ -220,3 +220,28 @@ def test_a_sigkilled_worker_disappears_after_three_beats(tmp_path: Path) -> None
         if proc.poll() is None:
             proc.kill()
         asyncio.run(app.aclose())
+
+
+def test_app_mount_dashboard_serves_under_the_path(tmp_path: Path) -> None:
+    import warnings
+
+    from starlette.applications import Starlette
+
+    with warnings.catch_warnings():  # starlette 1.x prefers httpx2 over httpx
+        warnings.simplefilter("ignore", UserWarning)
+        from starlette.testclient import TestClient
+
+    from conveyor.errors import ConfigError
+
+    app = conveyor.App(f"sqlite:///{tmp_path}/jobs.db")
+    host = Starlette()
+    app.mount_dashboard(host, "/jobs", auth=lambda request: request.headers.get("x-admin") == "1")
+    with TestClient(host) as client:
+        assert client.get("/jobs/").status_code == 401
+        page = client.get("/jobs/queues", headers={"x-admin": "1"})
+        assert page.status_code == 200 and 'data-page="queues"' in page.text
+        assert 'href="/jobs/jobs"' in page.text  # links follow the mount
+    with pytest.raises(ConfigError, match="path"):
+        app.mount_dashboard(host, "jobs")
+    with pytest.raises(ConfigError, match="mount"):
+        app.mount_dashboard(object(), "/jobs")

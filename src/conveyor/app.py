@@ -10,7 +10,7 @@ from typing import Any, ParamSpec, Protocol, Self, TypeVar, overload
 from conveyor.backends import Backend, from_url
 from conveyor.capabilities import Locks, require
 from conveyor.clock import Clock, SystemClock
-from conveyor.errors import StateError
+from conveyor.errors import ConfigError, StateError
 from conveyor.flow import Circuit, RateLimit
 from conveyor.inspector import Inspector
 from conveyor.lock import Lock, OnLost
@@ -382,6 +382,33 @@ class App:
     # -- locks -----------------------------------------------------------------------------
 
     _locks: tuple[object, Locks] | None = None  # (store, store as Locks): checked once
+
+    def dashboard(self, *, auth: Any = None, read_only: bool = False) -> Any:
+        """The web dashboard over this app as an ASGI app (``conveyor[dashboard]``): see
+        `conveyor.dashboard.create_app` for `auth` (``Token``, ``Basic`` or a callable of
+        the request) and `read_only`."""
+        from conveyor.dashboard import create_app
+
+        return create_app(self.inspector, schedules=self.schedules, auth=auth, read_only=read_only)
+
+    def mount_dashboard(
+        self, asgi_app: Any, path: str = "/jobs", *, auth: Any = None, read_only: bool = False
+    ) -> None:
+        """Serve the dashboard at `path` inside an existing Starlette or FastAPI app
+        (anything with ``.mount(path, app)``); its links follow the mount.
+
+        Example:
+            app.mount_dashboard(fastapi_app, "/jobs", auth=lambda request: is_admin(request))
+        """
+        if not callable(getattr(asgi_app, "mount", None)):
+            raise ConfigError(
+                f"mount_dashboard needs an app with .mount(path, app) (Starlette, FastAPI), "
+                f"not {type(asgi_app).__name__}"
+            )
+        if not isinstance(path, str) or not path.startswith("/") or path.endswith("/"):
+            raise ConfigError(f"mount_dashboard: path must start with '/' and not end with one, "
+                              f"like '/jobs', not {path!r}")  # fmt: skip
+        asgi_app.mount(path, self.dashboard(auth=auth, read_only=read_only))
 
     def lock(self, name: str, ttl: float, wait: float = 0.0, *, on_lost: OnLost = "cancel") -> Lock:
         """A distributed lock on this app's store (every process and host using it), renewed
