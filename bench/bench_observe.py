@@ -29,6 +29,7 @@ import asyncio
 import os
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -150,6 +151,58 @@ async def metrics(app: conveyor.App, rows: Rows) -> None:
         print(f"  inspector.metrics not measured: {exc!r}")
 
 
+DRAIN_JOBS = 20_000
+DRAIN_CONCURRENCY = 32
+
+
+def drain_app(url: str) -> conveyor.App:
+    """A short no-op task: the drain measures the worker's own overhead."""
+    app = conveyor.App(url)
+
+    @app.task
+    async def noop(i: int) -> int:
+        return i
+
+    return app
+
+
+async def drain_once(url: str, n: int, on: bool) -> float:
+    """Jobs/s of one in-process worker draining `n` fresh jobs, observability on or off."""
+    app = drain_app(url)
+    try:
+        await app.registry.get("noop").enqueue_many([(i,) for i in range(n)])
+        knobs: dict[str, Any] = (
+            {"presence": True, "rollups": True, "metrics_port": 0}
+            if on
+            else {"presence": False, "rollups": False, "metrics_port": None}
+        )
+        server = app.worker(["default"], concurrency=DRAIN_CONCURRENCY, **knobs)
+        started = time.perf_counter()
+        task = asyncio.create_task(server.run())
+        while True:
+            c = (await app.backend.counts("default")).get("default", {})
+            if c.get(JobState.COMPLETED, 0) >= n:
+                break
+            await asyncio.sleep(0.01)
+        rate = n / (time.perf_counter() - started)
+        server.stop()
+        await task
+        return rate
+    finally:
+        await app.aclose()
+
+
+async def drains(store: str, url: Callable[[int], str], runs: int, n: int) -> tuple[float, float]:
+    """Alternate off/on drains, each in a fresh store (``url(k)``); medians of jobs/s."""
+    off: list[float] = []
+    on: list[float] = []
+    for k in range(runs):
+        off.append(await drain_once(url(2 * k), n, False))
+        on.append(await drain_once(url(2 * k + 1), n, True))
+    print(f"  {store} drain jobs/s off {[round(x) for x in off]} on {[round(x) for x in on]}")
+    return statistics.median(off), statistics.median(on)
+
+
 async def run(store: str, url: str, n: int, fresh: bool) -> Rows:
     app = conveyor.App(url)
     rows: Rows = []
@@ -175,11 +228,31 @@ async def main() -> None:
     parser.add_argument("--quick", action="store_true", help="100,000 jobs per store")
     parser.add_argument("--jobs", type=int, default=None, help="jobs per store")
     parser.add_argument("--stores", default="sqlite,redis", help="comma separated")
+    parser.add_argument("--drain-only", action="store_true", help="only the on/off drains")
+    parser.add_argument("--runs", type=int, default=3, help="drains per setting")
     args = parser.parse_args()
     n = args.jobs or (100_000 if args.quick else 1_000_000)
     stores = args.stores.split(",")
     print(f"python {sys.version.split()[0]}; {os.cpu_count()} CPUs; {n:,} jobs per store")
     results: dict[str, Rows] = {}
+    drained: dict[str, tuple[float, float]] = {}
+    n_drain = 5_000 if args.quick else DRAIN_JOBS
+    if "sqlite" in stores:
+        with tempfile.TemporaryDirectory(prefix="conveyor-bench-observe-") as tmp:
+            drained["sqlite"] = await drains(
+                "sqlite", lambda k: f"sqlite:///{tmp}/d{k}.db", args.runs, n_drain
+            )
+    if "redis" in stores:
+        with RedisServer() as server:
+            drained["redis"] = await drains(
+                "redis", lambda k: f"{server.url}?prefix=d{k}", args.runs, n_drain
+            )
+    print(f"\n| store | drain of {n_drain:,}, off | on | on ÷ off | target |")
+    print("|---|---:|---:|---:|---:|")
+    for store, (off, on) in drained.items():
+        print(f"| {store} | {off:,.0f} jobs/s | {on:,.0f} jobs/s | {on / off:.1%} | ≥ 95 % |")
+    if args.drain_only:
+        return
     if "sqlite" in stores:
         _seed.CACHE.mkdir(parents=True, exist_ok=True)
         path = _seed.sqlite_path(n)
