@@ -154,7 +154,8 @@ def test_events_send_an_update_at_once(db: Path, make_client: Callable[..., Test
     run_on(db, lambda b, c: b.enqueue([make_job(c)]))
     r = make_client().get("/events", params={"limit": 1})
     assert r.headers["content-type"].startswith("text/event-stream")
-    name, data = r.text.strip().split("\n")
+    assert r.text.startswith("retry: 1000\n\n")  # the browser reconnects within a second
+    name, data = r.text.removeprefix("retry: 1000\n\n").strip().split("\n")
     assert name == "event: update"
     body = json.loads(data.removeprefix("data: "))
     assert body["totals"]["queued"] == 1 and body["depth"]["queues"] == ["default"]
@@ -163,3 +164,11 @@ def test_events_send_an_update_at_once(db: Path, make_client: Callable[..., Test
 @pytest.mark.parametrize("path", ["/static/dashboard.js", "/static/dashboard.css"])
 def test_static_files_are_served(path: str, make_client: Callable[..., TestClient]) -> None:
     assert make_client().get(path).status_code == 200
+
+
+def test_closing_the_streams_ends_them(make_client: Callable[..., TestClient]) -> None:
+    client = make_client()
+    assert client.app is not None
+    client.app.state.streams.close()  # as before stopping the server: open streams end
+    text = client.get("/events").text  # no limit: it ends only because it was closed
+    assert text.count("event: update") == 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import socket
+from types import FrameType
 
 import click
 
@@ -83,8 +84,14 @@ def dashboard_command(
     import uvicorn
 
     click.echo(f"dashboard on http://{host}:{port}/ (ctrl-c to stop)", err=True)
-    config = uvicorn.Config(web, log_level="warning", access_log=False)
-    server = uvicorn.Server(config)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            web.state.streams.close()  # else uvicorn waits for the overviews' open streams
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(web, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
+    server = Server(config)
     try:
         server.run(sockets=[sock])
     finally:

@@ -16,7 +16,7 @@ from starlette.staticfiles import StaticFiles
 
 from conveyor.dashboard.actions import Actions
 from conveyor.dashboard.auth import Auth, AuthMiddleware
-from conveyor.dashboard.events import stream
+from conveyor.dashboard.events import Snapshots, Streams, stream
 from conveyor.dashboard.headers import SecurityHeaders
 from conveyor.dashboard.pages import Pages
 from conveyor.dashboard.sampler import DepthSampler
@@ -45,16 +45,22 @@ def create_app(
         read_only: hide every action and refuse every POST (403).
         title: shown in the page header.
         sample_every: seconds between queue-depth samples for the overview's chart.
+
+    The overview's live stream stays open; a server that waits for open responses before it
+    stops (uvicorn) needs ``app.state.streams.close()`` first (any thread), or waits up to a
+    minute (each stream's most).
     """
     if not isinstance(inspector, Inspector):
         raise ConfigError(f"create_app needs an Inspector (app.inspector), not {inspector!r}")
     pages = Pages(inspector, schedules=schedules, read_only=read_only, title=title)
     actions = Actions(pages)
     sampler = DepthSampler(inspector, every=sample_every)
+    snapshots = Snapshots(inspector, sampler)
+    streams = Streams()
 
     async def events(request: Request) -> Response:
         sampler.start()  # a mounted app gets no lifespan of its own
-        return stream(request, inspector, sampler)
+        return stream(request, snapshots, streams)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -87,4 +93,5 @@ def create_app(
     )
     app.state.pages = pages
     app.state.sampler = sampler
+    app.state.streams = streams  # app.state.streams.close() before stopping the server
     return app
