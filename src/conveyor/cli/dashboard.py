@@ -89,6 +89,9 @@ def dashboard_command(
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             web.state.streams.close()  # else uvicorn waits for the overviews' open streams
             super().handle_exit(sig, frame)
+            # uvicorn raises the signal again once stopped (a KeyboardInterrupt traceback
+            # from the lifespan): a dashboard stopped by ctrl-c or SIGTERM just exits.
+            self._captured_signals.clear()
 
     config = uvicorn.Config(web, log_level="warning", access_log=False, timeout_graceful_shutdown=5)
     server = Server(config)
