@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from selenium.common.exceptions import NoAlertPresentException
+from selenium.common.exceptions import NoAlertPresentException, StaleElementReferenceException
 from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
@@ -25,6 +25,11 @@ pytestmark = pytest.mark.slow
 
 PAGES = ("overview", "queues", "jobs", "job", "dead", "schedules", "workers", "locks")
 WAIT = 20  # seconds: generous for a loaded CI machine; the usual wait is a second or two
+
+
+def wait(browser: WebDriver) -> WebDriverWait[WebDriver]:
+    """A wait that retries while a click's navigation swaps the page under it."""
+    return WebDriverWait(browser, WAIT, ignored_exceptions=(StaleElementReferenceException,))
 
 
 def path_of(page: str, site: Site) -> str:
@@ -69,12 +74,12 @@ def test_overview_chart_gains_points_over_sse_without_reload(
 ) -> None:
     open_page(browser, site, "/", "overview")
     browser.execute_script("window.__loaded_at = 'marker';")
-    WebDriverWait(browser, WAIT).until(lambda d: points(d, "chart-depth") > 0)
+    wait(browser).until(lambda d: points(d, "chart-depth") > 0)
     before = points(browser, "chart-depth")
     worker = threading.Thread(target=produce, args=(site.db, 4, 1))
     worker.start()
     try:
-        WebDriverWait(browser, WAIT).until(lambda d: points(d, "chart-depth") > before)
+        wait(browser).until(lambda d: points(d, "chart-depth") > before)
     finally:
         worker.join()
     assert points(browser, "chart-throughput") > 0
@@ -87,14 +92,10 @@ def test_retry_a_failed_job_by_clicking(browser: WebDriver, site: Site) -> None:
     rows = browser.find_elements(By.CSS_SELECTOR, f'tr.job-row[data-id="{job_id}"] a.job-link')
     assert rows, f"job {job_id} is not listed under state=failed"
     rows[0].click()
-    WebDriverWait(browser, WAIT).until(
-        lambda d: d.find_element(By.ID, "page").get_attribute("data-page") == "job"
-    )
+    wait(browser).until(lambda d: d.find_element(By.ID, "page").get_attribute("data-page") == "job")
     assert browser.find_element(By.ID, "job-state").text == "failed"
     browser.find_element(By.ID, "action-retry").click()
-    WebDriverWait(browser, WAIT).until(
-        lambda d: d.find_element(By.ID, "job-state").text != "failed"
-    )
+    wait(browser).until(lambda d: d.find_element(By.ID, "job-state").text != "failed")
     assert browser.find_element(By.ID, "flash").text
 
     async def state(app: conveyor.App) -> JobState:
@@ -110,14 +111,10 @@ def test_pause_and_resume_a_queue_by_clicking(browser: WebDriver, site: Site) ->
     open_page(browser, site, "/queues", "queues")
     assert browser.find_element(By.ID, "queue-state-default").text == "running"
     browser.find_element(By.CSS_SELECTOR, "button#pause-default").click()
-    WebDriverWait(browser, WAIT).until(
-        lambda d: d.find_element(By.ID, "queue-state-default").text == "paused"
-    )
+    wait(browser).until(lambda d: d.find_element(By.ID, "queue-state-default").text == "paused")
     assert "default" in site.store(paused)
     browser.find_element(By.CSS_SELECTOR, "button#resume-default").click()
-    WebDriverWait(browser, WAIT).until(
-        lambda d: d.find_element(By.ID, "queue-state-default").text == "running"
-    )
+    wait(browser).until(lambda d: d.find_element(By.ID, "queue-state-default").text == "running")
     assert "default" not in site.store(paused)
 
 
@@ -128,7 +125,7 @@ def test_no_console_errors_and_a_screenshot_of_every_page(
     for page in PAGES:
         open_page(browser, site, path_of(page, site), page)
         if page == "overview":  # let the SSE stream and the charts run once
-            WebDriverWait(browser, WAIT).until(lambda d: points(d, "chart-depth") > 0)
+            wait(browser).until(lambda d: points(d, "chart-depth") > 0)
         assert browser.save_screenshot(str(tmp_path / f"{page}.png"))
         found = severe(browser)
         if found:
