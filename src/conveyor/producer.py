@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -314,6 +314,9 @@ class Producer:
         self._max_batch = max_batch or backend.enqueue_batch
         self._batcher: Batcher[Job, str] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: Callables run on each batch of `Job` records before they are stored (e.g. to
+        #: add trace context to `meta`); empty: no cost.
+        self.before_enqueue: tuple[Callable[[Sequence[Job]], Sequence[Job]], ...] = ()
 
     async def __aenter__(self) -> Self:
         batcher: Batcher[Job, str] = Batcher(
@@ -344,6 +347,8 @@ class Producer:
     async def enqueue(self, jobs: Sequence[Job]) -> list[str]:
         """Store `jobs`; for each, the id of the job holding its place (see
         `Backend.enqueue`: another job's id where a unique key made it a duplicate)."""
+        for hook in self.before_enqueue:
+            jobs = hook(jobs)
         batcher = self._batcher
         if (
             len(jobs) == 1
