@@ -54,8 +54,18 @@ def points(browser: WebDriver, chart: str) -> int:
     return int(value)
 
 
+# Chromium asks every site for /favicon.ico; the dashboard serves none (no <link rel=icon>),
+# so the first page of a fresh browser logs a 404 for it. Drop this once the dashboard has one.
+TOLERATED = ("/favicon.ico - Failed to load resource",)
+
+
 def severe(browser: WebDriver) -> list[dict[str, Any]]:
-    return [e for e in console(browser) if e.get("level") == "SEVERE"]
+    """The console's SEVERE entries since the last read, less the tolerated ones."""
+    return [
+        e
+        for e in console(browser)
+        if e.get("level") == "SEVERE" and not any(t in e.get("message", "") for t in TOLERATED)
+    ]
 
 
 def failed_boom(site: Site) -> str:
@@ -131,6 +141,19 @@ def test_no_console_errors_and_a_screenshot_of_every_page(
         if found:
             problems[page] = found
     assert not problems, problems
+
+
+def test_the_console_check_sees_a_csp_violation(browser: WebDriver, site: Site) -> None:
+    """The control for the test above: an inline script is blocked and logged as SEVERE."""
+    open_page(browser, site, "/queues", "queues")
+    browser.execute_script(
+        "var s = document.createElement('script');"
+        "s.textContent = 'window.__inline = 1'; document.body.appendChild(s);"
+    )
+    assert browser.execute_script("return typeof window.__inline;") == "undefined"
+    wait(browser).until(
+        lambda d: any("Content Security Policy" in e.get("message", "") for e in severe(d))
+    )
 
 
 def test_stored_markup_never_runs(browser: WebDriver, site: Site) -> None:
