@@ -128,3 +128,19 @@ asyncio.run(main())
     subprocess.run(
         [sys.executable, str(path), url, str(tmp_path / "x"), "off"], check=True, timeout=60
     )
+
+
+def test_instrument_without_the_api_names_the_extra() -> None:
+    code = (
+        "import sys; sys.modules['opentelemetry'] = None\n"
+        "import conveyor\n"
+        "from conveyor.errors import ConfigError\n"
+        "from conveyor.observability.otel import instrument\n"
+        "try:\n"
+        "    instrument(conveyor.App('memory://'))\n"
+        "except ConfigError as e:\n"
+        "    assert \"pip install 'conveyor[otel]'\" in str(e), e\n"
+        "else:\n"
+        "    raise SystemExit('no ConfigError')\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
