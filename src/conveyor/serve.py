@@ -18,8 +18,9 @@ each finished before the one before it is told to stop; see `worker.service`):
 Observability runs before all of these (started first, stopped last, so it sees every job
 settle and keeps answering while the worker drains), each when on in `WorkerConfig`:
 
-0. ``rollups``: writes the per-minute job metrics (`worker.rollups`); ``presence``: the
-   worker's beats (`worker.presence`), leaving on a stop.
+0. ``metrics`` (with ``metrics_port``): ``/metrics``, ``/healthz``, ``/readyz``
+   (`observability.http`); ``rollups``: writes the per-minute job metrics
+   (`worker.rollups`); ``presence``: the worker's beats (`worker.presence`), leaving on a stop.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from conveyor.backends.base import Backend
 from conveyor.capabilities import Presence, Rollups, require
 from conveyor.clock import Clock
 from conveyor.errors import ClosedError, unwrap_group
+from conveyor.observability.http import MetricsServer
 from conveyor.registry import Registry
 from conveyor.scheduler import Maintenance, Scheduler, Schedules
 from conveyor.worker import Worker, WorkerConfig, WorkerStats
@@ -82,6 +84,12 @@ class Server:
         #: The presence beats (`None` with ``presence=False``).
         self.presence: PresenceBeat | None = None
         first: list[Service] = []
+        #: The ``/metrics`` and health server (`None` without ``metrics_port``).
+        self.metrics: MetricsServer | None = None
+        if config.metrics_port is not None:
+            self.metrics = MetricsServer(worker, backend, config, clock)
+            worker.observers.add(self.metrics.metrics)
+            first.append(self.metrics)
         if config.rollups or (config.rollups is None and isinstance(backend, Rollups)):
             store = require(backend, Rollups, "WorkerConfig.rollups (pass rollups=False)")
             self.rollups = RollupWriter(

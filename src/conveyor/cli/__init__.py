@@ -112,6 +112,17 @@ def cli(ctx: click.Context, app_spec: str | None, url: str | None, verbose: int)
     metavar="SHARE",
     help="Least idle CPU share (0-1) to add a process; 0 ignores the CPU [0.2].",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    help="Serve /metrics (Prometheus), /healthz and /readyz on this port (conveyor[metrics]).",
+)
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="The address the metrics server binds.",
+)
 @click.pass_context
 def worker_cmd(
     ctx: click.Context,
@@ -130,10 +141,17 @@ def worker_cmd(
     scale_idle: float | None,
     scale_interval: float | None,
     scale_cpu_idle: float | None,
+    metrics_port: int | None,
+    metrics_host: str,
 ) -> None:
     """Run workers for APP (module:attribute)."""
     if processes < 1:
         raise click.BadParameter("must be >= 1", param_hint="--processes")
+    if metrics_port is not None and (processes > 1 or autoscale is not None):
+        raise ConfigError(
+            "--metrics-port with -p N (or --autoscale) is not supported yet; "
+            "run one process per port"
+        )
     scaling = {
         "target": scale_target,
         "idle": scale_idle,
@@ -165,6 +183,8 @@ def worker_cmd(
         "burst": burst,
         "name": name,
         "scheduler": not no_scheduler,
+        "metrics_port": metrics_port,
+        "metrics_host": metrics_host,
     }
     run_worker(app, options=options, queues=queues)
 
