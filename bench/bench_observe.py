@@ -52,6 +52,13 @@ REPEAT = 5
 Rows = list[tuple[str, float, float]]  # (what, median ms, budget ms)
 
 
+def note(rows: Rows, row: tuple[str, float, float]) -> None:
+    """Keep a measured row and print it now (a slow store shows where it is)."""
+    rows.append(row)
+    what, ms, budget = row
+    print(f"    {what}: {ms:.1f} ms{'  OVER' if ms > budget else ''}", flush=True)
+
+
 async def timed(call: Callable[[], Awaitable[Any]], repeat: int = REPEAT) -> float:
     """Median milliseconds of `repeat` calls (after one warm-up call)."""
     await call()
@@ -87,7 +94,7 @@ FILTERS: dict[str, tuple[JobFilter, dict[str, str]]] = {
 
 async def store_reads(app: conveyor.App, rows: Rows) -> dict[str, str | None]:
     b = app.backend
-    rows.append(("store counts()", await timed(lambda: b.counts()), 200))
+    note(rows, ("store counts()", await timed(lambda: b.counts()), 200))
     cursors: dict[str, str | None] = {}
     for name, (f, _) in FILTERS.items():
         rows.append(
@@ -105,9 +112,9 @@ async def store_reads(app: conveyor.App, rows: Rows) -> dict[str, str | None]:
             )
     first = await b.query(JobFilter(), None, 50)
     ids = [j.id for j in first.jobs]
-    rows.append(("store get(50 ids)", await timed(lambda: b.get(ids)), 200))
+    note(rows, ("store get(50 ids)", await timed(lambda: b.get(ids)), 200))
     if hasattr(b, "oldest_ready"):
-        rows.append(("store oldest_ready()", await timed(lambda: b.oldest_ready(_seed.QUEUES)), 50))
+        note(rows, ("store oldest_ready()", await timed(lambda: b.oldest_ready(_seed.QUEUES)), 50))
     return cursors
 
 
@@ -127,9 +134,9 @@ async def pages(app: conveyor.App, cursors: dict[str, str | None], rows: Rows) -
             if r.status_code != 200:
                 raise RuntimeError(f"{path} {params}: HTTP {r.status_code}")
 
-        rows.append(("page /", await timed(lambda: get("/")), 200))
-        rows.append(("page /queues", await timed(lambda: get("/queues")), 200))
-        rows.append(("page /dead", await timed(lambda: get("/dead")), 200))
+        note(rows, ("page /", await timed(lambda: get("/")), 200))
+        note(rows, ("page /queues", await timed(lambda: get("/queues")), 200))
+        note(rows, ("page /dead", await timed(lambda: get("/dead")), 200))
         for name, (_, params) in FILTERS.items():
             rows.append(
                 (f"page /jobs [{name}]", await timed(lambda p=params: get("/jobs", p)), 200)
@@ -216,8 +223,6 @@ async def run(store: str, url: str, n: int, fresh: bool) -> Rows:
         cursors = await store_reads(app, rows)
         await pages(app, cursors, rows)
         await metrics(app, rows)
-        for what, ms, budget in rows:
-            print(f"    {what}: {ms:.1f} ms{'  OVER' if ms > budget else ''}", flush=True)
         return rows
     finally:
         await app.aclose()
