@@ -73,6 +73,8 @@ async def test_a_drain_is_counted_by_outcome_with_histograms_and_store_gauges(
     handles = [await ok.enqueue(i) for i in range(5)] + [await bad.enqueue()]
     await app.backend.enqueue([])  # noop: the store is open
     server = app.worker(concurrency=3, metrics_port=0)
+    assert server.metrics is not None
+    server.metrics.store.fresh = 0  # every scrape reads the store
     async with server:
         assert server.metrics is not None and server.metrics.port
         for _ in range(500):
@@ -129,6 +131,8 @@ async def test_the_oldest_ready_age_and_running_jobs_are_read_at_scrape_time(
     await hold.enqueue()
     await waits.enqueue()
     server = app.worker(["default"], concurrency=2, metrics_port=0)
+    assert server.metrics is not None
+    server.metrics.store.fresh = 0
     async with server:
         assert server.metrics is not None
         await asyncio.wait_for(started.wait(), 10)
@@ -217,6 +221,8 @@ async def test_a_store_that_goes_down_marks_store_gauges_stale_and_recovers(
     try:
         await ok.enqueue()
         server = app.worker(metrics_port=0, presence=False, rollups=False)
+        assert server.metrics is not None
+        server.metrics.store.fresh = 0.2
         async with server:
             assert server.metrics is not None
             for _ in range(500):
@@ -227,7 +233,7 @@ async def test_a_store_that_goes_down_marks_store_gauges_stale_and_recovers(
             assert value(m["conveyor_store_up"], "conveyor_store_up") == 1
             stamp = m["conveyor_store_scrape_timestamp_seconds"][0].value
             redis.stop()
-            await asyncio.sleep(1.1)  # past the gauges' freshness
+            await asyncio.sleep(0.3)  # past the gauges' freshness
             status, _, body = await aget(server.metrics.url + "/readyz")
             assert status == 503 and body.startswith("not ready: the store")
             m = await scrape(server.metrics)

@@ -4,7 +4,7 @@
 ``WorkerConfig.metrics_host:metrics_port``:
 
 - ``GET /metrics``: the Prometheus text exposition (`conveyor.observability.prometheus`);
-  the store gauges are read at scrape time, waiting at most a second for the store.
+  the store gauges come from a cache that scrapes refresh (see `StoreGauges`).
 - ``GET /healthz``: 200 ``ok`` while the event loop runs (answering proves it).
 - ``GET /readyz``: 200 ``ready`` once the worker claims jobs and while the store answers;
   else 503 with a one-line reason.
@@ -159,6 +159,7 @@ class MetricsServer(Service):
         self._server = server
         self.port = server.sockets[0].getsockname()[1]
         log.info("metrics on %s/metrics", self.url)
+        await self.store.refresh(0)  # the first read starts now, not at the first scrape
         self.started()
         try:
             await self._stop.wait()
@@ -180,7 +181,7 @@ class MetricsServer(Service):
                 return 503, _TEXT, b"not ready: the worker is not claiming jobs yet\n"
             if self.worker.fetch.stopping:
                 return 503, _TEXT, b"not ready: the worker is stopping\n"
-            if not await self.store.refresh():
+            if not await self.store.refresh(self.store.timeout):
                 return 503, _TEXT, f"not ready: {self.store.error}\n".encode()
             return 200, _TEXT, b"ready\n"
         return 404, _TEXT, b"not found\n"

@@ -3,9 +3,10 @@
 `WorkerMetrics` is a worker observer (`conveyor.worker.observe`): it counts what the worker
 does as it does it, at the cost of a dict look-up and a counter bump per event (labelled
 children are cached per (queue, task), never ``.labels()`` per job). `StoreGauges` reads the
-store *at scrape time*: job counts per queue and state, and the age of each queue's oldest
-ready job. Names follow the Prometheus conventions: base units (seconds), ``_total``
-counters, and no job ids or arguments in labels (their number would grow without bound).
+store when scraped (from a cache at most `fresh` seconds old, so a scrape stays cheap on a
+big store): job counts per queue and state, and the age of each queue's oldest ready job.
+Names follow the Prometheus conventions: base units (seconds), ``_total`` counters, and no
+job ids or arguments in labels (their number would grow without bound).
 
 Worker-side metrics:
 
@@ -181,21 +182,25 @@ class _Snapshot:
 
 
 class StoreGauges(Collector):
-    """The store gauges, read at scrape time (a `Collector` on the metrics' registry).
+    """The store gauges, served from a cache that scrapes refresh (a `Collector`).
 
-    `refresh()` reads the store (``counts()`` and one query page per queue) at most once per
-    `fresh` seconds, one read at a time (single flight: concurrent scrapes share it), waiting
-    at most `timeout` seconds, so a hung store never hangs a scrape. When a read fails or
-    times out, ``conveyor_store_up`` is 0 and the store gauges keep their last values with
-    the old ``conveyor_store_scrape_timestamp_seconds``: that timestamp marks the store
-    gauges stale. (A read that timed out keeps running; no other starts until it ends.)
+    Reading the store costs too much for every scrape on a big store (``counts()`` takes
+    100-600 ms on a SQLite file of 1,000,000 jobs), so a scrape serves the last read and,
+    when it is older than `fresh` seconds, starts a new one in the background: one at a
+    time (single flight), waited for at most `wait` seconds (a small store's read lands in
+    the same scrape). No scrapes, no store reads. A read that fails, or runs longer than
+    `timeout` seconds, sets ``conveyor_store_up`` to 0; the store gauges then keep their
+    last values with the old ``conveyor_store_scrape_timestamp_seconds``: that timestamp
+    marks the store gauges stale (the cache's age is now minus it). Before the first read
+    answered there are no store gauges, only ``conveyor_store_up 0``.
 
     Args:
         backend: the store.
         queues: the worker's queues (for the oldest ready job); counts cover every queue.
         clock: the time source (epoch seconds for the timestamp).
-        timeout: the most seconds a scrape waits for the store.
-        fresh: a read younger than this is reused.
+        fresh: a read younger than this (seconds) is served as is.
+        wait: the most seconds a scrape waits for a read it started.
+        timeout: a read still running after this many seconds counts as the store down.
     """
 
     def __init__(
@@ -204,44 +209,42 @@ class StoreGauges(Collector):
         queues: Sequence[str],
         clock: Clock,
         *,
+        fresh: float = 5.0,
+        wait: float = 0.04,
         timeout: float = 1.0,
-        fresh: float = 1.0,
     ) -> None:
         self.backend = backend
         self.queues = tuple(queues)
         self.clock = clock
-        self.timeout = timeout
         self.fresh = fresh
+        self.wait = wait
+        self.timeout = timeout
         self.up = False
-        #: Why the last read failed (for ``/readyz``); "" when it answered.
+        #: Why the store is down (for ``/readyz``); "" while it answers.
         self.error = "the store was not read yet"
         self._snap = _Snapshot()
         self._read: asyncio.Task[_Snapshot] | None = None
         self._tried: float | None = None  # monotonic time of the last read's start
 
-    async def refresh(self) -> bool:
-        """Read the store unless a read is fresh or running; whether the store is up."""
+    async def refresh(self, wait: float | None = None) -> bool:
+        """Start a read if the last is stale and none runs; wait for it at most `wait`
+        seconds (default: `StoreGauges.wait`). Whether the store is up."""
         mono = self.clock.monotonic()
         if self._read is None and (self._tried is None or mono - self._tried >= self.fresh):
             self._tried = mono
             self._read = asyncio.get_running_loop().create_task(
                 self._fetch(), name="conveyor-metrics-store"
             )
+            self._read.add_done_callback(self._settle)
         read = self._read
-        if read is None:
-            return self.up
-        done, _ = await asyncio.wait({read}, timeout=self.timeout)
-        if not done:
-            self.up = False
-            self.error = f"the store did not answer within {self.timeout:g}s"
-            read.add_done_callback(self._late)
-            return False
-        self._settle(read)
+        if read is not None:
+            await asyncio.wait({read}, timeout=self.wait if wait is None else wait)
+            if read.done():
+                self._settle(read)
+            elif self._tried is not None and self.clock.monotonic() - self._tried > self.timeout:
+                self.up = False
+                self.error = f"the store did not answer within {self.timeout:g}s"
         return self.up
-
-    def _late(self, read: asyncio.Task[_Snapshot]) -> None:
-        if self._read is read:
-            self._settle(read)
 
     def _settle(self, read: asyncio.Task[_Snapshot]) -> None:
         if self._read is not read:
