@@ -282,13 +282,13 @@ def test_the_cli_serves_metrics_and_says_a_port_in_use_in_one_line(tmp_path: Pat
         f"error: metrics port {port} on 127.0.0.1 is in use"
     ]
     done = subprocess.run(
-        [sys.executable, "-m", "conveyor", "worker", "mapp:app", "-p", "2", "--metrics-port", "0"],
+        [sys.executable, "-m", "conveyor", "worker", "mapp:app", "--autoscale", "1:2",
+         "--metrics-port", "0"],
         capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env,
     )  # fmt: skip
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
-        "error: --metrics-port with -p N (or --autoscale) is not supported yet; "
-        "run one process per port"
+        "error: --metrics-port with --autoscale is not supported yet; use -p N or one process"
     ]
 
 
@@ -316,3 +316,77 @@ def test_the_observer_caches_labelled_children() -> None:
         metrics.registry.get_sample_value("conveyor_store_errors_total", {"operation": "claim"})
         == 2
     )
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _popen(argv: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    with open(cwd / "err.log", "wb") as err:
+        return subprocess.Popen(argv, cwd=cwd, env=env, stderr=err, start_new_session=True)
+
+
+async def test_p2_one_scrape_of_the_supervisor_shows_the_sum_of_both_processes(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "papp.py").write_text(
+        "import conveyor\n"
+        f"app = conveyor.App('sqlite:///{tmp_path}/j.db')\n"
+        "@app.task(name='ok')\n"
+        "async def ok(n: int) -> int:\n"
+        "    return n\n"
+    )
+    app = conveyor.App(f"sqlite:///{tmp_path}/j.db")
+
+    @app.task(name="ok")
+    async def ok(n: int) -> int:
+        return n
+
+    for i in range(20):
+        await ok.enqueue(i)
+    await app.aclose()
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    argv = [sys.executable, "-m", "conveyor", "worker", "papp:app", "-p", "2", "-c", "3",
+            "--metrics-port", str(port)]  # fmt: skip
+    proc = await asyncio.to_thread(_popen, argv, tmp_path, env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        m: dict[str, list[Sample]] = {}
+        for _ in range(300):
+            try:
+                _, _, body = await aget(base + "/metrics")
+            except OSError:
+                await asyncio.sleep(0.1)
+                continue
+            m = {f.name: f.samples for f in text_string_to_metric_families(body)}
+            done = sum(
+                s.value for s in m.get("conveyor_jobs", []) if s.name == "conveyor_jobs_total"
+            )
+            slots = m.get("conveyor_worker_slots", [])
+            stored = [
+                s.value
+                for s in m.get("conveyor_queue_jobs", [])
+                if s.labels["state"] == "completed"
+            ]  # the store gauges are cached up to 5 s
+            if done == 20 and slots and slots[0].value == 6 and stored == [20]:
+                break
+            await asyncio.sleep(0.05)
+        assert value(m["conveyor_jobs"], "conveyor_jobs_total", outcome="completed") == 20
+        assert value(m["conveyor_worker_slots"], "conveyor_worker_slots") == 6  # 2 x 3
+        queue = m["conveyor_queue_jobs"]
+        assert value(queue, "conveyor_queue_jobs", queue="default", state="completed") == 20
+        for _ in range(100):
+            if (await aget(base + "/readyz"))[0] == 200:
+                break
+            await asyncio.sleep(0.05)
+        assert await aget(base + "/readyz") == (200, "text/plain; charset=utf-8", "ready\n")
+        assert await aget(base + "/healthz") == (200, "text/plain; charset=utf-8", "ok\n")
+    finally:
+        proc.terminate()
+        code = await asyncio.to_thread(proc.wait, 30)
+    assert code == 0, (tmp_path / "err.log").read_text()

@@ -22,6 +22,7 @@ from conveyor.cli.dashboard import dashboard_command
 from conveyor.cli.inspect_cmd import inspect_group, visible
 from conveyor.cli.load import load_app
 from conveyor.cli.worker import run_worker, supervise
+from conveyor.cli.worker_metrics import SupervisorMetrics
 from conveyor.errors import ConfigError, ConveyorError
 from conveyor.producer import JobOptions
 from conveyor.serde import MAX_DEPTH
@@ -147,10 +148,9 @@ def worker_cmd(
     """Run workers for APP (module:attribute)."""
     if processes < 1:
         raise click.BadParameter("must be >= 1", param_hint="--processes")
-    if metrics_port is not None and (processes > 1 or autoscale is not None):
+    if metrics_port is not None and autoscale is not None:
         raise ConfigError(
-            "--metrics-port with -p N (or --autoscale) is not supported yet; "
-            "run one process per port"
+            "--metrics-port with --autoscale is not supported yet; use -p N or one process"
         )
     scaling = {
         "target": scale_target,
@@ -173,7 +173,10 @@ def worker_cmd(
         child += ["--no-scheduler"] * no_scheduler
         if policy is not None:
             ctx.exit(autoscale_workers(load_app(app_spec), queues, head, child, policy))
-        ctx.exit(supervise(head, child, processes))
+        metrics = None
+        if metrics_port is not None:
+            metrics = SupervisorMetrics(load_app(app_spec), queues, metrics_host, metrics_port)
+        ctx.exit(supervise(head, child, processes, metrics=metrics))
     app = load_app(app_spec)
     options: dict[str, object] = {
         "concurrency": concurrency,

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from conveyor.app import App
+from conveyor.cli.worker_metrics import SupervisorMetrics, child_metrics
 from conveyor.errors import unwrap_group
 from conveyor.worker import WorkerStats
 
@@ -37,14 +38,18 @@ def run_worker(app: App, *, options: dict[str, object], queues: str | None) -> W
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, server.stop)
         parent = os.getppid()
+        keep = child_metrics(server)  # under -p N with --metrics-port: count for the sum
         try:
             async with app, asyncio.TaskGroup() as tg:
-                watch = None
+                watch = gauges = None
                 if os.environ.get("CONVEYOR_SUPERVISED"):
                     watch = tg.create_task(_orphan_watch(parent, server.stop))
+                if keep is not None:
+                    gauges = tg.create_task(keep())
                 stats = await server.run()
-                if watch is not None:
-                    watch.cancel()
+                for task in (watch, gauges):
+                    if task is not None:
+                        task.cancel()
                 return stats
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -71,12 +76,14 @@ def supervise(
     *,
     restart_delay: float = 0.5,
     max_restart_delay: float = 30.0,
+    metrics: SupervisorMetrics | None = None,
 ) -> int:
     """Run `processes` copies of ``conveyor [head] worker [argv]``; restart any that dies.
 
     A child that keeps dying soon after it starts is restarted with growing delays (up to
     `max_restart_delay`), so a broken deployment does not spin. Returns 0 when every child
-    exited cleanly after a stop signal.
+    exited cleanly after a stop signal. With `metrics`, the supervisor serves the sum of
+    its children's metrics (`conveyor.cli.worker_metrics`).
     """
     cmd = [sys.executable, "-m", "conveyor", *head, "worker", *argv, "--processes", "1"]
     children: dict[int, subprocess.Popen[bytes]] = {}
@@ -95,8 +102,18 @@ def supervise(
         children[slot] = _spawn(cmd, env)
         started[slot] = time.monotonic()
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    def alive() -> tuple[list[int], list[int]]:
+        procs = list(children.values())
+        return [c.pid for c in procs if c.poll() is None], [
+            c.pid for c in procs if c.poll() is not None
+        ]
+
     env = {**os.environ, "CONVEYOR_SUPERVISED": "1"}
+    if metrics is not None:
+        metrics.alive = alive
+        env.update(metrics.env)
+        metrics.start()  # a port in use fails here, before any child starts
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     failures = 0
     try:
         for slot in range(processes):
@@ -107,6 +124,8 @@ def supervise(
                 code = child.poll()
                 if code is None:
                     continue
+                if metrics is not None:
+                    metrics.child_exited(child.pid)
                 if stopping:
                     # A child told to stop before it could handle signals dies of SIGTERM:
                     # that is a clean stop too.
@@ -140,6 +159,8 @@ def supervise(
         for child in children.values():
             if child.poll() is None:
                 child.kill()
+        if metrics is not None:
+            metrics.close()
     return 1 if failures else 0
 
 

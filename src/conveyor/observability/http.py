@@ -141,6 +141,8 @@ class MetricsServer(Service):
         self.metrics: WorkerMetrics = prometheus.WorkerMetrics(
             slots=config.concurrency, running=lambda: worker.running
         )
+        fetch = worker.fetch
+        self.metrics.ready.set_function(lambda: float(fetch.is_ready and not fetch.stopping))
         #: The store gauges (a collector on `metrics.registry`).
         self.store: StoreGauges = prometheus.StoreGauges(backend, config.queue_names, clock)
         self.metrics.registry.register(self.store)

@@ -102,11 +102,23 @@ class WorkerMetrics:
             "conveyor_pickup_latency_seconds", "From when a job was due to its start.",
             ["queue"], buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
-        self.running = Gauge("conveyor_jobs_running", "Jobs running now.", registry=r)
+        # livesum: under ``-p N`` the supervisor's scrape sums the live processes' gauges.
+        self.running = Gauge(
+            "conveyor_jobs_running", "Jobs running now.", registry=r, multiprocess_mode="livesum"
+        )
         if running is not None:
             self.running.set_function(running)
-        self.slots = Gauge("conveyor_worker_slots", "Jobs the worker runs at once.", registry=r)
+        self.slots = Gauge(
+            "conveyor_worker_slots", "Jobs the worker runs at once.", registry=r,
+            multiprocess_mode="livesum",
+        )  # fmt: skip
         self.slots.set(slots)
+        #: 1 while the worker claims jobs (only set under ``-p N``, for the supervisor's
+        #: ``/readyz``: the sum is how many processes are ready).
+        self.ready = Gauge(
+            "conveyor_worker_ready", "1 while the worker process claims jobs.", registry=r,
+            multiprocess_mode="livesum",
+        )  # fmt: skip
         self.retries = Counter(
             "conveyor_job_retries", "Attempts that failed and will be retried.",
             ["queue", "task"], registry=r,
