@@ -10,9 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
-
-pytest.importorskip("opentelemetry.sdk")
+import opentelemetry.sdk  # noqa: F401  (dev dependency: fail, never skip, without it)
 
 APP = """
 import asyncio, json, sys
