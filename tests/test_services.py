@@ -104,10 +104,11 @@ async def test_server_services_in_start_order(tmp_path: Path) -> None:
     names = [s.name for s in app.worker().services]
     # SQLite has Presence (and, with schema v6, Rollups): observability comes first.
     assert names[-5:] == ["settle", "heartbeat", "jobs", "fetch", "maintenance"]
-    assert "presence" in names[:-5]
+    assert names[:-5] == ["rollups", "presence", "stuck"]
     assert [s.name for s in app.worker(maintenance=False).services][-1] == "fetch"
     quiet = app.worker(presence=False, rollups=False)
     assert [s.name for s in quiet.services] == [
+        "stuck",
         "settle",
         "heartbeat",
         "jobs",

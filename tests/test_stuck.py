@@ -32,14 +32,14 @@ async def test_stuck_watch_reports_a_timed_out_sync_job_and_a_blocked_loop(
         )
         blocker = app.task(loop_blocking_handler)
         server = app.worker(poll=0.01, maintenance=False, block_threshold=0.3)
-        watch = StuckWatch(server.worker, server.worker.config, app.clock)
+        watch = server.stuck  # every worker runs one (serve.Server)
+        assert isinstance(watch, StuckWatch)
         calls: list[tuple[str, str]] = []
         watch.on_report.append(lambda kind, line: calls.append((kind, line)))
         caplog.set_level(logging.WARNING, "conveyor.stuck")
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(watch.run())
             run = tg.create_task(server.run())
-            await watch.ready()
+            await server.ready()
             await sleepy.enqueue()
             current: tuple[str, ...] = ()
             for _ in range(100):
@@ -61,7 +61,6 @@ async def test_stuck_watch_reports_a_timed_out_sync_job_and_a_blocked_loop(
                 await asyncio.sleep(0.05)
             assert not any("past its" in r for r in watch.reports())
             server.stop()
-            watch.stop()
             await run
         kinds = [k for k, _ in calls]
         assert kinds.count("timeout") == 1 and kinds.count("loop_blocked") == 1, calls

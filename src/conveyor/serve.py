@@ -35,6 +35,7 @@ from conveyor.capabilities import Presence, Rollups, require
 from conveyor.clock import Clock
 from conveyor.errors import ClosedError, unwrap_group
 from conveyor.observability.http import MetricsServer
+from conveyor.observability.stuck import StuckWatch
 from conveyor.registry import Registry
 from conveyor.scheduler import Maintenance, Scheduler, Schedules
 from conveyor.worker import Worker, WorkerConfig, WorkerStats
@@ -104,6 +105,15 @@ class Server:
                 claiming=worker.fetch.ready,
             )  # fmt: skip
             first.append(self.presence)
+        #: Stuck-job reports: jobs past their timeout, an event loop blocked too long.
+        self.stuck = StuckWatch(worker, config, clock)
+        if self.metrics is not None:
+            self.stuck.on_report.append(lambda kind, _line: self._count_stuck(kind))
+        if self.presence is not None:
+            self.presence.stuck = self.stuck.reports
+            if self.metrics is not None:
+                self.presence.metrics_url = self.metrics.url
+        first.append(self.stuck)
         #: Started in this order, stopped in reverse (see the module docstring).
         self.services: list[Service] = [*first, *worker.services]
         if config.maintenance:
@@ -126,6 +136,10 @@ class Server:
         self._group = ServiceGroup(self.services)
         self._host: asyncio.TaskGroup | None = None
         self._used = False
+
+    def _count_stuck(self, kind: str) -> None:
+        if self.metrics is not None:
+            self.metrics.metrics.stuck_reported(kind)
 
     async def run(self) -> WorkerStats:
         """Run until `stop()` (or until idle in burst mode)."""

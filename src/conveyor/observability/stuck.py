@@ -17,9 +17,10 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 from conveyor.clock import Clock
+from conveyor.worker import Worker, WorkerConfig
 from conveyor.worker.lease import Running
 from conveyor.worker.service import Service
 
@@ -32,29 +33,12 @@ TICK = 0.1
 BLOCK_MEMORY = 60.0
 
 
-class _Jobs(Protocol):
-    running: Mapping[str, Running]
-
-
-class _Registry(Protocol):
-    def find(self, name: str) -> Any: ...
-
-
-class _Worker(Protocol):
-    jobs: _Jobs
-    registry: _Registry
-
-
-class _Config(Protocol):
-    block_threshold: float | None
-
-
 class StuckWatch(Service):
     """Reports stuck jobs and a blocked loop for one worker (see the module docstring)."""
 
     name = "stuck"
 
-    def __init__(self, worker: _Worker, config: _Config, clock: Clock) -> None:
+    def __init__(self, worker: Worker, config: WorkerConfig, clock: Clock) -> None:
         super().__init__()
         self.worker = worker
         self.config = config
