@@ -196,7 +196,8 @@ class GroupMetrics(msgspec.Struct, frozen=True, kw_only=True):
         wait_mean, wait_p50, wait_p95, wait_p99: seconds a job waited for a worker (from
             when it was due to its start).
         latency: ``(minute, wait p50, wait p95)`` per minute of the range, oldest first
-            (0.0 for a minute with nothing counted).
+            (0.0 for a minute with nothing counted); the total's only (empty for a task or
+            queue: a percentile per minute per group is most of a report's cost).
     """
 
     name: str
@@ -271,7 +272,7 @@ def summarize(
     last = int(math.ceil(until / 60) * 60)
     minutes = range(first, max(first, last), 60)
     groups: dict[str, _Sum] = {}
-    total = _Sum()
+    total = _Sum(per_minute_waits=True)
     for row in rows:
         if not first <= row.minute < last:
             continue
@@ -279,52 +280,91 @@ def summarize(
         group = groups.get(name)
         if group is None:
             group = groups[name] = _Sum()
-        group.add(row)
-        total.add(row)
+        parsed = _parse(row.values)
+        group.add(row.minute, parsed)
+        total.add(row.minute, parsed)
     return MetricsReport(
         since=float(first),
         until=float(max(first, last)),
         by=by,
         groups=tuple(groups[name].metrics(name, minutes) for name in sorted(groups)),
-        total=total.metrics("*", minutes),
+        total=total.metrics("*", minutes, latency=True),
     )
+
+
+# A row's values split into plain sums, duration buckets and wait buckets.
+_Parsed = tuple[list[tuple[str, float]], list[tuple[int, float]], list[tuple[int, float]]]
+_KINDS: dict[str, tuple[int, int]] = {}  # value name -> (0 sum | 1 duration | 2 wait, bucket)
+
+
+def _kind(name: str) -> tuple[int, int]:
+    kind = _KINDS.get(name)
+    if kind is None:
+        head, tail = name[:1], name[1:]
+        if head in ("d", "w") and tail.isdigit():
+            kind = (1 if head == "d" else 2, int(tail))
+        else:
+            kind = (0, 0)
+        if len(_KINDS) < 10_000:
+            _KINDS[name] = kind
+    return kind
+
+
+def _parse(values: dict[str, float]) -> _Parsed:
+    sums: list[tuple[str, float]] = []
+    durations: list[tuple[int, float]] = []
+    waits: list[tuple[int, float]] = []
+    for name, amount in values.items():
+        which, k = _kind(name)
+        if which == 0:
+            sums.append((name, amount))
+        elif which == 1:
+            durations.append((k, amount))
+        else:
+            waits.append((k, amount))
+    return sums, durations, waits
 
 
 class _Sum:
     __slots__ = ("durations", "minute_waits", "minutes", "totals", "waits")
 
-    def __init__(self) -> None:
+    def __init__(self, *, per_minute_waits: bool = False) -> None:
         self.totals: dict[str, float] = {}
         self.durations: dict[int, float] = {}
         self.waits: dict[int, float] = {}
         self.minutes: dict[int, list[float]] = {}
-        self.minute_waits: dict[int, dict[int, float]] = {}
+        self.minute_waits: dict[int, dict[int, float]] | None = {} if per_minute_waits else None
 
-    def add(self, row: Rollup) -> None:
-        per = self.minutes.setdefault(row.minute, [0.0, 0.0])
-        for name, amount in row.values.items():
-            head = name[:1]
-            if head in "dw" and name[1:].isdigit():
-                k = int(name[1:])
-                if head == "d":
-                    self.durations[k] = self.durations.get(k, 0.0) + amount
-                else:
-                    self.waits[k] = self.waits.get(k, 0.0) + amount
-                    mw = self.minute_waits.setdefault(row.minute, {})
-                    mw[k] = mw.get(k, 0.0) + amount
-                continue
-            self.totals[name] = self.totals.get(name, 0.0) + amount
+    def add(self, minute: int, parsed: _Parsed) -> None:
+        totals, durations, waits = parsed
+        per = self.minutes.get(minute)
+        if per is None:
+            per = self.minutes[minute] = [0.0, 0.0]
+        mine = self.totals
+        for name, amount in totals:
+            mine[name] = mine.get(name, 0.0) + amount
             if name == "completed":
                 per[0] += amount
-            elif name in ("failed", "retried"):
+            elif name == "failed" or name == "retried":
                 per[1] += amount
+        d = self.durations
+        for k, amount in durations:
+            d[k] = d.get(k, 0.0) + amount
+        w = self.waits
+        for k, amount in waits:
+            w[k] = w.get(k, 0.0) + amount
+        if self.minute_waits is not None:
+            mw = self.minute_waits.setdefault(minute, {})
+            for k, amount in waits:
+                mw[k] = mw.get(k, 0.0) + amount
 
-    def metrics(self, name: str, minutes: range) -> GroupMetrics:
+    def metrics(self, name: str, minutes: range, *, latency: bool = False) -> GroupMetrics:
         t = self.totals
         completed, failed = int(t.get("completed", 0)), int(t.get("failed", 0))
         retried, cancelled = int(t.get("retried", 0)), int(t.get("cancelled", 0))
         counted = completed + failed + retried + cancelled
         ended = completed + failed + retried
+        per_minute = self.minute_waits or {}
         return GroupMetrics(
             name=name,
             completed=completed,
@@ -347,9 +387,11 @@ class _Sum:
             latency=tuple(
                 (
                     m,
-                    percentile(self.minute_waits.get(m, {}), 0.50),
-                    percentile(self.minute_waits.get(m, {}), 0.95),
+                    percentile(per_minute.get(m, {}), 0.50),
+                    percentile(per_minute.get(m, {}), 0.95),
                 )
                 for m in minutes
-            ),
+            )
+            if latency
+            else (),
         )

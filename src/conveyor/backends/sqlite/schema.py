@@ -283,18 +283,18 @@ BEGIN
 END;
 """
 
-# Version 6: job metrics over time (`Rollups`): named sums per (minute, queue, task), added to
-# by workers about once a second; read by minute range (the primary key's order). Rows past
-# `expires_at` are deleted by the writes themselves (at most once a minute per process).
+# Version 6: job metrics over time (`Rollups`): one row per (minute, queue, task) holding its
+# named sums as a JSON object, merged by the writes (workers, about once a second each); read
+# by minute range in the primary key's order, so an hour of 20 tasks is 1,200 short rows.
+# Rows past `expires_at` are deleted by the writes themselves.
 _V6 = """
 CREATE TABLE IF NOT EXISTS rollups (
     minute     INTEGER NOT NULL,                   -- epoch seconds, a multiple of 60
     queue      TEXT NOT NULL,
     task       TEXT NOT NULL,
-    name       TEXT NOT NULL,
-    value      REAL NOT NULL,
+    vals       BLOB NOT NULL,                      -- {"name": amount, ...} as JSON
     expires_at REAL NOT NULL,
-    PRIMARY KEY (minute, queue, task, name)
+    PRIMARY KEY (minute, queue, task)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS rollups_expiry ON rollups (expires_at);
 """

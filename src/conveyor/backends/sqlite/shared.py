@@ -147,19 +147,28 @@ def paused(conn: sqlite3.Connection) -> list[str]:
 def add_rollups(
     conn: sqlite3.Connection, rows: Sequence[Rollup], keep_for: float, now: float
 ) -> None:
-    """`Rollups.add_rollups`, in the caller's transaction: drop expired minutes, then add."""
+    """`Rollups.add_rollups`, in the caller's transaction: drop expired minutes, then merge
+    each row into its (minute, queue, task)'s stored sums."""
     conn.execute("DELETE FROM rollups WHERE expires_at <= ?", (now,))
-    conn.executemany(
-        "INSERT INTO rollups (minute, queue, task, name, value, expires_at) "
-        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (minute, queue, task, name) DO UPDATE SET "
-        "value = value + excluded.value, expires_at = max(expires_at, excluded.expires_at)",
-        [
-            (row.minute, row.queue, row.task, name, float(amount), row.minute + 60 + keep_for)
-            for row in rows
-            if row.minute + 60 + keep_for > now
-            for name, amount in row.values.items()
-        ],
-    )
+    for row in rows:
+        expires = row.minute + 60 + keep_for
+        if expires <= now:
+            continue
+        key = (row.minute, row.queue, row.task)
+        found = conn.execute(
+            "SELECT vals, expires_at FROM rollups WHERE minute = ? AND queue = ? AND task = ?",
+            key,
+        ).fetchone()
+        values = dict(row.values)
+        if found is not None:
+            for name, amount in _rollup_values.decode(found[0]).items():
+                values[name] = values.get(name, 0.0) + amount
+            expires = max(expires, found[1])
+        conn.execute(
+            "INSERT OR REPLACE INTO rollups (minute, queue, task, vals, expires_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (*key, _rollup_json.encode(values), expires),
+        )
 
 
 def rollups(
@@ -167,20 +176,19 @@ def rollups(
 ) -> list[Rollup]:
     """`Rollups.rollups`: the live rows of the minutes overlapping ``[since, until)``."""
     sql = (
-        "SELECT minute, queue, task, name, value FROM rollups "
+        "SELECT minute, queue, task, vals FROM rollups "
         "WHERE minute >= ? AND minute < ? AND expires_at > ?"
     )
     args: list[object] = [int(since // 60) * 60, until, now]
     if queue is not None:
         sql += " AND queue = ?"
         args.append(queue)
-    out: list[Rollup] = []
-    last: tuple[int, str, str] | None = None
-    values: dict[str, float] = {}
-    for minute, q, task, name, value in conn.execute(sql + " ORDER BY minute, queue, task", args):
-        if (minute, q, task) != last:
-            values = {}
-            out.append(Rollup(minute=minute, queue=q, task=task, values=values))
-            last = (minute, q, task)
-        values[name] = value
-    return out
+    decode = _rollup_values.decode
+    return [
+        Rollup(minute=minute, queue=q, task=task, values=decode(vals))
+        for minute, q, task, vals in conn.execute(sql + " ORDER BY minute, queue, task", args)
+    ]
+
+
+_rollup_json = msgspec.json.Encoder()
+_rollup_values = msgspec.json.Decoder(dict[str, float])
