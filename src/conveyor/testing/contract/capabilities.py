@@ -133,6 +133,19 @@ class PresenceContract:
         await presence.leave("host:2")
         assert await presence.workers() == []
 
+    async def test_a_beat_carries_running_jobs_and_reports(
+        self, backend: object, clock: FakeClock
+    ) -> None:
+        presence = require(backend, Presence, "the presence contract")
+        info = WorkerInfo(
+            id="h:9", jobs=("a" * 32, "b" * 32), stuck=("job x past its 3 s timeout",),
+            metrics_url="http://127.0.0.1:9100", version="0.1.0", started_at=clock.now(),
+        )  # fmt: skip
+        await presence.beat(info, ttl=10)
+        (got,) = await presence.workers()
+        assert (got.jobs, got.stuck, got.metrics_url) == (info.jobs, info.stuck, info.metrics_url)
+        assert (got.version, got.started_at) == ("0.1.0", clock.now())
+
 
 class QueueControlContract:
     """`QueueControl`: a paused queue gives its jobs to no claim; the others still do."""
