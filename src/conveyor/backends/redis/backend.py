@@ -613,13 +613,13 @@ class RedisBackend(Reads, Backend):
         end = self.clock.now() if until is None else until
         first = int(since // 60) * 60
         flat = await self._capability("rollup_read", [first, repr(float(end)), queue or ""])
-        rows: dict[tuple[int, str, str], dict[str, float]] = {}
+        rows: list[Rollup] = []
         for k in range(0, len(flat), 3):
-            q, task, name = text(flat[k + 1]).split("\t")
-            rows.setdefault((int(flat[k]), q, task), {})[name] = float(flat[k + 2])
-        return [
-            Rollup(minute=m, queue=q, task=t, values=v) for (m, q, t), v in sorted(rows.items())
-        ]
+            q, task = text(flat[k + 1]).split("\t")
+            values = _rollup_values.decode(flat[k + 2]) if flat[k + 2] != b"[]" else {}
+            rows.append(Rollup(minute=int(flat[k]), queue=q, task=task, values=values))
+        rows.sort(key=lambda r: (r.minute, r.queue, r.task))
+        return rows
 
     async def pause(self, queue: str) -> bool:
         """`QueueControl`: stop claims (and handoffs) from `queue`; `True` if it was running.
@@ -690,6 +690,9 @@ class RedisBackend(Reads, Backend):
 
     async def _aclose(self) -> None:
         await self._clients.aclose()
+
+
+_rollup_values = msgspec.json.Decoder(dict[str, float])
 
 
 def _renamed(job: Job, renamed: Mapping[str, str]) -> Job:

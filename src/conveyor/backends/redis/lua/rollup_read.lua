@@ -1,6 +1,6 @@
 -- The `Rollups` capability: the live per-minute hashes of minutes ARGV[4] <= m < ARGV[5]
--- (ARGV[4] a multiple of 60), as a flat list {minute, field, value, ...} (field
--- "queue\ttask\tname"); ARGV[6] a queue to keep ("" for all).
+-- (ARGV[4] a multiple of 60), as a flat list {minute, field, sums, ...} (field
+-- "queue\ttask", sums a JSON object); ARGV[6] a queue to keep ("" for all).
 local first, last, queue = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
 local want = queue .. '\t'
 local out = {}
