@@ -7,7 +7,7 @@ from __future__ import annotations
 import builtins
 import logging
 import math
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Literal
@@ -136,6 +136,16 @@ def held_back(lane: LaneInfo) -> bool:
         or lane.circuit_state == "open"
         or (lane.circuit_state == "half_open" and lane.running > 0)
     )
+
+
+async def _per_page(
+    op: Callable[[list[str]], Awaitable[list[bool]]], ids: Sequence[str], size: int = 500
+) -> int:
+    """Apply a by-id store operation `size` ids per call; how many it applied to."""
+    done = 0
+    for start in range(0, len(ids), size):
+        done += sum(await op(list(ids[start : start + size])))
+    return done
 
 
 class Inspector:
@@ -334,18 +344,12 @@ class Inspector:
     async def requeue_many(self, ids: Sequence[str]) -> int:
         """Put failed or cancelled jobs back in their queues, in one store call per 500;
         returns how many were (the others were in no such state, or unknown)."""
-        done = 0
-        for start in range(0, len(ids), 500):
-            done += sum(await self.backend.requeue_many(list(ids[start : start + 500])))
-        return done
+        return await _per_page(self.backend.requeue_many, ids)
 
     async def delete(self, ids: Sequence[str]) -> int:
         """Delete jobs that have ended (completed, failed, cancelled), one store call per
         500; returns how many were (live or unknown ones are left alone)."""
-        done = 0
-        for start in range(0, len(ids), 500):
-            done += sum(await self.backend.delete(list(ids[start : start + 500])))
-        return done
+        return await _per_page(self.backend.delete, ids)
 
     async def copy(self, job_id: str) -> str:
         """Enqueue a new job like `job_id` (same task, arguments, queue, priority, limits,

@@ -10,7 +10,6 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 
-from conveyor.dashboard.bulk import can_delete, delete
 from conveyor.dashboard.pages import FLASH, OUTAGE, Pages
 from conveyor.errors import ConveyorError, JobNotFound
 
@@ -54,8 +53,8 @@ class Actions:
             elif action == "cancel":
                 state = await self.pages.inspector.cancel(job_id)
                 message = f"cancel requested (now {state.value})"
-            elif action == "delete" and can_delete(self.pages.inspector):
-                n = await delete(self.pages.inspector, [job_id])
+            elif action == "delete":
+                n = await self.pages.inspector.delete([job_id])
                 return self.back(request, "/jobs", "deleted" if n else "not deleted (not ended)")
             elif action == "copy":
                 new_id = await self.pages.inspector.copy(job_id)
@@ -92,9 +91,7 @@ class Actions:
         if isinstance(form, Response):
             return form
         action = request.path_params["action"]
-        if action not in ("requeue", "delete") or (
-            action == "delete" and not can_delete(self.pages.inspector)
-        ):
+        if action not in ("requeue", "delete"):
             return PlainTextResponse(f"unknown action {action!r}", status_code=404)
         if form.get("scope") == "matching":
             task, err = str(form.get("task") or ""), str(form.get("error") or "")
@@ -105,7 +102,7 @@ class Actions:
             if action == "requeue":
                 n = await self.pages.inspector.requeue_many(ids)
             else:
-                n = await delete(self.pages.inspector, ids)
+                n = await self.pages.inspector.delete(ids)
         except OUTAGE as exc:
             return self.back(request, "/dead", f"store unavailable: {exc}")
         return self.back(request, "/dead", f"{action}d {n} of {len(ids)} selected")

@@ -12,22 +12,9 @@ from conveyor.backends.base import JobFilter
 from conveyor.inspector import Inspector
 from conveyor.job import JobState
 
-__all__ = ["BulkRun", "BulkRuns", "can_delete", "delete"]
+__all__ = ["BulkRun", "BulkRuns"]
 
 log = logging.getLogger("conveyor.dashboard")
-
-
-def can_delete(inspector: Inspector) -> bool:
-    """Whether the inspector can delete jobs by id (``Inspector.delete``, newer versions)."""
-    return getattr(inspector, "delete", None) is not None
-
-
-async def delete(inspector: Inspector, ids: list[str]) -> int:
-    """Delete the terminal jobs among `ids` (others are left); returns how many were."""
-    fn = getattr(inspector, "delete", None)
-    if fn is None:
-        raise NotImplementedError("this Conveyor version's inspector cannot delete jobs")
-    return int(await fn(ids))
 
 
 @dataclass
@@ -79,7 +66,7 @@ class BulkRuns:
                     if run.action == "requeue":
                         run.done += await self.inspector.requeue_many(ids)
                     else:
-                        run.done += await delete(self.inspector, ids)
+                        run.done += await self.inspector.delete(ids)
                 if page.next is None:
                     break
                 after = page.next

@@ -17,12 +17,13 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from conveyor.backends.base import Backend, JobFilter
 from conveyor.capabilities import FlowControl, Presence, QueueControl
-from conveyor.dashboard.bulk import BulkRuns, can_delete
+from conveyor.dashboard.bulk import BulkRuns
 from conveyor.dashboard.csrf import SESSION, Csrf
 from conveyor.dashboard.view import ago, as_json, when
 from conveyor.errors import BackendError, ConveyorError, JobNotFound
 from conveyor.inspector import Inspector
 from conveyor.job import TERMINAL, Job, JobState
+from conveyor.observability.backlog import oldest_ready_age
 from conveyor.scheduler.schedules import Schedules, describe
 
 __all__ = ["Pages"]
@@ -127,9 +128,7 @@ class Pages:
     async def queues(self, request: Request) -> Response:
         async def load(_: Request) -> Context:
             stats = await self.inspector.stats()
-            oldest: dict[str, float] = {}
-            if hasattr(self.backend, "oldest_ready"):
-                oldest = await self.backend.oldest_ready([q.queue for q in stats])
+            oldest = await oldest_ready_age(self.backend, [q.queue for q in stats])
             lanes = await self.inspector.lanes() if isinstance(self.backend, FlowControl) else []
             return {
                 "stats": stats,
@@ -220,7 +219,7 @@ class Pages:
             out.append("retry")
         if not job.state.terminal:
             out.append("cancel")
-        if job.state in TERMINAL and can_delete(self.inspector):
+        if job.state in TERMINAL:
             out.append("delete")
         out.append("copy")
         return out
@@ -259,7 +258,6 @@ class Pages:
                 "task": task,
                 "error_type": err,
                 "runs": sorted(self.bulk.runs.values(), key=lambda b: -b.id),
-                "can_delete": can_delete(self.inspector),
             }
 
         return await self.guarded(request, "dead", "dead.html", load)

@@ -36,9 +36,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from conveyor.backends.base import Backend, JobFilter
+from conveyor.backends.base import Backend
 from conveyor.clock import Clock
 from conveyor.job import Job, JobState, Lease, Outcome
+from conveyor.observability.backlog import oldest_ready_age
 from conveyor.worker.observe import outcome_name, waited
 
 __all__ = ["StoreGauges", "WorkerMetrics", "oldest_ready_age"]
@@ -167,23 +168,6 @@ class WorkerMetrics:
     def stuck_reported(self, kind: str) -> None:
         """Count a stuck-job report (``"timeout"``, ``"loop_blocked"``)."""
         self._stuck(kind).inc()  # type: ignore[union-attr]
-
-
-async def oldest_ready_age(backend: Backend, queues: Sequence[str]) -> dict[str, float]:
-    """Seconds each queue's oldest ready job has waited (store clock); queues with none
-    ready are left out. One ``query`` of one job per queue.
-
-    (``conveyor.cli.autoscale`` has a richer one over all queues at once, leaving out paused
-    queues and held lanes; this one reports every ready job, as an operator sees it.)
-    """
-    now = backend.clock.now()
-    ages: dict[str, float] = {}
-    for queue in queues:
-        page = await backend.query(JobFilter(queue=queue, state=JobState.QUEUED), limit=1)
-        if page.jobs:
-            job = page.jobs[0]
-            ages[queue] = max(0.0, now - max(job.run_at, job.enqueued_at))
-    return ages
 
 
 @dataclass(slots=True)

@@ -101,12 +101,16 @@ class StuckWatch(Service):
                 self._watched.setdefault((job_id, job.attempts), entry)
 
     def _check_timeouts(self) -> None:
+        if not self._watched:
+            return
         now = self.clock.monotonic()
         frames = sys._current_frames()
         running = self.worker.jobs.running
         for key, entry in list(self._watched.items()):
             job = entry.lease.job
             assert job.timeout is not None
+            if key[0] in running and (now - entry.started <= job.timeout or key in self._reported):
+                continue  # within its time, or said already: no stack to look for
             stack = self._job_stack(entry, frames)
             if stack is None and key[0] not in running:  # ended (thread done, entry gone)
                 del self._watched[key]

@@ -433,48 +433,42 @@ class RedisBackend(Reads, Backend):
 
     async def _requeue(self, ids: Sequence[str], now: float) -> list[bool]:
         conn = await self._conn()
-        out = [False] * len(ids)
         with self._errors("requeue"):
-            queues = await self._queues_of(conn, ids)
-            groups: dict[str, list[int]] = {}  # one script call per slot
-            for i, queue in enumerate(queues):
-                if queue is not None:
-                    groups.setdefault(queue if self.keys.cluster else "", []).append(i)
-            for part in groups.values():
-                for start in range(0, len(part), _CHUNK):
-                    chunk = part[start : start + _CHUNK]
-                    pairs_ = [x for i in chunk for x in (queues[i], ids[i])]
-                    res = await conn.scripts["requeue"](
-                        [self.keys.route(queues[chunk[0]] or "")], [*self._args(), *pairs_]
-                    )
-                    for i, ok in zip(chunk, res, strict=True):
-                        out[i] = bool(ok)
+            out, _ = await self._by_id_per_slot(conn, "requeue", ids)
         return out
 
     async def _delete(self, ids: Sequence[str], now: float) -> list[bool]:
         conn = await self._conn()
-        out = [False] * len(ids)
         with self._errors("delete"):
-            queues = await self._queues_of(conn, ids)
-            groups: dict[str, list[int]] = {}  # one script call per slot
-            for i, queue in enumerate(queues):
-                if queue is not None:
-                    groups.setdefault(queue if self.keys.cluster else "", []).append(i)
-            gone: list[str] = []
-            for part in groups.values():
-                for start in range(0, len(part), _CHUNK):
-                    chunk = part[start : start + _CHUNK]
-                    pairs_ = [x for i in chunk for x in (queues[i], ids[i])]
-                    res = await conn.scripts["delete"](
-                        [self.keys.route(queues[chunk[0]] or "")], [*self._args(), *pairs_]
-                    )
-                    for i, ok in zip(chunk, res, strict=True):
-                        out[i] = bool(ok)
-                        if ok:
-                            gone.append(ids[i])
-            if self.keys.cluster and gone:
-                await conn.call("HDEL", self.keys.idx, *gone)
+            out, done = await self._by_id_per_slot(conn, "delete", ids)
+            if self.keys.cluster and done:
+                await conn.call("HDEL", self.keys.idx, *done)
         return out
+
+    async def _by_id_per_slot(
+        self, conn: Conn, script: str, ids: Sequence[str]
+    ) -> tuple[list[bool], list[str]]:
+        """Run a ``(queue, id)``-pairs script over `ids`, one call per slot and `_CHUNK`:
+        each id's answer (unknown ids: False), and the ids it applied to."""
+        out = [False] * len(ids)
+        queues = await self._queues_of(conn, ids)
+        groups: dict[str, list[int]] = {}  # one script call per slot
+        for i, queue in enumerate(queues):
+            if queue is not None:
+                groups.setdefault(queue if self.keys.cluster else "", []).append(i)
+        done: list[str] = []
+        for part in groups.values():
+            for start in range(0, len(part), _CHUNK):
+                chunk = part[start : start + _CHUNK]
+                pairs_ = [x for i in chunk for x in (queues[i], ids[i])]
+                res = await conn.scripts[script](
+                    [self.keys.route(queues[chunk[0]] or "")], [*self._args(), *pairs_]
+                )
+                for i, ok in zip(chunk, res, strict=True):
+                    out[i] = bool(ok)
+                    if ok:
+                        done.append(ids[i])
+        return out, done
 
     async def _queues_of(self, conn: Conn, ids: Sequence[str]) -> list[str | None]:
         """Each job's queue (`None` for unknown ids), one round trip per `SWEEP` ids."""
